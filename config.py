@@ -1,0 +1,223 @@
+"""Configuration: `config.yaml` holds every default; a user file and `--set key=value` override it.
+
+Every value is checked against the type of its default, every key must exist in the defaults, and a
+few keys must take one of a fixed set of values. The result is a read-only `Config` with attribute
+access (`cfg.train.gamma`) that turns back into a plain dict for saving and hashing.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from errors import UserError
+
+DEFAULT_PATH = Path(__file__).with_name("config.yaml")
+
+CHOICES = {
+    "data.source": ("synthetic", "csv", "retailrocket", "yoochoose"),
+    "data.split_mode": ("random", "temporal"),
+    "train.td_loss": ("mse", "huber"),
+    "train.value": ("double", "max"),
+    "train.target_update": ("polyak", "hard"),
+    "eval.head": ("ssl", "q"),
+}
+
+
+class Config:
+    """Read-only nested view of a config dict: `cfg.train.lr`, `cfg["train"]["lr"]`, `cfg.to_dict()`."""
+
+    def __init__(self, tree: dict):
+        object.__setattr__(self, "_tree", tree)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self._tree[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return Config(value) if isinstance(value, dict) else value
+
+    __getitem__ = __getattr__
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Config is read-only; build a new one with load_config(overrides=...)")
+
+    def to_dict(self) -> dict:
+        return _deep_copy(self._tree)
+
+    def __repr__(self) -> str:
+        return f"Config({self._tree!r})"
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), base: dict | None = None) -> Config:
+    """Defaults, then `base` (a saved run's config, if any), then the file at `path`, then each
+    `dotted.key=value` override."""
+    tree = _read_yaml(DEFAULT_PATH)
+    if base is not None:
+        _merge(tree, tree, base, prefix="", source="the checkpoint's config")
+    if path:
+        user = _read_yaml(Path(path))
+        if not isinstance(user, dict):
+            raise UserError(f"config file {path} must hold a mapping of sections, e.g. 'train: {{epochs: 3}}'")
+        _merge(tree, tree, user, prefix="", source=str(path))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects dotted.key=value, got '{item}'")
+        default = _lookup(tree, key.strip())
+        value = text if isinstance(default, str) else _parse_value(key, text)
+        _assign(tree, key.strip(), _check_type(key.strip(), value, default))
+    _validate(tree)
+    return Config(tree)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """The two options every entry script takes."""
+    parser.add_argument("--config", metavar="PATH", help="YAML file with overrides of config.yaml")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one key, e.g. --set train.epochs=3 (repeatable)")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from atomic import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass an existing file to --config")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise UserError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+
+
+def _parse_value(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}={text}: the value is not valid YAML (quote lists as '[a, b]')") from None
+
+
+def _lookup(tree: dict, key: str) -> Any:
+    node: Any = tree
+    parts = key.split(".")
+    for part in parts:
+        if not isinstance(node, dict) or part not in node:
+            _unknown_key(tree, key)
+        node = node[part]
+    return node
+
+
+def _assign(tree: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = tree
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def _all_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in tree.items():
+        full = f"{prefix}{name}"
+        keys += _all_keys(value, full + ".") if isinstance(value, dict) else [full]
+    return keys
+
+
+def _unknown_key(tree: dict, key: str):
+    close = difflib.get_close_matches(key, _all_keys(tree), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else "; see config.yaml for the keys"
+    raise UserError(f"unknown config key '{key}'{hint}")
+
+
+def _merge(root: dict, node: dict, user: dict, prefix: str, source: str) -> None:
+    """Copy `user` into `node` (the section of `root` at `prefix`), checking keys and types."""
+    for name, value in user.items():
+        key = f"{prefix}{name}"
+        if name not in node:
+            _unknown_key(root, key)
+        if isinstance(node[name], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{source}: '{key}' is a section and needs a mapping, got {value!r}")
+            _merge(root, node[name], value, key + ".", source)
+        else:
+            node[name] = _check_type(key, value, node[name])
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    """`value` converted to the type of `default`, or a UserError that names both."""
+    def bad(expected: str):
+        raise UserError(f"config key '{key}' needs {expected}, got {value!r}")
+
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else bad("true or false")
+    if isinstance(default, int):
+        return value if isinstance(value, int) and not isinstance(value, bool) else bad("an integer")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return bad("a number")
+    if isinstance(default, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return value if isinstance(value, str) else bad("a string")
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            return bad("a list, e.g. [a, b]")
+        if default:
+            return [_check_type(f"{key}[{i}]", v, default[0]) for i, v in enumerate(value)]
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+            return bad("a list of names")
+        return [str(v) for v in value]
+    if isinstance(default, dict):
+        raise UserError(f"'{key}' is a section; set one of its keys, e.g. {key}.{next(iter(default))}=...")
+    return value
+
+
+def _validate(tree: dict) -> None:
+    for key, allowed in CHOICES.items():
+        value = _lookup(tree, key)
+        if value not in allowed:
+            raise UserError(f"unknown {key} '{value}'; choose one of: {', '.join(allowed)}")
+    data, pool, model, train, ev = tree["data"], tree["pool"], tree["model"], tree["train"], tree["eval"]
+    split = data["split"]
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6 or split[0] <= 0:
+        raise UserError(f"data.split needs three non-negative shares summing to 1 (train > 0), got {split}")
+    positive = {"pool.state_len": pool["state_len"], "pool.horizon": pool["horizon"],
+                "model.hidden": model["hidden"], "model.ssl_steps": model["ssl_steps"],
+                "train.batch_size": train["batch_size"], "eval.batch_size": ev["batch_size"],
+                "data.min_session_len": data["min_session_len"], "data.min_item_count": data["min_item_count"],
+                "sim.num_sessions": tree["sim"]["num_sessions"], "sim.num_items": tree["sim"]["num_items"]}
+    for key, value in positive.items():
+        if value < 1:
+            raise UserError(f"{key} must be at least 1, got {value}")
+    if model["ssl_steps"] > pool["horizon"]:
+        raise UserError(f"model.ssl_steps ({model['ssl_steps']}) must not exceed pool.horizon ({pool['horizon']})")
+    if len(train["ssl_weights"]) < model["ssl_steps"]:
+        raise UserError(f"train.ssl_weights needs at least {model['ssl_steps']} weights (one per model.ssl_steps), "
+                        f"got {len(train['ssl_weights'])}")
+    if not 0.0 <= train["gamma"] <= 1.0 or not 0.0 <= train["lam"] <= 1.0:
+        raise UserError("train.gamma and train.lam must lie in [0, 1]")
+    metric = ev["select_metric"]
+    kind, _, name = metric.partition("/")
+    valid_names = {f"{m}@{k}" for m in ("HR", "NDCG") for k in ev["ks"]}
+    if kind not in ("click", "purchase") or name not in valid_names:
+        raise UserError(f"eval.select_metric '{metric}' is not one of click|purchase / "
+                        f"{'|'.join(sorted(valid_names))}")
+
+
+def _deep_copy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deep_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(v) for v in tree]
+    return tree

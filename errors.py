@@ -1,0 +1,21 @@
+"""User-facing errors: one clear line on stderr and a non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, column, config, id). The message says what to do."""
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run an entry point; turn a UserError into `error: <message>` on stderr and exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun (train_offline.py takes --resume)", file=sys.stderr)
+        sys.exit(130)
