@@ -1,0 +1,170 @@
+"""Read a raw interaction log, whatever its source, into one canonical event table.
+
+Canonical columns: `session` and `item` (original ids, any hashable), `timestamp` (float seconds or
+any increasing number), `reward` (float32) and `purchase` (bool). Ordering, filtering, id remapping
+and splitting happen later, in `preprocess.py`, the same way for every source.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from errors import UserError
+
+CANONICAL = ["session", "item", "timestamp", "reward", "purchase"]
+
+
+def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
+    """The canonical event table for `data.source` (config sections as plain dicts)."""
+    source = data["source"]
+    if source == "synthetic":
+        raw = _synthetic(sim, data, progress)
+        return _to_canonical(raw, "session_id", "item_id", "timestamp", "event", None, data, "the simulator")
+    path = Path(data["path"]) if data["path"] else None
+    if path is None:
+        raise UserError(f"data.source is '{source}' but data.path is empty; "
+                        f"set --set data.path=... to your {source} file or folder")
+    if source == "csv":
+        return load_csv(path, data)
+    if source == "retailrocket":
+        return load_retailrocket(path, data)
+    if source == "yoochoose":
+        return load_yoochoose(path, data)
+    raise UserError(f"unknown data.source '{source}'; choose synthetic, csv, retailrocket or yoochoose")
+
+
+# ------------------------------------------------------------------------------------------------
+# sources
+# ------------------------------------------------------------------------------------------------
+def _synthetic(sim: dict, data: dict, progress) -> pd.DataFrame:
+    from simulator import SimParams, Simulator
+    simulator = Simulator(SimParams.from_dict(sim), data["reward_click"], data["reward_purchase"])
+    return simulator.generate_log(progress=progress)
+
+
+def load_csv(path: Path, data: dict) -> pd.DataFrame:
+    """A generic log: session, item and timestamp columns, optionally an event or a numeric reward."""
+    cols = data["columns"]
+    required = [cols["session_id"], cols["item_id"], cols["timestamp"]]
+    header = _read_header(path)
+    missing = [c for c in required if c not in header]
+    if missing:
+        names = {cols["session_id"]: "session_id", cols["item_id"]: "item_id", cols["timestamp"]: "timestamp"}
+        raise UserError(f"{path} has no column {missing[0]!r} (columns: {', '.join(header) or 'none'}); "
+                        f"rename it or set data.columns.{names[missing[0]]}")
+    event = cols["event"] if cols["event"] in header else None
+    reward = cols["reward"] if event is None and cols["reward"] in header else None
+    frame = _read_csv(path, usecols=required + [c for c in (event, reward) if c])
+    return _to_canonical(frame, *required, event, reward, data, str(path))
+
+
+def load_retailrocket(path: Path, data: dict) -> pd.DataFrame:
+    """Kaggle RetailRocket `events.csv`: timestamp (ms), visitorid, event, itemid, transactionid."""
+    header = _read_header(path)
+    needed = ["timestamp", "visitorid", "event", "itemid"]
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise UserError(f"{path} is not RetailRocket's events.csv: no column {missing[0]!r} "
+                        f"(expected timestamp,visitorid,event,itemid,transactionid)")
+    frame = _read_csv(path, usecols=needed)
+    return _to_canonical(frame, "visitorid", "itemid", "timestamp", "event", None, data, str(path))
+
+
+def load_yoochoose(folder: Path, data: dict) -> pd.DataFrame:
+    """YooChoose (RC15): headerless clicks (session, time, item, category) and buys (session, time, item,
+    price, quantity), merged as separate `click` and `buy` events."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; for data.source=yoochoose set data.path to the folder "
+                        f"holding yoochoose-clicks.dat and yoochoose-buys.dat")
+    parts = []
+    for name, event in (("yoochoose-clicks.dat", "click"), ("yoochoose-buys.dat", "buy")):
+        file = folder / name
+        # Integer ids keep 33M rows small; a malformed line fails the read with one clear error.
+        frame = _read_csv(file, header=None, usecols=[0, 1, 2], dtype={0: "int64", 1: str, 2: "int64"})
+        frame.columns = ["session_id", "timestamp", "item_id"]
+        frame["event"] = event
+        parts.append(frame)
+    frame = pd.concat(parts, ignore_index=True)
+    return _to_canonical(frame, "session_id", "item_id", "timestamp", "event", None, data, str(folder))
+
+
+# ------------------------------------------------------------------------------------------------
+# shared parsing
+# ------------------------------------------------------------------------------------------------
+def _read_header(path: Path) -> list[str]:
+    return list(_read_csv(path, nrows=0).columns)
+
+
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"data file {path} not found; check data.path")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; it needs a header line and events") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} could not be read as CSV ({first}); check the file's format") from None
+
+
+def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, event: str | None,
+                  reward: str | None, data: dict, where: str) -> pd.DataFrame:
+    """Select, clean and type the columns; map events or rewards to (reward, purchase)."""
+    frame = _drop_missing(frame, [session, item, timestamp], where)
+    if event is not None:
+        kinds = frame[event].astype(str).str.strip()
+        keep = ~kinds.isin([str(e) for e in data["drop_events"]])
+        frame, kinds = frame[keep], kinds[keep]
+        purchase = kinds.isin([str(e) for e in data["purchase_events"]]).to_numpy()
+        rewards = np.where(purchase, data["reward_purchase"], data["reward_click"])
+    elif reward is not None:
+        rewards = pd.to_numeric(frame[reward], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isnan(rewards).any():
+            bad = frame[reward][np.isnan(rewards)].iloc[0]
+            raise UserError(f"{where}: column {reward!r} has a value that is not a number ({bad!r}); "
+                            f"fix it or rename the column so it is not read as rewards")
+        purchase = rewards >= data["reward_purchase"]
+    else:
+        purchase = np.zeros(len(frame), dtype=bool)
+        rewards = np.full(len(frame), data["reward_click"])
+    return pd.DataFrame({
+        "session": _ids(frame[session]), "item": _ids(frame[item]),
+        "timestamp": parse_timestamps(frame[timestamp], where, timestamp),
+        "reward": rewards.astype(np.float32), "purchase": purchase.astype(bool),
+    })
+
+
+def _drop_missing(frame: pd.DataFrame, columns: list[str], where: str) -> pd.DataFrame:
+    missing = frame[columns].isna().any(axis=1)
+    if missing.any():
+        print(f"warning: {where}: dropped {int(missing.sum())} rows with a missing "
+              f"{' / '.join(columns)}", file=sys.stderr)
+        frame = frame[~missing]
+    return frame
+
+
+def _ids(column: pd.Series) -> np.ndarray:
+    """Ids as integers when they all are, else as stripped strings: both hash and sort consistently."""
+    if pd.api.types.is_integer_dtype(column):
+        return column.to_numpy()
+    if pd.api.types.is_float_dtype(column) and np.all(np.mod(column.to_numpy(), 1) == 0):
+        return column.to_numpy().astype(np.int64) if column.abs().max() < 2 ** 62 else column.astype(str).to_numpy()
+    return column.astype(str).str.strip().to_numpy(dtype=object)
+
+
+def parse_timestamps(column: pd.Series, where: str = "log", name: str = "timestamp") -> np.ndarray:
+    """Numbers are taken as they are; strings must be ISO-8601 times (converted to seconds). [E] float64"""
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.to_numpy(dtype=np.float64)
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().all():
+        return numbers.to_numpy(dtype=np.float64)
+    times = pd.to_datetime(column.astype(str).str.strip(), utc=True, format="ISO8601", errors="coerce")
+    bad = times.isna().to_numpy()
+    if bad.any():
+        raise UserError(f"{where}: column {name!r} has a value that is neither a number nor an ISO-8601 time "
+                        f"({column[bad].iloc[0]!r}); fix the file or point data.columns.timestamp elsewhere")
+    return (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)

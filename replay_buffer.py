@@ -1,0 +1,234 @@
+"""The T-step experience pool: build it from a log (`python replay_buffer.py`) and read windows from it.
+
+On disk (`pool.dir`) the pool is flat: one item id, reward and purchase flag per event, and the offsets
+where sessions start, as memory-mappable `.npy` files, plus `meta.json` and the original ids. Nothing
+is stored per (event x window position): the sample for event t (its state, the next T actions,
+their rewards and where the session ends) is cut out of the flat arrays per batch by vectorized
+indexing, so memory grows with the number of events, not with events x (state_len + T).
+
+A pool is written into a temporary folder and renamed into place, so a reader never sees half of one.
+`meta.json` holds a hash of everything the files depend on; `ensure_pool` rebuilds when it changes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from atomic import atomic_directory
+from config import Config, add_config_args, load_config
+from errors import UserError, run_cli
+from loaders import load_events
+from preprocess import SPLITS, Prepared, prepare
+
+FORMAT_VERSION = 1
+ARRAYS = ("items", "rewards", "purchase", "offsets")
+
+
+# ================================================================================================
+# Reading: windows cut out of the flat arrays
+# ================================================================================================
+@dataclass
+class Windows:
+    """Samples for B events: state items before each event and the T steps from it on."""
+    state: np.ndarray     # [B, L] int64, items before the event, left-padded with 0
+    actions: np.ndarray   # [B, T] int64, a_t .. a_{t+T-1}; 0 after the session ends
+    rewards: np.ndarray   # [B, T] float32, r_t .. r_{t+T-1}; 0 after the session ends
+    purchase: np.ndarray  # [B, T] bool, step k is a purchase
+    dones: np.ndarray     # [B, T] bool, step k is the session's last event
+    valid: np.ndarray     # [B, T] bool, step k lies inside the session
+
+
+class Pool:
+    """A built pool, memory-mapped. `windows(events, L, T)` gives the samples for those events."""
+
+    def __init__(self, folder: Path):
+        self.dir = Path(folder)
+        self.meta = json.loads((self.dir / "meta.json").read_text())
+        for name in ARRAYS:
+            setattr(self, name, np.load(self.dir / f"{name}.npy", mmap_mode="r"))
+        self.num_items: int = self.meta["num_items"]
+        self.num_sessions: int = self.meta["num_sessions"]
+        self._item_ids = self._session_ids = None
+
+    def session_range(self, split: str) -> tuple[int, int]:
+        first, last = self.meta["splits"][split]["sessions_range"]
+        return first, last
+
+    def events(self, split: str) -> np.ndarray:
+        """Indices of the events of a split (its sessions are contiguous). [n] int64"""
+        first, last = self.session_range(split)
+        return np.arange(self.offsets[first], self.offsets[last], dtype=np.int64)
+
+    def windows(self, events: np.ndarray, state_len: int, horizon: int) -> Windows:
+        """Vectorized: no loop over events. `events` [B] are indices into the flat arrays."""
+        events = np.asarray(events, dtype=np.int64)
+        session = np.searchsorted(self.offsets, events, side="right") - 1
+        start, end = self.offsets[session][:, None], self.offsets[session + 1][:, None]
+        pos = events[:, None] + np.arange(-state_len, horizon)                  # [B, L+T]
+        inside = (pos >= start) & (pos < end)
+        safe = np.clip(pos, 0, len(self.items) - 1)
+        items = np.where(inside, self.items[safe], 0).astype(np.int64)
+        step = slice(state_len, None)
+        return Windows(
+            state=items[:, :state_len], actions=items[:, step],
+            rewards=np.where(inside[:, step], self.rewards[safe[:, step]], 0).astype(np.float32),
+            purchase=inside[:, step] & self.purchase[safe[:, step]],
+            dones=pos[:, step] == end - 1, valid=inside[:, step])
+
+    def session_items(self, session: int) -> np.ndarray:
+        return np.asarray(self.items[self.offsets[session]:self.offsets[session + 1]], dtype=np.int64)
+
+    # -------------------------------------------------------------- original ids (loaded on demand)
+    @property
+    def item_ids(self) -> np.ndarray:
+        """Original id (as text) of item i at `item_ids[i - 1]`. [N]"""
+        if self._item_ids is None:
+            self._item_ids = _read_ids(self.dir / "item_ids.csv")
+        return self._item_ids
+
+    @property
+    def session_ids(self) -> np.ndarray:
+        """Original id (as text) of each session, in pool order. [S]"""
+        if self._session_ids is None:
+            self._session_ids = _read_ids(self.dir / "session_ids.csv")
+        return self._session_ids
+
+    def disk_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)["original_id"].to_numpy()
+
+
+# ================================================================================================
+# Building
+# ================================================================================================
+def pool_fingerprint(cfg: Config) -> str:
+    """Hash of everything the pool's files depend on: the data (and simulator) config and the input
+    files' sizes and modification times. `pool.state_len` and `pool.horizon` are not in it: windows
+    are cut at read time, so changing them needs no rebuild."""
+    data = cfg.data.to_dict()
+    parts = {"format": FORMAT_VERSION, "data": data,
+             "sim": cfg.sim.to_dict() if data["source"] == "synthetic" else None,
+             "inputs": [_file_stamp(p) for p in _input_files(data)]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _input_files(data: dict) -> list[Path]:
+    if data["source"] == "synthetic" or not data["path"]:
+        return []
+    if data["source"] == "yoochoose":
+        return [Path(data["path"]) / "yoochoose-clicks.dat", Path(data["path"]) / "yoochoose-buys.dat"]
+    return [Path(data["path"])]
+
+
+def _file_stamp(path: Path) -> list:
+    try:
+        st = path.stat()
+        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), None, None]
+
+
+def build_pool(cfg: Config) -> Pool:
+    """Load, preprocess and write the pool atomically to `pool.dir`."""
+    t0 = time.perf_counter()
+    data = cfg.data.to_dict()
+    if data["source"] == "synthetic":
+        with tqdm(total=cfg.sim.num_sessions, desc="simulating sessions", unit="session", leave=False) as bar:
+            events = load_events(data, cfg.sim.to_dict(), progress=bar)
+    else:
+        print(f"reading {data['source']} log from {data['path']} ...", flush=True)
+        events = load_events(data, cfg.sim.to_dict())
+    prepared = prepare(events, data)
+    meta = describe(prepared, cfg)
+    meta["build_seconds"] = round(time.perf_counter() - t0, 3)
+    write_pool(prepared, meta, Path(cfg.pool.dir))
+    return Pool(Path(cfg.pool.dir))
+
+
+def describe(p: Prepared, cfg: Config) -> dict:
+    """meta.json: counts over all splits and per split, the config and its hash."""
+    splits = {}
+    for name in SPLITS:
+        first, last = p.split_sessions[name]
+        lo, hi = p.offsets[first], p.offsets[last]
+        splits[name] = {"sessions": last - first, "events": int(hi - lo),
+                        "purchases": int(p.purchase[lo:hi].sum()), "sessions_range": [first, last]}
+    return {
+        "format": FORMAT_VERSION, "config_hash": pool_fingerprint(cfg),
+        "num_sessions": len(p.session_ids), "num_items": p.num_items, "num_events": len(p.items),
+        "num_purchases": int(p.purchase.sum()), "num_clicks": int((~p.purchase).sum()),
+        "splits": splits, "data": cfg.data.to_dict(),
+        "sim": cfg.sim.to_dict() if cfg.data.source == "synthetic" else None,
+    }
+
+
+def write_pool(p: Prepared, meta: dict, folder: Path) -> None:
+    """Arrays, id maps and meta.json into a temporary folder, then renamed to `folder`."""
+    with atomic_directory(folder) as tmp:
+        np.save(tmp / "items.npy", p.items.astype(np.int32))
+        np.save(tmp / "rewards.npy", p.rewards.astype(np.float32))
+        np.save(tmp / "purchase.npy", p.purchase.astype(bool))
+        np.save(tmp / "offsets.npy", p.offsets.astype(np.int64))
+        pd.DataFrame({"original_id": p.item_ids}).to_csv(tmp / "item_ids.csv", index=False)
+        pd.DataFrame({"original_id": p.session_ids}).to_csv(tmp / "session_ids.csv", index=False)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def stale_reason(cfg: Config) -> str | None:
+    """Why the pool at `pool.dir` must be (re)built, or None if it is up to date."""
+    meta_path = Path(cfg.pool.dir) / "meta.json"
+    if not meta_path.is_file():
+        return "no pool yet"
+    try:
+        stored = json.loads(meta_path.read_text()).get("config_hash")
+    except (OSError, json.JSONDecodeError):
+        stored = None
+    return None if stored == pool_fingerprint(cfg) else "data config or input files changed"
+
+
+def ensure_pool(cfg: Config, force: bool = False) -> Pool:
+    """The pool at `pool.dir`, built first if it is missing, stale (config hash changed) or `force`d."""
+    reason = "forced" if force else stale_reason(cfg)
+    if reason is None:
+        return Pool(Path(cfg.pool.dir))
+    print(f"building pool in {cfg.pool.dir} ({reason}) ...", flush=True)
+    pool = build_pool(cfg)
+    print(f"built in {pool.meta['build_seconds']:.1f} s", flush=True)
+    return pool
+
+
+def summary(pool: Pool) -> str:
+    m = pool.meta
+    lines = [f"pool {pool.dir}: {m['num_sessions']:,} sessions, {m['num_items']:,} items, "
+             f"{m['num_events']:,} events ({m['num_purchases']:,} purchases), "
+             f"{pool.disk_bytes() / 1e6:.1f} MB on disk ({pool.disk_bytes() / max(m['num_events'], 1):.1f} B/event)"]
+    for name in SPLITS:
+        s = m["splits"][name]
+        lines.append(f"  {name:5s}: {s['sessions']:,} sessions, {s['events']:,} events, {s['purchases']:,} purchases")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build the experience pool from the configured log.")
+    add_config_args(parser)
+    parser.add_argument("--force", action="store_true", help="rebuild even if the pool is up to date")
+    args = parser.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    if not args.force and stale_reason(cfg) is None:
+        print("pool is up to date (--force rebuilds it)")
+    print(summary(ensure_pool(cfg, force=args.force)))
+
+
+if __name__ == "__main__":
+    run_cli(main)

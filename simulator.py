@@ -1,0 +1,218 @@
+"""A simulator of users browsing a catalogue: it generates the default data set and scores policies online.
+
+The model (all of it a pure function of `sim.seed`):
+- Items have a category, a unit latent vector near their category's centre, an *appeal* (popularity)
+  and a *buyability*. A user (one per session) has a unit latent preference vector near the centre
+  of a favourite category; affinity(user, item) is the cosine of the two vectors.
+- Each step the user is shown a slate of k items and clicks item j with multinomial-logit probability
+  exp(x_j) / (exp(leave_utility) + sum_i exp(x_i)), x_j = affinity_weight * affinity + appeal_j.
+  The outside option means the user clicks nothing and leaves.
+- After a click the user buys with probability sigmoid(buy_bias + buyability_j
+  + buy_affinity_weight * affinity + buy_interest_weight * interest[category_j]).
+- The delayed effect: `interest` per category decays by `interest_decay` each step, grows by 1 with
+  every click in that category, and falls to 0 after a purchase there (satiation). Clicks therefore
+  raise the chance of later purchases, so a policy that maximises only the immediate reward is not
+  optimal.
+- After a click the user leaves with probability `exit_prob` (`exit_prob_after_purchase` after a
+  purchase); no session runs past `max_session_len` steps.
+- A logged event is one click; its type is `purchase` when the click was followed by a purchase.
+
+The simulator knows no model: a policy is any callable that scores items for users, and the step
+interface (`start_sessions`, `step`) lets callers show slates and see what users do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+
+NO_CLICK = -1
+
+
+@dataclass(frozen=True)
+class SimParams:
+    seed: int = 0
+    num_sessions: int = 20000
+    num_items: int = 1000
+    num_categories: int = 20
+    dim: int = 8
+    slate_size: int = 10
+    max_session_len: int = 50
+    affinity_weight: float = 2.0
+    leave_utility: float = 1.0
+    exit_prob: float = 0.08
+    exit_prob_after_purchase: float = 0.3
+    buy_bias: float = -4.0
+    buy_affinity_weight: float = 1.0
+    buy_interest_weight: float = 1.2
+    interest_decay: float = 0.8
+    logging_similarity: float = 2.0
+    logging_temperature: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SimParams":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Users:
+    """A batch of users in the middle of their sessions (B users, C categories, d dims)."""
+    prefs: np.ndarray        # [B, d] unit preference vectors
+    interest: np.ndarray     # [B, C] built-up interest per category
+    last_click: np.ndarray   # [B] item index of the last click, NO_CLICK before the first
+    length: np.ndarray       # [B] clicks so far
+    done: np.ndarray         # [B] bool, session over
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+
+@dataclass
+class StepResult:
+    click: np.ndarray        # [B] clicked item index, NO_CLICK if none (or already done)
+    purchase: np.ndarray     # [B] bool
+    reward: np.ndarray       # [B] float: reward_click, reward_purchase or 0
+    done: np.ndarray         # [B] bool, the session ended at this step
+
+
+class Simulator:
+    def __init__(self, params: SimParams, reward_click: float = 0.2, reward_purchase: float = 1.0):
+        self.p = params
+        self.reward_click, self.reward_purchase = reward_click, reward_purchase
+        rng = np.random.default_rng([params.seed, 0])
+        C, N, d = params.num_categories, params.num_items, params.dim
+        # Category sizes and favourites follow a Zipf-like law, as in real catalogues.
+        self.category_probs = 1.0 / np.arange(1, C + 1) ** 0.7
+        self.category_probs /= self.category_probs.sum()
+        self.centres = rng.normal(size=(C, d))
+        self.item_category = rng.choice(C, size=N, p=self.category_probs)
+        self.item_vecs = _unit(self.centres[self.item_category] + 0.5 * rng.normal(size=(N, d)))
+        self.item_appeal = rng.normal(0.0, 0.5, size=N)
+        self.item_buyability = rng.normal(0.0, 0.7, size=N)
+
+    # ---------------------------------------------------------------- users and their choices
+    def start_sessions(self, n: int, rng: np.random.Generator) -> Users:
+        fav = rng.choice(self.p.num_categories, size=n, p=self.category_probs)
+        prefs = _unit(self.centres[fav] + 1.0 * rng.normal(size=(n, self.p.dim)))
+        return Users(prefs=prefs, interest=np.zeros((n, self.p.num_categories)),
+                     last_click=np.full(n, NO_CLICK), length=np.zeros(n, dtype=np.int64),
+                     done=np.zeros(n, dtype=bool))
+
+    def affinity(self, users: Users, items: np.ndarray | None = None) -> np.ndarray:
+        """Cosine of user and item vectors: [B, N] for all items, or [B, k] for `items` [B, k]."""
+        if items is None:
+            return users.prefs @ self.item_vecs.T
+        return np.einsum("bd,bkd->bk", users.prefs, self.item_vecs[items])
+
+    def click_utility(self, users: Users, items: np.ndarray | None = None) -> np.ndarray:
+        appeal = self.item_appeal if items is None else self.item_appeal[items]
+        return self.p.affinity_weight * self.affinity(users, items) + appeal
+
+    def purchase_prob(self, users: Users, items: np.ndarray | None = None) -> np.ndarray:
+        """Chance of a purchase if the user clicks the item, given the interest built so far."""
+        cats = self.item_category if items is None else self.item_category[items]
+        buy = self.item_buyability if items is None else self.item_buyability[items]
+        interest = users.interest[:, cats] if items is None else np.take_along_axis(users.interest, cats, 1)
+        logit = (self.p.buy_bias + buy + self.p.buy_affinity_weight * self.affinity(users, items)
+                 + self.p.buy_interest_weight * interest)
+        return 1.0 / (1.0 + np.exp(-logit))
+
+    def step(self, users: Users, slates: np.ndarray, rng: np.random.Generator) -> StepResult:
+        """Show slate `slates[b]` (item indices, [B, k]) to each user; users who are done ignore it."""
+        B = len(users)
+        utility = self.click_utility(users, slates)                              # [B, k]
+        logits = np.concatenate([utility, np.full((B, 1), self.p.leave_utility)], axis=1)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        choice = (rng.random((B, 1)) > probs.cumsum(axis=1)).sum(axis=1)         # k = leave
+        choice = np.minimum(choice, slates.shape[1])
+        clicked = (choice < slates.shape[1]) & ~users.done
+        click = np.where(clicked, slates[np.arange(B), np.minimum(choice, slates.shape[1] - 1)], NO_CLICK)
+
+        safe = np.where(clicked, click, 0)
+        buy_p = self.purchase_prob(users, safe[:, None])[:, 0]
+        purchase = clicked & (rng.random(B) < buy_p)
+
+        # Interest: decay, then the clicked category grows, and a purchase satiates it.
+        users.interest *= np.where(users.done, 1.0, self.p.interest_decay)[:, None]
+        rows, cats = np.nonzero(clicked)[0], self.item_category[safe[clicked]]
+        users.interest[rows, cats] += 1.0
+        users.interest[np.nonzero(purchase)[0], self.item_category[safe[purchase]]] = 0.0
+
+        leave_p = np.where(purchase, self.p.exit_prob_after_purchase, self.p.exit_prob)
+        users.length += clicked
+        ends = ~users.done & (~clicked | (rng.random(B) < leave_p) | (users.length >= self.p.max_session_len))
+        users.last_click = np.where(clicked, click, users.last_click)
+        users.done = users.done | ends
+        reward = np.where(purchase, self.reward_purchase, np.where(clicked, self.reward_click, 0.0))
+        return StepResult(click=click, purchase=purchase, reward=reward, done=ends)
+
+    # ---------------------------------------------------------------- policies that know the world
+    def logging_scores(self, users: Users, rng: np.random.Generator) -> np.ndarray:
+        """The logging policy: popular items and items like the last click, with Gumbel noise. [B, N]"""
+        similar = np.where(users.last_click[:, None] >= 0,
+                           self.item_vecs[np.maximum(users.last_click, 0)] @ self.item_vecs.T, 0.0)
+        noise = rng.gumbel(size=(len(users), self.p.num_items)) * self.p.logging_temperature
+        return self.item_appeal + self.p.logging_similarity * similar + noise
+
+    def oracle_scores(self, users: Users) -> np.ndarray:
+        """Greedy oracle: click weight exp(x_j) times the expected reward of a click on j. [B, N]
+
+        Ranking by this and showing the top k maximises the immediate expected reward of a slate
+        under the logit model up to the slate's shared normaliser; it ignores the delayed effect.
+        """
+        p_buy = self.purchase_prob(users)
+        value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
+        return self.click_utility(users) + np.log(value)
+
+    # ---------------------------------------------------------------- the logged data set
+    def generate_log(self, num_sessions: int | None = None, chunk: int = 4096, progress=None) -> pd.DataFrame:
+        """Sessions recorded under the logging policy, as an event log.
+
+        Columns: session_id, item_id, timestamp (seconds), event (`click` | `purchase`). Loops over
+        steps and chunks of sessions, never over events; deterministic in `sim.seed`.
+        """
+        n = self.p.num_sessions if num_sessions is None else num_sessions
+        k = self.p.slate_size
+        parts = []
+        for start in range(0, n, chunk):
+            rng = np.random.default_rng([self.p.seed, 1, start])
+            users = self.start_sessions(min(chunk, n - start), rng)
+            session_ids = np.arange(start, start + len(users))
+            for t in range(self.p.max_session_len):
+                active = np.nonzero(~users.done)[0]
+                if len(active) == 0:
+                    break
+                sub = _subset(users, active)
+                slates = np.argpartition(-self.logging_scores(sub, rng), k - 1, axis=1)[:, :k]
+                res = self.step(sub, slates, rng)
+                _write_back(users, sub, active)
+                hit = res.click != NO_CLICK
+                parts.append(pd.DataFrame({
+                    "session_id": session_ids[active[hit]], "item_id": res.click[hit],
+                    "step": t, "purchase": res.purchase[hit]}))
+            if progress is not None:
+                progress.update(len(users))
+        log = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+            columns=["session_id", "item_id", "step", "purchase"])
+        # A session starts every minute or so; a click takes about 30 seconds.
+        jitter = np.random.default_rng([self.p.seed, 2]).uniform(0, 30, size=len(log))
+        log["timestamp"] = 1.6e9 + 60.0 * log["session_id"] + 30.0 * log["step"] + jitter
+        log["event"] = np.where(log["purchase"], "purchase", "click")
+        log = log.sort_values(["session_id", "step"], kind="stable", ignore_index=True)
+        return log[["session_id", "item_id", "timestamp", "event"]]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _subset(users: Users, rows: np.ndarray) -> Users:
+    return Users(*(getattr(users, f.name)[rows] for f in fields(Users)))
+
+
+def _write_back(users: Users, sub: Users, rows: np.ndarray) -> None:
+    for f in fields(Users):
+        getattr(users, f.name)[rows] = getattr(sub, f.name)
