@@ -1,0 +1,69 @@
+"""The network: a GRU state encoder over item embeddings, multi-step self-supervised heads and a Q head.
+
+Item 0 is padding everywhere: its embedding is zero and its column in every head is masked to -inf
+wherever items are ranked or maximised over. The model knows nothing of files or pools.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssl_heads import MultiStepHeads
+
+HEADS = ("ssl", "q")
+
+
+class GRUStateEncoder(nn.Module):
+    def __init__(self, num_items: int, hidden: int, dropout: float):
+        super().__init__()
+        self.embed = nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        self.gru = nn.GRU(hidden, hidden, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B, W] -> states [B, W, H]; output w is the state after reading items[:, :w+1]."""
+        out, _ = self.gru(self.drop(self.embed(items)))
+        return self.drop(out)
+
+
+class SeqRecQ(nn.Module):
+    """GRU encoder + K-step self-supervised heads + Q head over all items."""
+
+    def __init__(self, num_items: int, hidden: int = 64, dropout: float = 0.1, ssl_steps: int = 1):
+        super().__init__()
+        self.num_items = num_items
+        self.encoder = GRUStateEncoder(num_items, hidden, dropout)
+        self.ssl = MultiStepHeads(hidden, num_items, ssl_steps)
+        self.q_head = nn.Linear(hidden, num_items + 1)
+
+    @classmethod
+    def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
+        return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"])
+
+    def window_states(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The states s_t .. s_{t+T} of a window, from ONE pass of the GRU over state items + actions.
+
+        state [B, L], actions [B, T] -> [B, T+1, H]. s_{t+k} is the output after a_{t+k-1}.
+        """
+        L = state.shape[1]
+        return self.encoder(torch.cat([state, actions], dim=1))[:, L - 1:]
+
+    def last_state(self, state: torch.Tensor) -> torch.Tensor:
+        """state [B, L] -> s_t [B, H], the state after the last item of the history."""
+        return self.encoder(state)[:, -1]
+
+    def q_values(self, states: torch.Tensor) -> torch.Tensor:
+        """states [..., H] -> Q [..., N+1] (column 0 is padding: mask it before max or ranking)."""
+        return self.q_head(states)
+
+    def scores(self, state: torch.Tensor, head: str) -> torch.Tensor:
+        """Ranking scores [B, N+1] from state [B, H] by head `ssl` (next-item logits) or `q`; padding -inf."""
+        scores = self.ssl.next_item_logits(state) if head == "ssl" else self.q_values(state)
+        return mask_padding(scores)
+
+
+def mask_padding(scores: torch.Tensor) -> torch.Tensor:
+    """A copy of `scores` [..., N+1] with the padding column set to -inf."""
+    scores = scores.clone()
+    scores[..., 0] = float("-inf")
+    return scores

@@ -1,0 +1,42 @@
+"""Multi-step self-supervised heads: from the state s_t, predict the items a_t, a_{t+1}, ..., a_{t+K-1}.
+
+All K steps share one item output matrix (the expensive [N+1, H] part); step k owns only a small
+H x H transform and shift, initialised to the identity, so parameters grow as K*H*H + N*H, not K*N*H.
+Step 0 is the usual next-item head.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MultiStepHeads(nn.Module):
+    def __init__(self, hidden: int, num_items: int, steps: int):
+        super().__init__()
+        self.steps = steps
+        self.transforms = nn.Parameter(torch.eye(hidden).repeat(steps, 1, 1))  # [K, H, H]
+        self.shifts = nn.Parameter(torch.zeros(steps, hidden))                 # [K, H]
+        self.items = nn.Linear(hidden, num_items + 1)                          # shared; column 0 = padding
+
+    def forward(self, state: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """state [B, H] -> logits [B, K, N+1] for the first `steps` (default all K) steps."""
+        k = self.steps if steps is None else steps
+        per_step = torch.einsum("bh,khg->bkg", state, self.transforms[:k]) + self.shifts[:k]
+        return self.items(per_step)
+
+    def next_item_logits(self, state: torch.Tensor) -> torch.Tensor:
+        """state [B, H] -> logits [B, N+1] of step 0 alone (what ranking needs)."""
+        return self.forward(state, steps=1)[:, 0]
+
+
+def multi_step_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+                    weights: torch.Tensor) -> torch.Tensor:
+    """sum_k weights[k] * mean cross-entropy of step k over the samples where step k is in the session.
+
+    logits [B, K, N+1], targets [B, K] (item ids, 0 where invalid), valid [B, K] bool, weights [K].
+    """
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    valid = valid.to(ce.dtype)
+    per_step = (ce * valid).sum(0) / valid.sum(0).clamp(min=1.0)
+    return (weights * per_step).sum()

@@ -1,0 +1,32 @@
+"""TD(lambda) returns over a window of T steps, as a pure function of [batch, time] tensors.
+
+Conventions (as in torchrl's `td_lambda_return_estimate` and rlax's `lambda_returns`):
+  rewards[:, k]     = r_{t+k}
+  next_values[:, k] = V(s_{t+k+1}), the value of the state after step k
+  dones[:, k]       = True where step k ends the session: nothing is bootstrapped past it
+
+Computed backwards, truncated at the window's end (the last step bootstraps from its next value):
+  G_{T-1} = r_{T-1} + gamma * (1 - d_{T-1}) * V_T
+  G_k     = r_k + gamma * (1 - d_k) * ((1 - lam) * V_{k+1} + lam * G_{k+1})
+lam = 0 gives the one-step target r_k + gamma V_{k+1}; lam = 1 the (T-k)-step Monte-Carlo return
+bootstrapped at the window's end. Steps after a done are left as computed: callers mask them.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
+                   gamma: float, lam: float) -> torch.Tensor:
+    """lambda-return G_k for every step k of the window. All inputs [B, T]; returns [B, T]."""
+    if not (rewards.shape == next_values.shape == dones.shape) or rewards.dim() != 2:
+        raise ValueError(f"rewards, next_values and dones must share a [B, T] shape, got "
+                         f"{tuple(rewards.shape)}, {tuple(next_values.shape)}, {tuple(dones.shape)}")
+    discount = gamma * (1.0 - dones.to(rewards.dtype))          # 0 where the session ends
+    returns = torch.empty_like(rewards)
+    next_return = next_values[:, -1]                             # G_T := V_T truncates the window
+    for k in range(rewards.shape[1] - 1, -1, -1):
+        blended = (1.0 - lam) * next_values[:, k] + lam * next_return
+        next_return = rewards[:, k] + discount[:, k] * blended
+        returns[:, k] = next_return
+    return returns
