@@ -1,0 +1,56 @@
+"""Event-level evaluation as in SQN, vectorized and full-ranking.
+
+Every event of every session of a split is a query: the state is the `state_len` items before it (in
+its session), the target is the event's item, and all items are ranked. HR@k and NDCG@k are reported
+for click events and purchase events apart, for both heads in one pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from metrics import rank_of_targets, summarize
+from model import HEADS
+
+
+def mask_seen(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """Set the score of every item in `history` [B, L] to -inf (padding 0 is -inf already). In place."""
+    return scores.scatter_(1, history, float("-inf"))
+
+
+@torch.no_grad()
+def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool = False,
+             progress: bool = True) -> dict[str, dict[str, float]]:
+    """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split`."""
+    was_training = model.training
+    model.eval()
+    events = pool.events(split)
+    ranks = {head: [] for head in HEADS}
+    purchase = []
+    chunks = range(0, len(events), batch_size)
+    for start in tqdm(chunks, desc=f"evaluating {split}", unit="batch", leave=False, disable=not progress):
+        w = pool.windows(events[start:start + batch_size], state_len, 1)
+        state = torch.from_numpy(w.state)
+        target = torch.from_numpy(w.actions[:, 0])
+        h = model.last_state(state)
+        for head in HEADS:
+            scores = model.scores(h, head)
+            if exclude_seen:
+                mask_seen(scores, state)
+            ranks[head].append(rank_of_targets(scores, target))
+        purchase.append(torch.from_numpy(np.ascontiguousarray(w.purchase[:, 0])))
+    model.train(was_training)
+    is_purchase = torch.cat(purchase) if purchase else torch.zeros(0, dtype=torch.bool)
+    return {head: summarize(torch.cat(r) if r else torch.zeros(0, dtype=torch.long), is_purchase, ks)
+            for head, r in ranks.items()}
+
+
+def format_table(results: dict[str, dict[str, float]], ks, title: str) -> str:
+    """A small text table: one row per head and event kind, HR@k and NDCG@k columns."""
+    cols = [f"{m}@{k}" for m in ("HR", "NDCG") for k in ks]
+    lines = [title, f"  {'head':5s} {'events':9s}" + "".join(f"{c:>9s}" for c in cols)]
+    for head, metrics in results.items():
+        for kind in ("click", "purchase"):
+            lines.append(f"  {head:5s} {kind:9s}" + "".join(f"{metrics[f'{kind}/{c}']:9.4f}" for c in cols))
+    return "\n".join(lines)
