@@ -1,0 +1,48 @@
+"""Shared test helpers: small hand-built pools and configs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from config import load_config
+from preprocess import Prepared
+from replay_buffer import Pool, write_pool
+
+
+def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[list[bool]] | None = None,
+                       splits=(None, None), reward_click=0.2, reward_purchase=1.0) -> Pool:
+    """A pool whose sessions are the given lists of item ids (1..N). `splits` = (#train, #valid) sessions."""
+    purchases = purchases or [[False] * len(s) for s in sessions]
+    items = np.array([i for s in sessions for i in s], dtype=np.int32)
+    purchase = np.array([p for ps in purchases for p in ps], dtype=bool)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sessions])]).astype(np.int64)
+    S = len(sessions)
+    n_train = S if splits[0] is None else splits[0]
+    n_valid = 0 if splits[1] is None else splits[1]
+    prepared = Prepared(
+        items=items, rewards=np.where(purchase, reward_purchase, reward_click).astype(np.float32),
+        purchase=purchase, timestamps=np.arange(len(items), dtype=np.float64), offsets=offsets,
+        split_sessions={"train": [0, n_train], "valid": [n_train, n_train + n_valid],
+                        "test": [n_train + n_valid, S]},
+        item_ids=np.array([f"i{i}" for i in range(1, int(items.max()) + 1)], dtype=object),
+        session_ids=np.array([f"s{s}" for s in range(S)], dtype=object))
+    splits_meta = {}
+    for name, (a, b) in prepared.split_sessions.items():
+        splits_meta[name] = {"sessions": b - a, "events": int(offsets[b] - offsets[a]),
+                             "purchases": int(purchase[offsets[a]:offsets[b]].sum()), "sessions_range": [a, b]}
+    meta = {"num_items": int(items.max()), "num_sessions": S, "num_events": len(items),
+            "num_purchases": int(purchase.sum()), "splits": splits_meta, "config_hash": "test"}
+    write_pool(prepared, meta, folder)
+    return Pool(folder)
+
+
+def tiny_config(tmp: Path, *extra: str):
+    """A config small enough to train in seconds, writing only under `tmp`."""
+    return load_config(overrides=tiny_overrides(tmp) + list(extra))
+
+
+def tiny_overrides(tmp: Path) -> list[str]:
+    return [f"pool.dir={tmp / 'pool'}", f"train.run_dir={tmp / 'run'}", "sim.num_sessions=400",
+            "sim.num_items=60", "sim.num_categories=5", "train.epochs=2", "train.batch_size=64",
+            "model.hidden=16", "train.threads=1"]

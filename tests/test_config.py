@@ -1,0 +1,80 @@
+"""Config defaults, typed overrides, files, and the errors for bad keys and values."""
+import pytest
+import yaml
+
+from config import DEFAULT_PATH, load_config
+from errors import UserError
+
+
+def test_defaults_hold_the_interface_keys():
+    cfg = load_config()
+    assert cfg.data.source == "synthetic" and cfg.pool.state_len == 10
+    for key in ("data.path", "data.min_session_len", "data.min_item_count", "data.purchase_events", "pool.dir",
+                "pool.horizon", "train.epochs", "train.gamma", "train.lam", "train.seed", "train.run_dir"):
+        section, name = key.split(".")
+        assert name in cfg.to_dict()[section], key
+
+
+def test_every_default_has_a_comment():
+    for line in DEFAULT_PATH.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and line.startswith("  "):
+            assert "#" in line, f"config.yaml line without a comment: {line!r}"
+
+
+def test_typed_overrides():
+    cfg = load_config(overrides=["train.epochs=7", "train.gamma=1", "train.lam=0.25", "eval.exclude_seen=true",
+                                 "data.purchase_events=[buy, order]", "train.run_dir=2024", "data.split=[0.6,0.2,0.2]"])
+    assert cfg.train.epochs == 7 and isinstance(cfg.train.gamma, float) and cfg.train.gamma == 1.0
+    assert cfg.train.lam == 0.25 and cfg.eval.exclude_seen is True
+    assert cfg.data.purchase_events == ["buy", "order"]
+    assert cfg.train.run_dir == "2024"          # a string key takes the text as it is
+    assert cfg.data.split == [0.6, 0.2, 0.2]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
+    ("nonsense.key=1", "unknown config key 'nonsense.key'"),
+    ("train.epochs=three", "needs an integer"),
+    ("train.epochs=2.5", "needs an integer"),
+    ("train.gamma=high", "needs a number"),
+    ("eval.exclude_seen=3", "needs true or false"),
+    ("data.source=parquet", "unknown data.source 'parquet'"),
+    ("train.value=soft", "unknown train.value"),
+    ("model.ssl_steps=5", "must not exceed pool.horizon"),
+    ("data.split=[0.5,0.5]", "data.split needs three"),
+    ("eval.select_metric=purchase/MAP@10", "eval.select_metric"),
+    ("train.epochs", "expects dotted.key=value"),
+    ("data.columns=3", "is a section"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(UserError) as err:
+        load_config(overrides=[override])
+    assert message in str(err.value)
+
+
+def test_partial_file_then_overrides(tmp_path):
+    f = tmp_path / "my.yaml"
+    f.write_text(yaml.safe_dump({"train": {"epochs": 9, "lr": 0.01}, "data": {"columns": {"item_id": "sku"}}}))
+    cfg = load_config(f, ["train.epochs=4"])
+    assert cfg.train.epochs == 4 and cfg.train.lr == 0.01 and cfg.data.columns.item_id == "sku"
+    assert cfg.data.columns.session_id == "session_id"   # untouched keys keep their defaults
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [epochs: 3\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epohcs: 3\n")
+    with pytest.raises(UserError, match="did you mean 'train.epochs'"):
+        load_config(typo)
+
+
+def test_config_is_read_only_and_round_trips():
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.train = None
+    assert load_config(overrides=[]).to_dict() == yaml.safe_load(DEFAULT_PATH.read_text())

@@ -1,0 +1,120 @@
+"""Each loader on tiny fixture files written here, and each kind of bad input."""
+import numpy as np
+import pytest
+
+from config import load_config
+from errors import UserError
+from loaders import load_events
+
+
+def load(*overrides):
+    cfg = load_config(overrides=list(overrides))
+    return load_events(cfg.data.to_dict(), cfg.sim.to_dict())
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_csv_with_events_and_numeric_times(tmp_path):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp,event\n"
+              "1,10,100,click\n1,11,101,purchase\n2,10,50,view\n")
+    ev = load("data.source=csv", f"data.path={f}")
+    assert list(ev.columns) == ["session", "item", "timestamp", "reward", "purchase"]
+    assert ev["purchase"].tolist() == [False, True, False]
+    np.testing.assert_allclose(ev["reward"], [0.2, 1.0, 0.2])
+    np.testing.assert_allclose(ev["timestamp"], [100, 101, 50])
+
+
+def test_csv_renamed_columns_iso_times_and_custom_events(tmp_path):
+    f = write(tmp_path / "log.csv", "user,product,when,kind\n"
+              "u1,apple,2024-01-01T10:00:00Z,seen\nu1,pear,2024-01-01T10:00:30Z,bought\n")
+    ev = load("data.source=csv", f"data.path={f}", "data.columns.session_id=user", "data.columns.item_id=product",
+              "data.columns.timestamp=when", "data.columns.event=kind", "data.purchase_events=[bought]")
+    assert ev["item"].tolist() == ["apple", "pear"]
+    assert ev["purchase"].tolist() == [False, True]
+    assert ev["timestamp"].iloc[1] - ev["timestamp"].iloc[0] == pytest.approx(30.0)
+
+
+def test_csv_numeric_reward_column(tmp_path):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp,reward\n1,1,1,0.5\n1,2,2,3.0\n")
+    ev = load("data.source=csv", f"data.path={f}")
+    np.testing.assert_allclose(ev["reward"], [0.5, 3.0])
+    assert ev["purchase"].tolist() == [False, True]  # reward >= data.reward_purchase
+
+
+def test_csv_without_event_or_reward_is_all_clicks(tmp_path):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp\n1,1,1\n1,2,2\n")
+    ev = load("data.source=csv", f"data.path={f}")
+    assert not ev["purchase"].any() and np.allclose(ev["reward"], 0.2)
+
+
+def test_csv_rows_with_missing_ids_are_dropped(tmp_path, capsys):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp\n1,1,1\n1,,2\n,3,3\n2,4,4\n")
+    ev = load("data.source=csv", f"data.path={f}")
+    assert ev["item"].tolist() == [1, 4]
+    assert "dropped 2 rows" in capsys.readouterr().err
+
+
+def test_retailrocket(tmp_path):
+    f = write(tmp_path / "events.csv", "timestamp,visitorid,event,itemid,transactionid\n"
+              "1433221332117,257597,view,355908,\n1433224214164,992329,view,248676,\n"
+              "1433221999827,257597,addtocart,355908,\n1433222276276,257597,transaction,355908,4000\n")
+    ev = load("data.source=retailrocket", f"data.path={f}")
+    assert ev["purchase"].tolist() == [False, False, False, True]  # transaction is a purchase by default
+    # SQN's variant: addtocart is the purchase and transactions are dropped.
+    ev = load("data.source=retailrocket", f"data.path={f}", "data.purchase_events=[addtocart]",
+              "data.drop_events=[transaction]")
+    assert len(ev) == 3 and ev["purchase"].tolist() == [False, False, True]
+    assert ev["session"].tolist() == [257597, 992329, 257597]
+
+
+def test_yoochoose_merges_clicks_and_buys(tmp_path):
+    write(tmp_path / "yoochoose-clicks.dat", "1,2014-04-07T10:51:09.277Z,214536502,0\n"
+          "1,2014-04-07T10:54:09.868Z,214536500,0\n2,2014-04-07T13:56:37.614Z,214662742,S\n")
+    write(tmp_path / "yoochoose-buys.dat", "1,2014-04-07T10:55:00.000Z,214536500,12462,1\n")
+    ev = load("data.source=yoochoose", f"data.path={tmp_path}")
+    assert len(ev) == 4 and ev["purchase"].sum() == 1
+    bought = ev[ev["purchase"]]
+    assert bought["item"].tolist() == [214536500] and bought["session"].tolist() == [1]
+    assert ev["timestamp"].iloc[1] - ev["timestamp"].iloc[0] == pytest.approx(180.591)
+
+
+def test_synthetic_is_deterministic():
+    a = load("sim.num_sessions=200", "sim.num_items=50")
+    b = load("sim.num_sessions=200", "sim.num_items=50")
+    assert a.equals(b) and len(a) > 0 and a["purchase"].any()
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "not found"),
+    ("", "is empty"),
+    ("session_id,item,timestamp\n1,2,3\n", "no column 'item_id'"),
+    ("session_id,item_id,timestamp\n1,2,yesterday\n", "neither a number nor an ISO-8601 time"),
+    ("session_id,item_id,timestamp,reward\n1,2,3,lots\n", "not a number"),
+])
+def test_bad_csv_gives_a_clear_error(tmp_path, content, message):
+    f = tmp_path / "log.csv"
+    if content is not None:
+        f.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load("data.source=csv", f"data.path={f}")
+
+
+def test_source_without_a_path_is_an_error():
+    with pytest.raises(UserError, match="data.path is empty"):
+        load("data.source=csv")
+
+
+def test_yoochoose_needs_a_folder(tmp_path):
+    with pytest.raises(UserError, match="not a folder"):
+        load("data.source=yoochoose", f"data.path={tmp_path / 'missing'}")
+    with pytest.raises(UserError, match="not found"):
+        load("data.source=yoochoose", f"data.path={tmp_path}")
+
+
+def test_retailrocket_wrong_file(tmp_path):
+    f = write(tmp_path / "events.csv", "a,b\n1,2\n")
+    with pytest.raises(UserError, match="not RetailRocket"):
+        load("data.source=retailrocket", f"data.path={f}")

@@ -1,0 +1,89 @@
+"""The encoder's one-pass window states, the heads' sizes and losses, the TD pieces of the training step."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from config import load_config
+from model import SeqRecQ
+from ssl_heads import MultiStepHeads, multi_step_loss
+from train_offline import Batch, compute_losses, next_state_values
+
+
+def test_one_pass_window_states_equal_encoding_each_state_apart():
+    torch.manual_seed(0)
+    model = SeqRecQ(num_items=30, hidden=8, dropout=0.0, ssl_steps=2).eval()
+    L, T = 4, 3
+    state = torch.randint(0, 31, (5, L))
+    actions = torch.randint(1, 31, (5, T))
+    together = model.window_states(state, actions)                   # [B, T+1, H]
+    window = torch.cat([state, actions], 1)
+    for k in range(T + 1):
+        apart = model.last_state(window[:, :L + k])                   # the naive way: encode s_{t+k} alone
+        torch.testing.assert_close(together[:, k], apart)
+
+
+def test_ssl_head_parameters_do_not_grow_with_items_times_steps():
+    def size(k):
+        return sum(p.numel() for p in MultiStepHeads(hidden=16, num_items=1000, steps=k).parameters())
+    assert size(5) - size(1) == 4 * (16 * 16 + 16)
+
+
+def test_ssl_heads_start_as_the_same_next_item_head():
+    heads = MultiStepHeads(hidden=8, num_items=20, steps=3)
+    logits = heads(torch.randn(4, 8))
+    torch.testing.assert_close(logits[:, 0], logits[:, 2])
+    torch.testing.assert_close(heads.next_item_logits(torch.ones(2, 8)), heads(torch.ones(2, 8))[:, 0])
+
+
+def test_multi_step_loss_matches_a_loop():
+    torch.manual_seed(1)
+    logits = torch.randn(6, 3, 11)
+    targets = torch.randint(1, 11, (6, 3))
+    valid = torch.rand(6, 3) < 0.7
+    weights = torch.tensor([1.0, 0.5, 0.25])
+    expected = 0.0
+    for k in range(3):
+        terms = [F.cross_entropy(logits[b, k][None], targets[b, k][None]) for b in range(6) if valid[b, k]]
+        expected += weights[k] * (sum(terms) / len(terms) if terms else 0.0)
+    torch.testing.assert_close(multi_step_loss(logits, targets.where(valid, 0), valid, weights),
+                               torch.as_tensor(expected, dtype=torch.float32))
+
+
+def test_next_state_values_double_and_max():
+    online = torch.tensor([[[9.0, 1.0, 3.0, 2.0]]])   # column 0 is padding and must never be chosen
+    target = torch.tensor([[[9.0, 5.0, 0.5, 4.0]]])
+    assert next_state_values(online, target, "double").item() == 0.5   # target at the online argmax (item 2)
+    assert next_state_values(online, target, "max").item() == 5.0
+
+
+def test_training_step_is_finite_and_trains_every_part():
+    cfg = load_config(overrides=["pool.horizon=3", "model.ssl_steps=3", "train.lam=0.8"])
+    torch.manual_seed(0)
+    model = SeqRecQ(num_items=12, hidden=8, dropout=0.1, ssl_steps=3)
+    target = SeqRecQ(num_items=12, hidden=8, dropout=0.1, ssl_steps=3).eval()
+    # Windows that end early: padding after the session's end must not produce NaN.
+    batch = Batch(state=torch.tensor([[0, 0, 3], [4, 5, 6]]), actions=torch.tensor([[7, 0, 0], [8, 9, 10]]),
+                  rewards=torch.tensor([[1.0, 0, 0], [0.2, 0.2, 1.0]]),
+                  dones=torch.tensor([[True, False, False], [False, False, False]]),
+                  valid=torch.tensor([[True, False, False], [True, True, True]]))
+    loss, stats = compute_losses(model, target, batch, cfg.train)
+    loss.backward()
+    assert torch.isfinite(loss) and stats["td"] > 0 and stats["ce"] > 0
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.q_head.weight.grad.abs().sum() > 0 and model.ssl.transforms.grad.abs().sum() > 0
+
+
+def test_td_target_of_a_one_step_window_is_r_plus_gamma_v():
+    """With T=1 and lambda irrelevant, the loss's TD part is (Q(s,a) - (r + gamma (1-d) V(s')))^2."""
+    cfg = load_config(overrides=["pool.horizon=1", "model.ssl_steps=1", "train.value=max", "train.alpha=1.0"])
+    torch.manual_seed(0)
+    model = SeqRecQ(num_items=5, hidden=4, dropout=0.0, ssl_steps=1)
+    batch = Batch(state=torch.tensor([[1, 2]]), actions=torch.tensor([[3]]), rewards=torch.tensor([[0.2]]),
+                  dones=torch.tensor([[False]]), valid=torch.tensor([[True]]))
+    _, stats = compute_losses(model, model, batch, cfg.train)
+    h = model.window_states(batch.state, batch.actions)
+    q = model.q_values(h)
+    v = q[0, 1, 1:].max()
+    expected = (q[0, 0, 3] - (0.2 + cfg.train.gamma * v)) ** 2
+    assert stats["td"] == pytest.approx(expected.item(), rel=1e-5)

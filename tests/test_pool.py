@@ -1,0 +1,103 @@
+"""Pool windows, padding and end flags against a hand-built pool and a naive per-event loop."""
+import json
+
+import numpy as np
+import pytest
+
+from helpers import pool_from_sessions, tiny_config
+from replay_buffer import ensure_pool, pool_fingerprint, stale_reason
+
+SESSIONS = [[5, 6, 7, 8], [9], [3, 4]]
+PURCHASES = [[False, False, True, False], [True], [False, False]]
+
+
+@pytest.fixture
+def pool(tmp_path):
+    return pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES)
+
+
+def test_hand_built_windows(pool):
+    w = pool.windows(np.array([1, 3, 4, 5]), state_len=3, horizon=2)
+    # event 1 = item 6 of session 0: two items of padding, then 5; actions 6, 7 (7 is a purchase)
+    np.testing.assert_array_equal(w.state[0], [0, 0, 5])
+    np.testing.assert_array_equal(w.actions[0], [6, 7])
+    np.testing.assert_allclose(w.rewards[0], [0.2, 1.0])
+    np.testing.assert_array_equal(w.dones[0], [False, False])
+    np.testing.assert_array_equal(w.purchase[0], [False, True])
+    # event 3 = item 8, the session's last: done at step 0, step 1 is padding outside the session
+    np.testing.assert_array_equal(w.state[1], [5, 6, 7])
+    np.testing.assert_array_equal(w.actions[1], [8, 0])
+    np.testing.assert_allclose(w.rewards[1], [0.2, 0.0])
+    np.testing.assert_array_equal(w.dones[1], [True, False])
+    np.testing.assert_array_equal(w.valid[1], [True, False])
+    # event 4 = the one-item session: nothing of session 0 leaks into its state or actions
+    np.testing.assert_array_equal(w.state[2], [0, 0, 0])
+    np.testing.assert_array_equal(w.actions[2], [9, 0])
+    np.testing.assert_allclose(w.rewards[2], [1.0, 0.0])
+    np.testing.assert_array_equal(w.dones[2], [True, False])
+    # event 5 = first item of the last session: session 1's item 9 must not appear in its state
+    np.testing.assert_array_equal(w.state[3], [0, 0, 0])
+    np.testing.assert_array_equal(w.actions[3], [3, 4])
+    np.testing.assert_array_equal(w.dones[3], [False, True])
+
+
+def naive_window(sessions, purchases, event, L, T, rc=0.2, rp=1.0):
+    """One event's window, by walking the sessions in Python."""
+    flat = [(s, j) for s, items in enumerate(sessions) for j in range(len(items))]
+    s, j = flat[event]
+    items, buys = sessions[s], purchases[s]
+    state = [items[j - L + i] if j - L + i >= 0 else 0 for i in range(L)]
+    actions, rewards, dones, valid = [], [], [], []
+    for k in range(T):
+        inside = j + k < len(items)
+        actions.append(items[j + k] if inside else 0)
+        rewards.append((rp if buys[j + k] else rc) if inside else 0.0)
+        dones.append(j + k == len(items) - 1)
+        valid.append(inside)
+    return state, actions, rewards, dones, valid
+
+
+@pytest.mark.parametrize("L,T", [(1, 1), (3, 2), (10, 3), (4, 7)])
+def test_vectorized_windows_match_naive_loop(tmp_path, L, T):
+    rng = np.random.default_rng(L * 10 + T)
+    sessions = [list(rng.integers(1, 30, size=rng.integers(1, 9))) for _ in range(40)]
+    purchases = [list(rng.random(len(s)) < 0.2) for s in sessions]
+    pool = pool_from_sessions(tmp_path / "p", sessions, purchases)
+    events = rng.permutation(sum(map(len, sessions)))
+    w = pool.windows(events, L, T)
+    for row, e in enumerate(events):
+        state, actions, rewards, dones, valid = naive_window(sessions, purchases, e, L, T)
+        np.testing.assert_array_equal(w.state[row], state)
+        np.testing.assert_array_equal(w.actions[row], actions)
+        np.testing.assert_allclose(w.rewards[row], rewards, rtol=1e-6)
+        np.testing.assert_array_equal(w.dones[row], dones)
+        np.testing.assert_array_equal(w.valid[row], valid)
+
+
+def test_storage_is_flat(pool):
+    """On disk: per event one item, one reward, one flag; nothing per window position."""
+    e = pool.meta["num_events"]
+    arrays = {name: np.load(pool.dir / f"{name}.npy") for name in ("items", "rewards", "purchase")}
+    assert all(a.shape == (e,) for a in arrays.values())
+    assert np.load(pool.dir / "offsets.npy").shape == (len(SESSIONS) + 1,)
+
+
+def test_split_events_are_contiguous(tmp_path):
+    pool = pool_from_sessions(tmp_path / "p", [[1, 2], [3], [4, 5, 6], [7]], splits=(2, 1))
+    np.testing.assert_array_equal(pool.events("train"), [0, 1, 2])
+    np.testing.assert_array_equal(pool.events("valid"), [3, 4, 5])
+    np.testing.assert_array_equal(pool.events("test"), [6])
+
+
+def test_pool_is_rebuilt_only_when_its_inputs_change(tmp_path):
+    cfg = tiny_config(tmp_path)
+    pool = ensure_pool(cfg)
+    assert json.loads((pool.dir / "meta.json").read_text())["config_hash"] == pool_fingerprint(cfg)
+    # Windows are cut at read time: state_len and horizon do not make the pool stale.
+    assert stale_reason(tiny_config(tmp_path, "pool.state_len=4", "pool.horizon=1", "model.ssl_steps=1")) is None
+    changed = tiny_config(tmp_path, "data.reward_purchase=2.0")
+    assert stale_reason(changed) is not None
+    rebuilt = ensure_pool(changed)
+    assert stale_reason(changed) is None
+    assert rebuilt.meta["num_events"] == pool.meta["num_events"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pool")], "temporary folders left behind"

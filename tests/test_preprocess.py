@@ -1,0 +1,93 @@
+"""Ordering, iterative filtering, id remapping, splitting and the pool layout."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from config import load_config
+from errors import UserError
+from preprocess import filter_events, prepare, remap_items, sort_events, split_sessions
+
+
+def events(rows):
+    """rows: (session, item, timestamp[, purchase])"""
+    rows = [r + (False,) * (4 - len(r)) for r in rows]
+    df = pd.DataFrame(rows, columns=["session", "item", "timestamp", "purchase"])
+    df["reward"] = np.where(df["purchase"], 1.0, 0.2).astype(np.float32)
+    df["timestamp"] = df["timestamp"].astype(float)
+    return df
+
+
+def test_sort_orders_by_session_then_time_stably():
+    df = events([("b", 1, 5), ("a", 2, 9), ("a", 3, 1), ("a", 4, 1)])
+    out = sort_events(df)
+    assert list(out["item"]) == [3, 4, 2, 1]  # a: t=1 (3 then 4, file order), t=9; then b
+
+
+def test_filtering_is_iterative():
+    # min_item_count 2, min_session_len 2. x occurs once -> A shrinks to [y] and goes, C is [z] alone
+    # and goes; then B and D keep y twice and z twice: a fixed point.
+    df = events([("A", "x", 1), ("A", "y", 2), ("B", "y", 1), ("B", "z", 2), ("C", "z", 1),
+                 ("D", "y", 1), ("D", "z", 2)])
+    out = filter_events(df, min_item_count=2, min_session_len=2)
+    assert sorted(zip(out["session"], out["item"])) == [("B", "y"), ("B", "z"), ("D", "y"), ("D", "z")]
+    # Without D the cascade empties everything.
+    assert filter_events(df[df["session"] != "D"], 2, 2).empty
+
+
+def test_remap_round_trip():
+    originals = np.array(["9", "apple", "9", "42", "zz", "apple"], dtype=object)
+    codes, ids = remap_items(originals)
+    assert codes.min() == 1 and codes.max() == len(set(originals))
+    np.testing.assert_array_equal(ids[codes - 1], originals)
+    ints = np.array([100, 7, 100, 3])
+    codes, ids = remap_items(ints)
+    np.testing.assert_array_equal(codes, [3, 2, 3, 1])  # sorted-id order
+    np.testing.assert_array_equal(ids[codes - 1], ints)
+
+
+def test_random_split_is_seeded_and_covers_all():
+    codes = np.repeat(np.arange(100), 3)
+    times = np.arange(300, dtype=float)
+    a = split_sessions(codes, times, [0.8, 0.1, 0.1], "random", seed=1)
+    b = split_sessions(codes, times, [0.8, 0.1, 0.1], "random", seed=1)
+    c = split_sessions(codes, times, [0.8, 0.1, 0.1], "random", seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    assert np.bincount(a).tolist() == [80, 10, 10]
+
+
+def test_temporal_split_puts_latest_sessions_in_test():
+    codes = np.array([0, 0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9])
+    times = np.array([50, 95, 10, 20, 21, 99, 30, 40, 60, 70, 80, 90], dtype=float)
+    split = split_sessions(codes, times, [0.8, 0.1, 0.1], "temporal", seed=0)
+    last = np.array([95, 10, 21, 99, 30, 40, 60, 70, 80, 90])
+    assert last[split == 0].max() < last[split == 1].min() <= last[split == 2].min()
+    assert split[3] == 2 and split[0] == 1
+
+
+def test_too_few_sessions_for_the_split_is_a_user_error():
+    with pytest.raises(UserError, match="too few"):
+        split_sessions(np.array([0, 0, 1]), np.zeros(3), [0.8, 0.1, 0.1], "random", 0)
+
+
+def test_prepare_lays_out_sessions_by_split_and_time():
+    data = load_config(overrides=["data.min_item_count=1", "data.min_session_len=1",
+                                  "data.split=[0.5, 0.25, 0.25]"]).data.to_dict()
+    rng = np.random.default_rng(0)
+    rows = [(f"s{s}", int(rng.integers(0, 20)), float(rng.integers(0, 1000)), bool(rng.random() < 0.2))
+            for s in range(8) for _ in range(int(rng.integers(1, 6)))]
+    df = events(rows)
+    p = prepare(df.sample(frac=1, random_state=0), data)   # input order must not matter
+    assert len(p.items) == len(df) and p.purchase.sum() == df["purchase"].sum()
+    assert p.split_sessions == {"train": [0, 4], "valid": [4, 6], "test": [6, 8]}
+    for s, sid in enumerate(p.session_ids):
+        mine = df[df["session"] == sid].sort_values("timestamp", kind="stable")
+        got = p.item_ids[p.items[p.offsets[s]:p.offsets[s + 1]] - 1]
+        assert sorted(got.tolist()) == sorted(mine["item"].tolist())
+        assert np.all(np.diff(p.timestamps[p.offsets[s]:p.offsets[s + 1]]) >= 0)
+
+
+def test_prepare_rejects_data_empty_after_filtering():
+    data = load_config(overrides=["data.min_session_len=10"]).data.to_dict()
+    with pytest.raises(UserError, match="no events left after filtering"):
+        prepare(events([("a", 1, 1), ("a", 2, 2)]), data)

@@ -1,0 +1,77 @@
+"""lambda_returns against a naive loop over the forward-view definition (weighted n-step returns)."""
+import itertools
+
+import pytest
+import torch
+
+from td_lambda import lambda_returns
+
+
+def n_step_return(r, v, d, k, n, gamma):
+    """sum_{i<n} gamma^i r_{k+i} + gamma^n V(s_{k+n}), stopping (no bootstrap) at a done."""
+    g, disc = 0.0, 1.0
+    for i in range(n):
+        g += disc * r[k + i]
+        if d[k + i]:
+            return g
+        disc *= gamma
+    return g + disc * v[k + n - 1]
+
+
+def naive_lambda_returns(rewards, next_values, dones, gamma, lam):
+    """G^lambda_k = (1-lam) sum_{n=1}^{H-1} lam^(n-1) G^(n)_k + lam^(H-1) G^(H)_k, H = T - k."""
+    B, T = rewards.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        r, v, d = rewards[b].tolist(), next_values[b].tolist(), dones[b].tolist()
+        for k in range(T):
+            H = T - k
+            total = sum((1 - lam) * lam ** (n - 1) * n_step_return(r, v, d, k, n, gamma) for n in range(1, H))
+            out[b, k] = total + lam ** (H - 1) * n_step_return(r, v, d, k, H, gamma)
+    return out
+
+
+@pytest.mark.parametrize("B,T", [(1, 1), (3, 2), (5, 3), (4, 5), (2, 8)])
+@pytest.mark.parametrize("gamma,lam", list(itertools.product([0.0, 0.5, 0.99, 1.0], [0.0, 0.3, 0.8, 1.0])))
+def test_matches_forward_view(B, T, gamma, lam):
+    g = torch.Generator().manual_seed(B * 100 + T)
+    rewards = torch.rand(B, T, generator=g, dtype=torch.float64)
+    next_values = torch.randn(B, T, generator=g, dtype=torch.float64)
+    dones = torch.rand(B, T, generator=g) < 0.3
+    got = lambda_returns(rewards, next_values, dones, gamma, lam)
+    torch.testing.assert_close(got, naive_lambda_returns(rewards, next_values, dones, gamma, lam))
+
+
+@pytest.mark.parametrize("pattern", [[0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 1, 0, 1], [1, 1, 1, 1]])
+def test_every_done_pattern(pattern):
+    rewards = torch.tensor([[0.2, 1.0, 0.2, 0.2]], dtype=torch.float64)
+    next_values = torch.tensor([[1.5, -0.5, 2.0, 3.0]], dtype=torch.float64)
+    dones = torch.tensor([pattern], dtype=torch.bool)
+    for gamma, lam in [(0.5, 0.8), (0.9, 0.5)]:
+        torch.testing.assert_close(lambda_returns(rewards, next_values, dones, gamma, lam),
+                                   naive_lambda_returns(rewards, next_values, dones, gamma, lam))
+
+
+def test_lambda_zero_is_one_step_target():
+    rewards = torch.tensor([[0.2, 1.0, 0.2]])
+    next_values = torch.tensor([[2.0, 3.0, 4.0]])
+    dones = torch.tensor([[False, True, False]])
+    got = lambda_returns(rewards, next_values, dones, gamma=0.5, lam=0.0)
+    torch.testing.assert_close(got, torch.tensor([[0.2 + 0.5 * 2.0, 1.0, 0.2 + 0.5 * 4.0]]))
+
+
+def test_lambda_one_is_t_step_return():
+    rewards = torch.tensor([[0.2, 1.0, 0.2]])
+    next_values = torch.tensor([[2.0, 3.0, 4.0]])
+    no_done = torch.zeros(1, 3, dtype=torch.bool)
+    got = lambda_returns(rewards, next_values, no_done, gamma=0.5, lam=1.0)
+    # G_0 = r0 + g r1 + g^2 r2 + g^3 V3, where V3 = next_values[:, 2]
+    assert got[0, 0].item() == pytest.approx(0.2 + 0.5 * 1.0 + 0.25 * 0.2 + 0.125 * 4.0)
+    # A done at step 1 ends the sum there: G_0 = r0 + g r1.
+    done_1 = torch.tensor([[False, True, False]])
+    assert lambda_returns(rewards, next_values, done_1, 0.5, 1.0)[0, 0].item() == pytest.approx(0.2 + 0.5)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        lambda_returns(torch.zeros(2, 3), torch.zeros(2, 2), torch.zeros(2, 3, dtype=torch.bool), 0.5, 0.5)
