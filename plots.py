@@ -17,7 +17,7 @@ def plot_training_curves(metrics_csv: Path, png: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for col in ("ce", "td"):
         axes[0].plot(m["epoch"], m[col], marker="o", label=col)
-    axes[0].set(title="training loss", xlabel="epoch")
+    axes[0].set(title="training loss (log scale)", xlabel="epoch", yscale="log")
     for kind, ax in (("click", axes[1]), ("purchase", axes[2])):
         for head in ("ssl", "q"):
             col = f"valid/{head}/{kind}/NDCG@10"

@@ -48,7 +48,7 @@ class SimParams:
     buy_interest_weight: float = 1.2
     interest_decay: float = 0.8
     logging_similarity: float = 2.0
-    logging_temperature: float = 1.0
+    logging_temperature: float = 0.5
 
     @classmethod
     def from_dict(cls, d: dict) -> "SimParams":
