@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from atomic import atomic_write_text
 from errors import UserError
 
 DEFAULT_PATH = Path(__file__).with_name("config.yaml")
@@ -82,7 +83,6 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    from atomic import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

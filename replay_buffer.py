@@ -29,7 +29,6 @@ from loaders import load_events
 from preprocess import SPLITS, Prepared, prepare
 
 FORMAT_VERSION = 1
-ARRAYS = ("items", "rewards", "purchase", "offsets")
 
 
 # ================================================================================================
@@ -52,11 +51,16 @@ class Pool:
     def __init__(self, folder: Path):
         self.dir = Path(folder)
         self.meta = json.loads((self.dir / "meta.json").read_text())
-        for name in ARRAYS:
-            setattr(self, name, np.load(self.dir / f"{name}.npy", mmap_mode="r"))
+        self.items = self._load("items")        # [E] int32 item ids, sessions contiguous
+        self.rewards = self._load("rewards")    # [E] float32
+        self.purchase = self._load("purchase")  # [E] bool
+        self.offsets = self._load("offsets")    # [S+1] int64, session s = events offsets[s]:offsets[s+1]
         self.num_items: int = self.meta["num_items"]
         self.num_sessions: int = self.meta["num_sessions"]
         self._item_ids = self._session_ids = None
+
+    def _load(self, name: str) -> np.ndarray:
+        return np.load(self.dir / f"{name}.npy", mmap_mode="r")
 
     def session_range(self, split: str) -> tuple[int, int]:
         first, last = self.meta["splits"][split]["sessions_range"]
