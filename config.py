@@ -19,8 +19,8 @@ from errors import UserError
 DEFAULT_PATH = Path(__file__).with_name("config.yaml")
 
 CHOICES = {
-    "data.source": ("synthetic", "csv", "retailrocket", "yoochoose"),
-    "data.split_mode": ("random", "temporal"),
+    "data.source": ("synthetic", "csv", "retailrocket", "yoochoose", "movielens"),
+    "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),
     "train.value": ("double", "max"),
     "train.target_update": ("polyak", "hard"),
@@ -209,9 +209,9 @@ def _validate(tree: dict) -> None:
         raise UserError("train.gamma and train.lam must lie in [0, 1]")
     metric = ev["select_metric"]
     kind, _, name = metric.partition("/")
-    valid_names = {f"{m}@{k}" for m in ("HR", "NDCG") for k in ev["ks"]}
-    if kind not in ("click", "purchase") or name not in valid_names:
-        raise UserError(f"eval.select_metric '{metric}' is not one of click|purchase / "
+    valid_names = {f"{m}@{k}" for m in ("HR", "NDCG") for k in ev["ks"]} | {"MRR"}
+    if kind not in ("all", "click", "purchase") or name not in valid_names:
+        raise UserError(f"eval.select_metric '{metric}' is not one of all|click|purchase / "
                         f"{'|'.join(sorted(valid_names))}")
 
 

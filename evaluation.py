@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metrics import rank_of_targets, summarize
+from metrics import KINDS, rank_of_targets, summarize
 from model import HEADS
 
 
@@ -48,9 +48,9 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
 
 def format_table(results: dict[str, dict[str, float]], ks, title: str) -> str:
     """A small text table: one row per head and event kind, HR@k and NDCG@k columns."""
-    cols = [f"{m}@{k}" for m in ("HR", "NDCG") for k in ks]
+    cols = [f"{m}@{k}" for m in ("HR", "NDCG") for k in ks] + ["MRR"]
     lines = [title, f"  {'head':5s} {'events':9s}" + "".join(f"{c:>9s}" for c in cols)]
     for head, metrics in results.items():
-        for kind in ("click", "purchase"):
+        for kind in KINDS:
             lines.append(f"  {head:5s} {kind:9s}" + "".join(f"{metrics[f'{kind}/{c}']:9.4f}" for c in cols))
     return "\n".join(lines)

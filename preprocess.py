@@ -14,6 +14,7 @@ import pandas as pd
 from errors import UserError
 
 SPLITS = ("train", "valid", "test")
+LOO_HOLDOUT = 2  # leave-one-out: a session's last event is its test query, the one before its validation query
 
 
 @dataclass
@@ -106,9 +107,12 @@ def split_sessions(session_codes: np.ndarray, timestamps: np.ndarray, shares: li
     """Split index (0 train, 1 valid, 2 test) of each session code. [S] int8
 
     `random`: a seeded permutation of the sessions. `temporal`: sessions ordered by their last event
-    time, the earliest in train and the latest in test.
+    time, the earliest in train and the latest in test. `loo`: every session is in train; its last
+    events are held out by `split_events` instead.
     """
     num_sessions = int(session_codes.max()) + 1
+    if mode == "loo":
+        return np.zeros(num_sessions, dtype=np.int8)
     if mode == "temporal":
         last_time = np.full(num_sessions, -np.inf)
         np.maximum.at(last_time, session_codes, timestamps)
@@ -124,3 +128,31 @@ def split_sessions(session_codes: np.ndarray, timestamps: np.ndarray, shares: li
             raise UserError(f"only {num_sessions} sessions after filtering: too few to give the {name} split "
                             f"any; lower data.min_session_len / data.min_item_count or use more data")
     return split
+
+
+def held_out(offsets: np.ndarray, split_mode: str) -> np.ndarray:
+    """Trailing events of each session that training must not see (leave-one-out only). [S] int64
+
+    Sessions of LOO_HOLDOUT events or fewer have no validation/test query and are trained on whole.
+    """
+    lengths = np.diff(offsets)
+    return np.where((split_mode == "loo") & (lengths > LOO_HOLDOUT), LOO_HOLDOUT, 0).astype(np.int64)
+
+
+def split_events(offsets: np.ndarray, split_sessions: dict, split_mode: str, split: str) -> np.ndarray:
+    """Indices of the events of `split` in the flat layout. [n] int64
+
+    By session (random/temporal): the events of the split's contiguous sessions. Leave-one-out: test
+    is each session's last event, validation the one before, train everything else.
+    """
+    if split_mode != "loo":
+        first, last = split_sessions[split]
+        return np.arange(offsets[first], offsets[last], dtype=np.int64)
+    ends = np.asarray(offsets[1:], dtype=np.int64)[held_out(offsets, split_mode) > 0]
+    if split == "test":
+        return ends - 1
+    if split == "valid":
+        return ends - 2
+    keep = np.ones(int(offsets[-1]), dtype=bool)
+    keep[ends - 1] = keep[ends - 2] = False
+    return np.flatnonzero(keep)

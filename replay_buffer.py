@@ -26,9 +26,9 @@ from atomic import atomic_directory
 from config import Config, add_config_args, load_config
 from errors import UserError, run_cli
 from loaders import load_events
-from preprocess import SPLITS, Prepared, prepare
+from preprocess import SPLITS, Prepared, held_out, prepare, split_events
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 # ================================================================================================
@@ -57,25 +57,32 @@ class Pool:
         self.offsets = self._load("offsets")    # [S+1] int64, session s = events offsets[s]:offsets[s+1]
         self.num_items: int = self.meta["num_items"]
         self.num_sessions: int = self.meta["num_sessions"]
+        self.split_mode: str = self.meta["split_mode"]
+        # Where each session ends for training: leave-one-out hides the held-out events.
+        self.train_ends = np.asarray(self.offsets[1:]) - held_out(np.asarray(self.offsets), self.split_mode)
         self._item_ids = self._session_ids = None
 
     def _load(self, name: str) -> np.ndarray:
         return np.load(self.dir / f"{name}.npy", mmap_mode="r")
 
     def session_range(self, split: str) -> tuple[int, int]:
-        first, last = self.meta["splits"][split]["sessions_range"]
+        first, last = self.meta["splits_sessions"][split]
         return first, last
 
     def events(self, split: str) -> np.ndarray:
-        """Indices of the events of a split (its sessions are contiguous). [n] int64"""
-        first, last = self.session_range(split)
-        return np.arange(self.offsets[first], self.offsets[last], dtype=np.int64)
+        """Indices of the events of a split (queries for valid/test, samples for train). [n] int64"""
+        return split_events(np.asarray(self.offsets), self.meta["splits_sessions"], self.split_mode, split)
 
-    def windows(self, events: np.ndarray, state_len: int, horizon: int) -> Windows:
-        """Vectorized: no loop over events. `events` [B] are indices into the flat arrays."""
+    def windows(self, events: np.ndarray, state_len: int, horizon: int, training: bool = False) -> Windows:
+        """Vectorized: no loop over events. `events` [B] are indices into the flat arrays.
+
+        With `training`, a session ends where training data ends (before leave-one-out's held-out
+        events), so no window sees a validation or test item.
+        """
         events = np.asarray(events, dtype=np.int64)
         session = np.searchsorted(self.offsets, events, side="right") - 1
-        start, end = self.offsets[session][:, None], self.offsets[session + 1][:, None]
+        start = self.offsets[session][:, None]
+        end = (self.train_ends[session] if training else self.offsets[session + 1])[:, None]
         pos = events[:, None] + np.arange(-state_len, horizon)                  # [B, L+T]
         inside = (pos >= start) & (pos < end)
         safe = np.clip(pos, 0, len(self.items) - 1)
@@ -151,7 +158,7 @@ def build_pool(cfg: Config) -> Pool:
         with tqdm(total=cfg.sim.num_sessions, desc="simulating sessions", unit="session", leave=False) as bar:
             events = load_events(data, cfg.sim.to_dict(), progress=bar)
     else:
-        print(f"reading {data['source']} log from {data['path']} ...", flush=True)
+        print(f"reading the {data['source']} log {data['path'] or '(cached download)'} ...", flush=True)
         events = load_events(data, cfg.sim.to_dict())
     prepared = prepare(events, data)
     meta = describe(prepared, cfg)
@@ -160,19 +167,24 @@ def build_pool(cfg: Config) -> Pool:
     return Pool(Path(cfg.pool.dir))
 
 
+def split_stats(p: Prepared, split_mode: str) -> dict:
+    """Sessions, events (queries for valid/test under leave-one-out) and purchases of each split."""
+    stats = {}
+    for name in SPLITS:
+        events = split_events(p.offsets, p.split_sessions, split_mode, name)
+        sessions = np.unique(np.searchsorted(p.offsets, events, side="right") - 1)
+        stats[name] = {"sessions": len(sessions), "events": len(events), "purchases": int(p.purchase[events].sum())}
+    return stats
+
+
 def describe(p: Prepared, cfg: Config) -> dict:
     """meta.json: counts over all splits and per split, the config and its hash."""
-    splits = {}
-    for name in SPLITS:
-        first, last = p.split_sessions[name]
-        lo, hi = p.offsets[first], p.offsets[last]
-        splits[name] = {"sessions": last - first, "events": int(hi - lo),
-                        "purchases": int(p.purchase[lo:hi].sum()), "sessions_range": [first, last]}
     return {
-        "format": FORMAT_VERSION, "config_hash": pool_fingerprint(cfg),
+        "format": FORMAT_VERSION, "config_hash": pool_fingerprint(cfg), "split_mode": cfg.data.split_mode,
+        "splits_sessions": p.split_sessions, "splits": split_stats(p, cfg.data.split_mode),
         "num_sessions": len(p.session_ids), "num_items": p.num_items, "num_events": len(p.items),
         "num_purchases": int(p.purchase.sum()), "num_clicks": int((~p.purchase).sum()),
-        "splits": splits, "data": cfg.data.to_dict(),
+        "data": cfg.data.to_dict(),
         "sim": cfg.sim.to_dict() if cfg.data.source == "synthetic" else None,
     }
 
@@ -187,6 +199,40 @@ def write_pool(p: Prepared, meta: dict, folder: Path) -> None:
         pd.DataFrame({"original_id": p.item_ids}).to_csv(tmp / "item_ids.csv", index=False)
         pd.DataFrame({"original_id": p.session_ids}).to_csv(tmp / "session_ids.csv", index=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def append_train_sessions(pool: Pool, items: np.ndarray, rewards: np.ndarray, purchase: np.ndarray,
+                          lengths: np.ndarray, session_ids: np.ndarray, folder: Path) -> Pool:
+    """A new pool in `folder`: `pool` plus new sessions at the end of its training split.
+
+    items/rewards/purchase [E'] are the new events (pool item ids), session after session, with
+    lengths [S'] and original ids session_ids [S']. The item vocabulary stays as it is.
+    """
+    if pool.split_mode == "loo":
+        raise UserError("appending sessions to a leave-one-out pool is not supported; use a session split")
+    offsets = np.asarray(pool.offsets)
+    cut_s = pool.session_range("train")[1]
+    cut_e, added, total = int(offsets[cut_s]), len(lengths), int(np.sum(lengths))
+
+    def spliced(old, new, dtype):
+        return np.concatenate([np.asarray(old[:cut_e]), np.asarray(new, dtype), np.asarray(old[cut_e:])]).astype(dtype)
+
+    ranges = {name: [a + (0 if name == "train" else added), b + added]
+              for name, (a, b) in pool.meta["splits_sessions"].items()}
+    p = Prepared(
+        items=spliced(pool.items, items, np.int32), rewards=spliced(pool.rewards, rewards, np.float32),
+        purchase=spliced(pool.purchase, purchase, bool), timestamps=np.zeros(0),
+        offsets=np.concatenate([offsets[:cut_s + 1], cut_e + np.cumsum(lengths), offsets[cut_s + 1:] + total]),
+        split_sessions=ranges, item_ids=pool.item_ids,
+        session_ids=np.concatenate([pool.session_ids[:cut_s], np.asarray(session_ids, dtype=str),
+                                    pool.session_ids[cut_s:]]))
+    meta = {**pool.meta, "num_sessions": len(p.session_ids), "num_events": len(p.items),
+            "num_purchases": int(p.purchase.sum()), "num_clicks": int((~p.purchase).sum()),
+            "splits_sessions": p.split_sessions, "splits": split_stats(p, pool.split_mode),
+            "config_hash": f"{pool.meta['config_hash']}+appended",
+            "appended_sessions": pool.meta.get("appended_sessions", 0) + added}
+    write_pool(p, meta, Path(folder))
+    return Pool(Path(folder))
 
 
 def stale_reason(cfg: Config) -> str | None:

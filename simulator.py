@@ -68,6 +68,15 @@ class Users:
     def __len__(self) -> int:
         return len(self.done)
 
+    def subset(self, rows: np.ndarray) -> "Users":
+        """A copy of the users at `rows`."""
+        return Users(*(getattr(self, f.name)[rows] for f in fields(Users)))
+
+    def update(self, rows: np.ndarray, sub: "Users") -> None:
+        """Write `sub` (a stepped `subset(rows)`) back into rows `rows`."""
+        for f in fields(Users):
+            getattr(self, f.name)[rows] = getattr(sub, f.name)
+
 
 @dataclass
 class StepResult:
@@ -185,10 +194,9 @@ class Simulator:
                 active = np.nonzero(~users.done)[0]
                 if len(active) == 0:
                     break
-                sub = _subset(users, active)
-                slates = np.argpartition(-self.logging_scores(sub, rng), k - 1, axis=1)[:, :k]
-                res = self.step(sub, slates, rng)
-                _write_back(users, sub, active)
+                sub = users.subset(active)
+                res = self.step(sub, top_k_slates(self.logging_scores(sub, rng), k), rng)
+                users.update(active, sub)
                 hit = res.click != NO_CLICK
                 parts.append(pd.DataFrame({
                     "session_id": session_ids[active[hit]], "item_id": res.click[hit],
@@ -209,10 +217,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _subset(users: Users, rows: np.ndarray) -> Users:
-    return Users(*(getattr(users, f.name)[rows] for f in fields(Users)))
-
-
-def _write_back(users: Users, sub: Users, rows: np.ndarray) -> None:
-    for f in fields(Users):
-        getattr(users, f.name)[rows] = getattr(sub, f.name)
+def top_k_slates(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k best-scored items of each row, unordered. scores [B, N] -> slates [B, k]"""
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]

@@ -30,7 +30,7 @@ from checkpoint import load_checkpoint, save_checkpoint
 from config import Config, add_config_args, load_config, save_config
 from errors import UserError, run_cli
 from evaluation import evaluate, format_table
-from model import SeqRecQ, mask_padding
+from model import SeqRecQ
 from recommend import example_user, format_recommendations, history_from_ids, history_of_user, top_k
 from replay_buffer import Pool, Windows, ensure_pool, summary
 from ssl_heads import multi_step_loss
@@ -54,12 +54,14 @@ class Batch:
                      for f in ("state", "actions", "rewards", "dones", "valid")))
 
 
-def next_state_values(online_q: torch.Tensor, target_q: torch.Tensor, kind: str) -> torch.Tensor:
-    """V(s') [B, T] from Q over all items [B, T, N+1]: `double` = target Q at the online argmax, `max`."""
-    target_q = mask_padding(target_q)
+def next_state_values(online_q: torch.Tensor | None, target_q: torch.Tensor, kind: str) -> torch.Tensor:
+    """V(s') [B, T] from Q over all items [B, T, N+1]: `double` = target Q at the online argmax, `max`.
+
+    Column 0 (padding) is never chosen: both work on the view [..., 1:] and shift the index back.
+    """
     if kind == "max":
-        return target_q.max(-1).values
-    best = mask_padding(online_q).argmax(-1, keepdim=True)
+        return target_q[..., 1:].max(-1).values
+    best = online_q[..., 1:].argmax(-1, keepdim=True) + 1
     return target_q.gather(-1, best).squeeze(-1)
 
 
@@ -69,14 +71,14 @@ def compute_losses(model: SeqRecQ, target_net: SeqRecQ, b: Batch, t: Config) -> 
     ce = multi_step_loss(model.ssl(states[:, 0]), b.actions[:, :K], b.valid[:, :K],
                          torch.tensor(t.ssl_weights[:K], dtype=states.dtype))
 
-    q = model.q_values(states)                                            # [B, T+1, N+1]
-    q_taken = q[:, :-1].gather(-1, b.actions.unsqueeze(-1)).squeeze(-1)   # Q(s_{t+k}, a_{t+k}) [B, T]
+    q_taken = model.q_of(states[:, :-1], b.actions)                       # Q(s_{t+k}, a_{t+k}) [B, T]
     with torch.no_grad():
+        online_q = model.q_values(states[:, 1:]) if t.value == "double" else None
         target_q = target_net.q_values(target_net.window_states(b.state, b.actions)[:, 1:])
-        next_v = next_state_values(q[:, 1:].detach(), target_q, t.value)  # V(s_{t+k+1}) [B, T]
+        next_v = next_state_values(online_q, target_q, t.value)           # V(s_{t+k+1}) [B, T]
         returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
     td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
-    valid = b.valid.to(q.dtype)
+    valid = b.valid.to(q_taken.dtype)
     td = (td_fn(q_taken, returns, reduction="none") * valid).sum() / valid.sum().clamp(min=1.0)
 
     loss = ce + t.alpha * td
@@ -103,68 +105,97 @@ def epoch_order(num_events: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, 100, epoch]).permutation(num_events)
 
 
-def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool) -> None:
+@dataclass
+class Learner:
+    """What training updates: the online network, its target copy, the optimizer and the step count."""
+    model: SeqRecQ
+    target_net: SeqRecQ
+    opt: torch.optim.Optimizer
+    step: int = 0
+
+    @classmethod
+    def create(cls, cfg: Config, num_items: int) -> "Learner":
+        model = SeqRecQ.from_config(cfg.model.to_dict(), num_items)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        return cls(model, copy.deepcopy(model).eval(), opt)
+
+
+def train_epoch(learner: Learner, pool: Pool, cfg: Config, epoch: int, progress: bool = True,
+                label: str | None = None) -> dict:
+    """One pass over the pool's training events in the (seed, epoch) order. Returns mean loss stats."""
     t, L, T = cfg.train, cfg.pool.state_len, cfg.pool.horizon
+    model, target_net, opt = learner.model, learner.target_net, learner.opt
+    model.train()
+    train_events = pool.events("train")
+    order = train_events[epoch_order(len(train_events), t.seed, epoch)]
+    batches = math.ceil(len(order) / t.batch_size)
+    sums = {}
+    bar = tqdm(range(batches), desc=label or f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
+               disable=not progress)
+    for i in bar:
+        windows = pool.windows(order[i * t.batch_size:(i + 1) * t.batch_size], L, T, training=True)
+        loss, stats = compute_losses(model, target_net, Batch.from_windows(windows), t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        learner.step += 1
+        update_target(target_net, model, t, learner.step)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if i % 20 == 0:
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", td=f"{stats['td']:.3f}")
+    return {k: v / max(batches, 1) for k, v in sums.items()}
+
+
+def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool) -> None:
+    """Epochs of training, each followed by validation, a metrics row and checkpoints (best and last)."""
     _check_selectable(cfg, pool)
-    model = SeqRecQ.from_config(cfg.model.to_dict(), pool.num_items)
-    target_net = copy.deepcopy(model).eval()
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    step, first_epoch, best = 0, 0, {"value": -math.inf, "epoch": -1}
+    learner = Learner.create(cfg, pool.num_items)
+    first_epoch, best = 0, {"value": -math.inf, "epoch": -1}
     if resume:
         ckpt = load_checkpoint(run_dir / "last.pt")
         _check_compatible(ckpt, cfg, pool)
-        model.load_state_dict(ckpt["model"])
-        target_net.load_state_dict(ckpt["target"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step, first_epoch, best = ckpt["step"], ckpt["epoch"] + 1, ckpt["best"]
+        learner.model.load_state_dict(ckpt["model"])
+        learner.target_net.load_state_dict(ckpt["target"])
+        learner.opt.load_state_dict(ckpt["optimizer"])
+        learner.step, first_epoch, best = ckpt["step"], ckpt["epoch"] + 1, ckpt["best"]
         torch.set_rng_state(ckpt["rng"])
         _truncate_metrics(run_dir / "metrics.csv", ckpt["epoch"])
-        print(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1} (step {step})")
+        print(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1} (step {learner.step})")
     else:
         (run_dir / "metrics.csv").unlink(missing_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
-    train_events = pool.events("train")
-    batches = math.ceil(len(train_events) / t.batch_size)
-    for epoch in range(first_epoch, t.epochs):
-        model.train()
-        order = train_events[epoch_order(len(train_events), t.seed, epoch)]
-        sums, t0 = {}, time.perf_counter()
-        bar = tqdm(range(batches), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False)
-        for i in bar:
-            batch = Batch.from_windows(pool.windows(order[i * t.batch_size:(i + 1) * t.batch_size], L, T))
-            loss, stats = compute_losses(model, target_net, batch, t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            step += 1
-            update_target(target_net, model, t, step)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{stats['loss']:.3f}", td=f"{stats['td']:.3f}")
-        valid = evaluate(model, pool, "valid", L, cfg.eval.ks, cfg.eval.batch_size, cfg.eval.exclude_seen)
-        row = {"epoch": epoch + 1, "step": step, "seconds": round(time.perf_counter() - t0, 2),
-               **{k: v / batches for k, v in sums.items()},
+    e = cfg.eval
+    for epoch in range(first_epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        stats = train_epoch(learner, pool, cfg, epoch)
+        valid = evaluate(learner.model, pool, "valid", cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen)
+        row = {"epoch": epoch + 1, "step": learner.step, "seconds": round(time.perf_counter() - t0, 2), **stats,
                **{f"valid/{head}/{m}": v for head, ms in valid.items() for m, v in ms.items()}}
         _append_row(run_dir / "metrics.csv", row)
-        score = valid[cfg.eval.head][cfg.eval.select_metric]
+        score = valid[e.head][e.select_metric]
         improved = score > best["value"]
         if improved:
             best = {"value": score, "epoch": epoch}
-        state = {"model": model.state_dict(), "target": target_net.state_dict(), "optimizer": opt.state_dict(),
-                 "step": step, "epoch": epoch, "best": best, "config": cfg.to_dict(),
-                 "num_items": pool.num_items, "pool_hash": pool.meta["config_hash"], "rng": torch.get_rng_state()}
+        state = checkpoint_state(learner, cfg, pool, epoch, best)
         if improved:
             save_checkpoint(run_dir / "best.pt", state)
         save_checkpoint(run_dir / "last.pt", state)
-        print(f"epoch {epoch + 1}/{t.epochs}  loss {row['loss']:.4f} (ce {row['ce']:.4f}, td {row['td']:.4f}, "
-              f"Q {row['q_mean']:.3f})  valid {cfg.eval.select_metric} ssl {valid['ssl'][cfg.eval.select_metric]:.4f} "
-              f"q {valid['q'][cfg.eval.select_metric]:.4f}{'  *best' if improved else ''}  [{row['seconds']:.0f} s]",
+        print(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {row['loss']:.4f} (ce {row['ce']:.4f}, td {row['td']:.4f}, "
+              f"Q {row['q_mean']:.3f})  valid {e.select_metric} ssl {valid['ssl'][e.select_metric]:.4f} "
+              f"q {valid['q'][e.select_metric]:.4f}{'  *best' if improved else ''}  [{row['seconds']:.0f} s]",
               flush=True)
     _plot_curves(run_dir)
+
+
+def checkpoint_state(learner: Learner, cfg: Config, pool: Pool, epoch: int, best: dict) -> dict:
+    return {"model": learner.model.state_dict(), "target": learner.target_net.state_dict(),
+            "optimizer": learner.opt.state_dict(), "step": learner.step, "epoch": epoch, "best": best,
+            "config": cfg.to_dict(), "num_items": pool.num_items, "pool_hash": pool.meta["config_hash"],
+            "rng": torch.get_rng_state()}
 
 
 def _check_selectable(cfg: Config, pool: Pool) -> None:

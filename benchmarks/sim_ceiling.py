@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import add_config_args, load_config  # noqa: E402
 from metrics import rank_of_targets, summarize  # noqa: E402
-from simulator import NO_CLICK, SimParams, Simulator, _subset, _write_back  # noqa: E402
+from simulator import NO_CLICK, SimParams, Simulator, top_k_slates  # noqa: E402
 
 
 def main() -> None:
@@ -39,15 +39,15 @@ def main() -> None:
         active = np.nonzero(~users.done)[0]
         if len(active) == 0:
             break
-        sub = _subset(users, active)
+        sub = users.subset(active)
         counts = np.zeros((len(active), sim.p.num_items))
         for _ in range(args.replicas):
             ghost = copy.deepcopy(sub)
-            res = sim.step(ghost, np.argpartition(-sim.logging_scores(ghost, rng), k - 1, axis=1)[:, :k], rng)
+            res = sim.step(ghost, top_k_slates(sim.logging_scores(ghost, rng), k), rng)
             hit = res.click != NO_CLICK
             np.add.at(counts, (np.nonzero(hit)[0], res.click[hit]), 1.0)
-        res = sim.step(sub, np.argpartition(-sim.logging_scores(sub, rng), k - 1, axis=1)[:, :k], rng)
-        _write_back(users, sub, active)
+        res = sim.step(sub, top_k_slates(sim.logging_scores(sub, rng), k), rng)
+        users.update(active, sub)
         hit = res.click != NO_CLICK
         # Ties (items never drawn) are broken in the target's favour, as in metrics.rank_of_targets;
         # a tiny appeal term breaks most of them the way the logging policy would.

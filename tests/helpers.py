@@ -7,11 +7,11 @@ import numpy as np
 
 from config import load_config
 from preprocess import Prepared
-from replay_buffer import Pool, write_pool
+from replay_buffer import Pool, split_stats, write_pool
 
 
 def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[list[bool]] | None = None,
-                       splits=(None, None), reward_click=0.2, reward_purchase=1.0) -> Pool:
+                       splits=(None, None), reward_click=0.2, reward_purchase=1.0, split_mode="random") -> Pool:
     """A pool whose sessions are the given lists of item ids (1..N). `splits` = (#train, #valid) sessions."""
     purchases = purchases or [[False] * len(s) for s in sessions]
     items = np.array([i for s in sessions for i in s], dtype=np.int32)
@@ -27,12 +27,9 @@ def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[
                         "test": [n_train + n_valid, S]},
         item_ids=np.array([f"i{i}" for i in range(1, int(items.max()) + 1)], dtype=object),
         session_ids=np.array([f"s{s}" for s in range(S)], dtype=object))
-    splits_meta = {}
-    for name, (a, b) in prepared.split_sessions.items():
-        splits_meta[name] = {"sessions": b - a, "events": int(offsets[b] - offsets[a]),
-                             "purchases": int(purchase[offsets[a]:offsets[b]].sum()), "sessions_range": [a, b]}
     meta = {"num_items": int(items.max()), "num_sessions": S, "num_events": len(items),
-            "num_purchases": int(purchase.sum()), "splits": splits_meta, "config_hash": "test"}
+            "num_purchases": int(purchase.sum()), "config_hash": "test", "split_mode": split_mode,
+            "splits_sessions": prepared.split_sessions, "splits": split_stats(prepared, split_mode)}
     write_pool(prepared, meta, folder)
     return Pool(folder)
 

@@ -1,4 +1,6 @@
 """Each loader on tiny fixture files written here, and each kind of bad input."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,56 @@ def test_retailrocket_wrong_file(tmp_path):
     f = write(tmp_path / "events.csv", "a,b\n1,2\n")
     with pytest.raises(UserError, match="not RetailRocket"):
         load("data.source=retailrocket", f"data.path={f}")
+
+
+def test_movielens_u_data_and_inter(tmp_path):
+    rows = "1\t10\t5\t100\n1\t11\t3\t101\n2\t10\t4\t50\n"
+    udata = write(tmp_path / "u.data", rows)
+    inter = write(tmp_path / "ml-100k.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + rows)
+    for f in (udata, inter):
+        ev = load("data.source=movielens", f"data.path={f}")
+        assert ev["session"].tolist() == [1, 1, 2] and ev["item"].tolist() == [10, 11, 10]
+        assert ev["purchase"].tolist() == [True, False, True]          # rating >= 4
+        np.testing.assert_allclose(ev["reward"], [1.0, 0.2, 1.0])
+    ev = load("data.source=movielens", f"data.path={udata}", "data.rating_purchase_min=5")
+    assert ev["purchase"].tolist() == [True, False, False]
+
+
+def test_movielens_fetch_extracts_only_the_inter_file(tmp_path, monkeypatch):
+    """No network: pip is replaced by a fake that writes a wheel holding the file."""
+    import subprocess
+    import zipfile
+
+    import loaders
+
+    def fake_pip(cmd, **kwargs):
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "recbole-1.2.1-py3-none-any.whl", "w") as z:
+            z.writestr(loaders.MOVIELENS_MEMBER, "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                                 "7\t3\t4\t10\n7\t4\t2\t11\n")
+            z.writestr("recbole/__init__.py", "raise ImportError('never imported')")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(loaders.subprocess, "run", fake_pip)
+    ev = load("data.source=movielens", f"data.download_dir={tmp_path / 'dl'}")
+    assert len(ev) == 2 and sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["ml-100k.inter"]
+    # Cached: a second load does not call pip.
+    monkeypatch.setattr(loaders.subprocess, "run", lambda *a, **k: pytest.fail("pip called again"))
+    assert len(load("data.source=movielens", f"data.download_dir={tmp_path / 'dl'}")) == 2
+
+
+def test_movielens_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
+    import subprocess
+
+    import loaders
+    monkeypatch.setattr(loaders.subprocess, "run",
+                        lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
+    with pytest.raises(UserError, match="could not fetch MovieLens-100K with pip"):
+        load("data.source=movielens", f"data.download_dir={tmp_path / 'dl'}")
+    assert not list((tmp_path / "dl").glob("*.inter"))
+
+
+def test_movielens_wrong_file(tmp_path):
+    f = write(tmp_path / "u.data", "1\t2\n")
+    with pytest.raises(UserError, match="not MovieLens-100K"):
+        load("data.source=movielens", f"data.path={f}")

@@ -34,6 +34,9 @@ def test_summary_separates_clicks_and_purchases():
     assert s["click/NDCG@5"] == pytest.approx((1.0 + 0.5) / 2)
     assert s["purchase/HR@5"] == pytest.approx(0.5)
     assert s["purchase/NDCG@5"] == pytest.approx((0 + 1 / math.log2(3)) / 2)
+    assert s["all/HR@5"] == pytest.approx(3 / 4)
+    assert s["all/MRR"] == pytest.approx((1 + 1 / 3 + 1 / 30 + 1 / 2) / 4)
+    assert s["purchase/MRR"] == pytest.approx((1 / 30 + 1 / 2) / 2)
 
 
 def test_kind_without_events_is_nan():

@@ -22,6 +22,15 @@ def test_one_pass_window_states_equal_encoding_each_state_apart():
         torch.testing.assert_close(together[:, k], apart)
 
 
+def test_q_of_taken_actions_equals_gathering_all_items():
+    torch.manual_seed(2)
+    model = SeqRecQ(num_items=25, hidden=8, dropout=0.0, ssl_steps=1)
+    states = torch.randn(4, 3, 8)
+    actions = torch.randint(0, 26, (4, 3))
+    expected = model.q_values(states).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(model.q_of(states, actions), expected)
+
+
 def test_ssl_head_parameters_do_not_grow_with_items_times_steps():
     def size(k):
         return sum(p.numel() for p in MultiStepHeads(hidden=16, num_items=1000, steps=k).parameters())

@@ -101,3 +101,41 @@ def test_pool_is_rebuilt_only_when_its_inputs_change(tmp_path):
     assert stale_reason(changed) is None
     assert rebuilt.meta["num_events"] == pool.meta["num_events"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pool")], "temporary folders left behind"
+
+
+def test_leave_one_out_splits_and_training_windows(tmp_path):
+    sessions = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+    pool = pool_from_sessions(tmp_path / "p", sessions, split_mode="loo")
+    # test = each session's last event, valid = the one before; a 2-event session has neither.
+    np.testing.assert_array_equal(pool.events("test"), [4, 9])
+    np.testing.assert_array_equal(pool.events("valid"), [3, 8])
+    np.testing.assert_array_equal(pool.events("train"), [0, 1, 2, 5, 6, 7])
+    # Training windows end where training data ends: no validation or test item is ever an action.
+    w = pool.windows(pool.events("train"), state_len=2, horizon=3, training=True)
+    assert not np.isin(w.actions, [4, 5, 9, 10]).any()
+    np.testing.assert_array_equal(w.actions[2], [3, 0, 0])       # event 2: its session's training end
+    np.testing.assert_array_equal(w.dones[2], [True, False, False])
+    # Queries see the whole history before them, held-out events included.
+    q = pool.windows(pool.events("test"), state_len=4, horizon=1)
+    np.testing.assert_array_equal(q.state[0], [1, 2, 3, 4])
+    np.testing.assert_array_equal(q.actions[:, 0], [5, 10])
+    assert pool.meta["splits"]["test"] == {"sessions": 2, "events": 2, "purchases": 0}
+
+
+def test_append_train_sessions_keeps_validation_and_test(tmp_path):
+    from replay_buffer import append_train_sessions
+    pool = pool_from_sessions(tmp_path / "p", [[1, 2], [3], [4, 5, 6], [7]], splits=(2, 1))
+    before = {s: pool.windows(pool.events(s), 3, 2) for s in ("valid", "test")}
+    grown = append_train_sessions(pool, items=np.array([8, 9, 8]), rewards=np.array([0.2, 1.0, 0.2]),
+                                  purchase=np.array([False, True, False]), lengths=np.array([2, 1]),
+                                  session_ids=np.array(["n1", "n2"]), folder=tmp_path / "grown")
+    assert grown.meta["splits"]["train"]["events"] == 6 and grown.meta["num_sessions"] == 6
+    np.testing.assert_array_equal(np.asarray(grown.items)[grown.events("train")], [1, 2, 3, 8, 9, 8])
+    w = grown.windows(np.array([3]), 2, 2, training=True)
+    np.testing.assert_array_equal(w.actions[0], [8, 9])
+    np.testing.assert_array_equal(w.dones[0], [False, True])
+    for split, old in before.items():
+        new = grown.windows(grown.events(split), 3, 2)
+        np.testing.assert_array_equal(new.state, old.state)
+        np.testing.assert_array_equal(new.actions, old.actions)
+    assert list(grown.session_ids) == ["s0", "s1", "n1", "n2", "s2", "s3"]

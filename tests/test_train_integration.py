@@ -127,3 +127,46 @@ def test_unknown_user_and_item_fail_cleanly(trained):
 
 def test_missing_checkpoint_fails_cleanly(tmp_path):
     assert_clean_failure(run("train_offline.py", "--mode", "eval", tmp=tmp_path, check=False), "no checkpoint")
+
+
+def test_online_eval_and_improve_over_time(trained):
+    tmp, _ = trained
+    proc = run("online_eval.py", tmp=tmp, extra=["online.sessions=200", "online.rounds=1",
+                                                  "online.round_sessions=100"])
+    table = list(csv.DictReader((tmp / "run" / "online.csv").open()))
+    names = [r["policy"] for r in table]
+    assert names[:4] == ["random", "popular", "logging", "oracle"]
+    assert any(n.endswith(":ssl") for n in names) and any(n.endswith(":q") for n in names)
+    oracle = next(r for r in table if r["policy"] == "oracle")
+    assert float(oracle["of_oracle"]) == 1.0
+    rounds = list(csv.DictReader((tmp / "run" / "improve.csv").open()))
+    assert [r["round"] for r in rounds] == ["0", "1"]
+    assert int(rounds[1]["pool_events"]) > int(rounds[0]["pool_events"])
+    assert (tmp / "run" / "improve.png").is_file() and "round 1" in proc.stdout
+
+
+def test_online_eval_needs_the_simulator(tmp_path):
+    (tmp_path / "log.csv").write_text("session_id,item_id,timestamp\n" + "".join(
+        f"{s},{i},{i}\n" for s in range(30) for i in range(3)))
+    proc = run("online_eval.py", tmp=tmp_path, extra=["data.source=csv", "data.path=log.csv"], check=False)
+    assert_clean_failure(proc, "online evaluation needs the simulator's own data")
+
+
+def test_compare_quick_writes_the_summary(tmp_path):
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "simulated",
+           "--models", "gru4rec,full-T3-lam0.8", "--out", str(out), "--runs", str(tmp_path / "runs")]
+    for o in tiny_overrides(tmp_path) + ["train.epochs=1", "online.sessions=100"]:
+        if not o.startswith(("train.run_dir", "train.threads")):
+            cmd += ["--set", o]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert list(rows[0]) == ["dataset", "protocol", "model", "metric", "mean", "std", "n_seeds"]
+    keys = {(r["protocol"], r["model"], r["metric"]) for r in rows}
+    for key in [("event", "gru4rec", "purchase/NDCG@10"), ("event", "full-T3-lam0.8", "click/HR@10"),
+                ("event", "popularity", "purchase/NDCG@10"), ("online", "oracle", "return"),
+                ("online", "full-T3-lam0.8", "of_oracle"), ("event", "gru4rec", "valid/purchase/NDCG@10")]:
+        assert key in keys, key
+    for name in ("results.md", "lambda.png", "horizon.png", "curves.png"):
+        assert (out / name).is_file(), name

@@ -1,0 +1,419 @@
+"""Baselines and ablations in one command: the same split, budget and seeds for every model.
+
+    python benchmarks/compare.py                        # everything: simulated + MovieLens-100K (hours on 2 cores)
+    python benchmarks/compare.py --data simulated       # or movielens (both protocols)
+    python benchmarks/compare.py --quick                # a smoke run in minutes (tiny data, 1 seed, 2 epochs)
+
+Every trained model is `python train_offline.py` with the overrides in MODELS on top of the data
+set's config, run in `runs/compare/<data>/<model>/seed<k>/` (a finished run with the same config is
+reused, so an interrupted benchmark picks up where it stopped). The best epoch of each run is chosen
+on validation; test is evaluated once, on that epoch. Writes to `results/` (or `results/quick/`):
+summary.csv (dataset,protocol,model,metric,mean,std,n_seeds), results.md, and plots of metric vs
+lambda, metric vs T and training curves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from atomic import atomic_write, atomic_write_text  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
+from config import load_config  # noqa: E402
+from evaluation import evaluate  # noqa: E402
+from model import mask_padding  # noqa: E402
+from online import ModelPolicy, rollout  # noqa: E402
+from online_eval import baseline_policies, simulator_for  # noqa: E402
+from replay_buffer import Pool, ensure_pool  # noqa: E402
+from train_offline import load_model  # noqa: E402
+
+
+# ================================================================================================
+# What is compared
+# ================================================================================================
+def one_step(**kw) -> list[str]:
+    return ["pool.horizon=1", "model.ssl_steps=1"] + [f"train.{k}={v}" for k, v in kw.items()]
+
+
+def multi_step(T: int, K: int, **kw) -> list[str]:
+    return [f"pool.horizon={T}", f"model.ssl_steps={K}"] + [f"train.{k}={v}" for k, v in kw.items()]
+
+
+MODELS: dict[str, list[str]] = {
+    "gru4rec": one_step(alpha=0.0),                                   # next-item cross-entropy only
+    "gru-sqn": one_step(alpha=1.0, gamma=0.5),                        # SQN: CE + one-step double Q
+    "ssl-multistep": multi_step(3, 3, alpha=0.0),                     # multi-step self-supervision, no TD
+    "td-lambda-ssl1": multi_step(3, 1, alpha=1.0, lam=0.8),           # TD(lambda), one-step self-supervision
+    **{f"full-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) for T in (3, 5) for lam in (0.0, 0.5, 0.8, 1.0)},
+}
+QUICK_MODELS = ["gru4rec", "gru-sqn", "ssl-multistep", "td-lambda-ssl1", "full-T3-lam0.8"]
+
+
+@dataclass
+class Dataset:
+    name: str                     # the `dataset` column of summary.csv
+    protocol: str                 # the `protocol` column
+    config: str | None            # base config file (None = config.yaml alone)
+    overrides: list[str] = field(default_factory=list)
+    quick: list[str] = field(default_factory=list)   # what --quick adds to shrink it
+    online: bool = False          # evaluate in the simulator too
+
+
+DATASETS = {
+    "simulated": [Dataset("simulated", "event", None, online=True,
+                          quick=["sim.num_sessions=3000", "pool.dir=data/pool-quick-sim"])],
+    "movielens": [Dataset("movielens", "event", "configs/movielens-event.yaml",
+                          quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-event"]),
+                  Dataset("movielens", "loo", "configs/movielens-loo.yaml",
+                          quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-loo"])],
+}
+# Figures kept in summary.csv: per protocol, the test metrics (ssl head) worth a row.
+EVENT_METRICS = [f"{kind}/{m}@{k}" for kind in ("click", "purchase") for m in ("HR", "NDCG") for k in (5, 10, 20)]
+LOO_METRICS = [f"all/{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)] + ["all/MRR"]
+ONLINE_METRICS = ["return", "of_oracle", "ctr", "purchase_rate", "length"]
+
+
+@dataclass
+class Run:
+    dataset: Dataset
+    model: str
+    seed: int
+    overrides: list[str]
+    run_dir: Path
+
+    def config(self):
+        return load_config(ROOT / self.dataset.config if self.dataset.config else None, self.overrides)
+
+
+# ================================================================================================
+# Running
+# ================================================================================================
+def plan(datasets: list[Dataset], models: list[str], seeds: list[int], quick: bool, extra: list[str],
+         variants: dict[str, list[str]], runs_dir: Path) -> list[Run]:
+    runs = []
+    for ds in datasets:
+        tag = f"{ds.name}-{ds.protocol}" + ("-quick" if quick else "")
+        for model in models:
+            for seed in seeds:
+                run_dir = runs_dir / tag / model / f"seed{seed}"
+                overrides = (ds.overrides + (ds.quick if quick else []) + extra + variants[model]
+                             + [f"train.seed={seed}", f"train.run_dir={run_dir}", "train.threads=1"])
+                runs.append(Run(ds, model, seed, overrides, run_dir))
+    return runs
+
+
+def is_done(run: Run) -> bool:
+    saved = run.run_dir / "config.yaml"
+    if not (run.run_dir / "final.json").is_file() or not saved.is_file():
+        return False
+    return yaml.safe_load(saved.read_text()) == run.config().to_dict()
+
+
+def train(run: Run) -> None:
+    cmd = [sys.executable, str(ROOT / "train_offline.py")]
+    if run.dataset.config:
+        cmd += ["--config", str(ROOT / run.dataset.config)]
+    for o in run.overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{run.run_dir}: train_offline.py failed:\n{proc.stderr[-2000:]}")
+
+
+def build_pools(runs: list[Run]) -> None:
+    """Build each data set's pool once, before parallel runs could race to build it."""
+    seen = set()
+    for run in runs:
+        cfg = run.config()
+        if cfg.pool.dir not in seen:
+            seen.add(cfg.pool.dir)
+            ensure_pool(cfg)
+
+
+# ================================================================================================
+# Collecting
+# ================================================================================================
+class PopularityRanker(torch.nn.Module):
+    """Ranks every item by its count in the training events, whatever the history."""
+
+    def __init__(self, pool: Pool):
+        super().__init__()
+        counts = np.bincount(np.asarray(pool.items[pool.events("train")]), minlength=pool.num_items + 1)
+        self.register_buffer("counts", torch.tensor(counts, dtype=torch.float32))
+
+    def last_state(self, state: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(state), 1)
+
+    def scores(self, state: torch.Tensor, head: str) -> torch.Tensor:
+        return mask_padding(self.counts.expand(len(state), -1))
+
+
+def test_rows(ds: Dataset, model: str, seed: int, results: dict, split: str = "test") -> list[dict]:
+    """Rows (one per figure) from {metric: value}; leave-one-out reports the `all/` figures by bare name."""
+    rows = []
+    protocols = {"event": EVENT_METRICS, "loo": LOO_METRICS, "loo-unmasked": LOO_METRICS}
+    for protocol, values in results.items():
+        for metric in protocols[protocol]:
+            name = metric.removeprefix("all/") if protocol.startswith("loo") else metric
+            rows.append({"dataset": ds.name, "protocol": protocol, "model": model, "seed": seed, "split": split,
+                         "metric": name, "value": values[metric]})
+    return rows
+
+
+def collect_run(run: Run) -> list[dict]:
+    """Test and validation figures of one finished run, plus the extra views (unmasked LOO, online)."""
+    final = json.loads((run.run_dir / "final.json").read_text())
+    ds, cfg = run.dataset, run.config()
+    rows = test_rows(ds, run.model, run.seed, {ds.protocol: final["heads"]["ssl"]})
+    rows += test_rows(ds, run.model, run.seed, {ds.protocol: final["valid"]["ssl"]}, split="valid")
+    if ds.protocol == "loo" or ds.online:
+        pool = Pool(Path(cfg.pool.dir))
+        ckpt = load_checkpoint(run.run_dir / "best.pt")
+        model = load_model(ckpt, pool)
+        if ds.protocol == "loo":
+            unmasked = evaluate(model, pool, "test", cfg.pool.state_len, cfg.eval.ks, cfg.eval.batch_size,
+                                exclude_seen=False, progress=False)
+            rows += test_rows(ds, run.model, run.seed, {"loo-unmasked": unmasked["ssl"]})
+        if ds.online:
+            sim = simulator_for(cfg)
+            policy = ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, "ssl")
+            summary = rollout(sim, policy, cfg.online.sessions, seed=run.seed).summary()
+            rows += online_rows(ds, run.model, run.seed, summary)
+    return rows
+
+
+def online_rows(ds: Dataset, model: str, seed: int, summary: dict) -> list[dict]:
+    return [{"dataset": ds.name, "protocol": "online", "model": model, "seed": seed, "split": "test",
+             "metric": m, "value": summary[m]} for m in ONLINE_METRICS if m in summary]
+
+
+def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
+    """Popularity offline (deterministic: one seed) and the simulator's baselines online (per seed)."""
+    pool = Pool(Path(cfg.pool.dir))
+    pop = PopularityRanker(pool)
+    rows = []
+    for split in ("test", "valid"):
+        views = {ds.protocol: evaluate(pop, pool, split, cfg.pool.state_len, cfg.eval.ks, cfg.eval.batch_size,
+                                       cfg.eval.exclude_seen, progress=False)["ssl"]}
+        if ds.protocol == "loo" and split == "test":
+            views["loo-unmasked"] = evaluate(pop, pool, split, cfg.pool.state_len, cfg.eval.ks,
+                                             cfg.eval.batch_size, False, progress=False)["ssl"]
+        rows += test_rows(ds, "popularity", 0, views, split=split)
+    if ds.online:
+        sim = simulator_for(cfg)
+        for seed in seeds:
+            for name, policy in baseline_policies(sim, pool, seed).items():
+                rows += online_rows(ds, name, seed, rollout(sim, policy, cfg.online.sessions, seed=seed).summary())
+    return rows
+
+
+def with_oracle_fraction(rows: pd.DataFrame) -> pd.DataFrame:
+    """Online return as a fraction of the oracle's on the same simulated users (same seed)."""
+    ret = rows[(rows["protocol"] == "online") & (rows["metric"] == "return")]
+    oracle = ret[ret["model"] == "oracle"].set_index(["dataset", "seed"])["value"]
+    frac = ret.assign(metric="of_oracle", value=[v / oracle[(d, s)] for d, s, v in
+                                                 zip(ret["dataset"], ret["seed"], ret["value"])])
+    return pd.concat([rows, frac], ignore_index=True)
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv: mean and std over seeds of every test figure; validation figures as `valid/...`."""
+    rows = rows.assign(metric=np.where(rows["split"] == "valid", "valid/" + rows["metric"], rows["metric"]))
+    g = rows.groupby(["dataset", "protocol", "model", "metric"], sort=False)["value"]
+    out = g.agg(mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else math.nan, n_seeds="count")
+    return out.reset_index()[["dataset", "protocol", "model", "metric", "mean", "std", "n_seeds"]]
+
+
+# ================================================================================================
+# Reporting
+# ================================================================================================
+HEADLINE = {"event": ["purchase/NDCG@10", "purchase/HR@10", "click/NDCG@10", "click/HR@10"],
+            "loo": ["NDCG@10", "HR@10", "MRR"], "loo-unmasked": ["NDCG@10", "HR@10", "MRR"],
+            "online": ["return", "of_oracle", "ctr", "purchase_rate"]}
+SELECT = {"event": "purchase/NDCG@10", "loo": "NDCG@10", "online": "return"}
+
+
+def best_full(summary: pd.DataFrame, dataset: str, protocol: str) -> str | None:
+    """The full model with the best *validation* figure (the tuning protocol: test is not looked at)."""
+    metric = "valid/" + SELECT["loo" if protocol.startswith("loo") else "event"]
+    protocol = "loo" if protocol.startswith("loo") else protocol if protocol != "online" else "event"
+    rows = summary[(summary["dataset"] == dataset) & (summary["protocol"] == protocol)
+                   & (summary["metric"] == metric) & summary["model"].str.startswith("full-")]
+    return None if rows.empty else rows.loc[rows["mean"].idxmax(), "model"]
+
+
+def markdown(summary: pd.DataFrame) -> str:
+    out = []
+    for (dataset, protocol), block in summary.groupby(["dataset", "protocol"], sort=False):
+        metrics = [m for m in HEADLINE[protocol] if m in set(block["metric"])]
+        best = best_full(summary, dataset, protocol)
+        out += [f"### {dataset}, {describe_protocol(protocol)}", "",
+                "| model | " + " | ".join(metrics) + " | seeds |", "|---" * (len(metrics) + 2) + "|"]
+        for model, rows in block.groupby("model", sort=False):
+            cells = rows.set_index("metric")
+            vals = [f"{cells.loc[m, 'mean']:.4f} ± {cells.loc[m, 'std']:.4f}" if m in cells.index and
+                    not math.isnan(cells.loc[m, "std"]) else (f"{cells.loc[m, 'mean']:.4f}" if m in cells.index else "")
+                    for m in metrics]
+            mark = " (best full, by validation)" if model == best else ""
+            out.append(f"| {model}{mark} | " + " | ".join(vals) + f" | {int(rows['n_seeds'].max())} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def describe_protocol(protocol: str) -> str:
+    return {"event": "event-level (SQN) protocol, test, seen items not masked",
+            "loo": "leave-one-out, test, seen items masked",
+            "loo-unmasked": "leave-one-out, test, seen items NOT masked (RecBole's sequential setting)",
+            "online": "online in the simulator (ssl head; return per session)"}[protocol]
+
+
+def plot_sweeps(summary: pd.DataFrame, png_lambda: Path, png_horizon: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [(d, p, m) for (d, p) in summary.groupby(["dataset", "protocol"], sort=False).groups
+              for m in [HEADLINE[p][0]] if p != "loo-unmasked"]
+    for png, sweep in ((png_lambda, "lambda"), (png_horizon, "horizon")):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+        for ax, (dataset, protocol, metric) in zip(axes[0], panels):
+            rows = summary[(summary["dataset"] == dataset) & (summary["protocol"] == protocol)
+                           & (summary["metric"] == metric)].set_index("model")
+            if sweep == "lambda":
+                for T in (3, 5):
+                    pts = [(lam, f"full-T{T}-lam{lam:g}") for lam in (0.0, 0.5, 0.8, 1.0)]
+                    pts = [(x, m) for x, m in pts if m in rows.index]
+                    if pts:
+                        ax.errorbar([x for x, _ in pts], rows.loc[[m for _, m in pts], "mean"],
+                                    yerr=rows.loc[[m for _, m in pts], "std"].fillna(0), marker="o", capsize=3,
+                                    label=f"full, T={T}")
+                ax.set_xlabel("lambda")
+            else:
+                for lam in (0.0, 0.5, 0.8, 1.0):
+                    pts = [(1, "gru-sqn")] + [(T, f"full-T{T}-lam{lam:g}") for T in (3, 5)]
+                    pts = [(x, m) for x, m in pts if m in rows.index]
+                    if len(pts) > 1:
+                        ax.errorbar([x for x, _ in pts], rows.loc[[m for _, m in pts], "mean"],
+                                    yerr=rows.loc[[m for _, m in pts], "std"].fillna(0), marker="o", capsize=3,
+                                    label=f"lambda={lam:g}")
+                ax.set_xlabel("horizon T (T=1: GRU-SQN)")
+            for ref, style in (("gru4rec", ":"), ("gru-sqn", "--"), ("oracle", "-")):
+                if ref in rows.index:
+                    ax.axhline(rows.loc[ref, "mean"], color="gray", ls=style, label=ref)
+            ax.set(title=f"{dataset} {protocol}", ylabel=metric)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+        plt.close(fig)
+
+
+def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
+    """Validation select-metric per epoch (mean over seeds) for GRU4Rec, GRU-SQN and the best full model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = {}
+    for run in runs:
+        groups.setdefault((run.dataset.name, run.dataset.protocol), []).append(run)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6), squeeze=False)
+    for ax, ((dataset, protocol), group) in zip(axes[0], groups.items()):
+        metric = group[0].config().eval.select_metric
+        for model in ("gru4rec", "gru-sqn", "ssl-multistep", best_full(summary, dataset, protocol)):
+            curves = [pd.read_csv(r.run_dir / "metrics.csv") for r in group if r.model == model]
+            if curves:
+                mean = pd.concat([c.set_index("epoch")[f"valid/ssl/{metric}"] for c in curves], axis=1).mean(axis=1)
+                ax.plot(mean.index, mean.values, marker="o", label=model)
+        ax.set(title=f"{dataset} {protocol}: validation", xlabel="epoch", ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+# ================================================================================================
+# Entry point
+# ================================================================================================
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, rest = text.partition("=")
+    base, _, extra = rest.partition(":")
+    if base not in MODELS or not name:
+        raise SystemExit(f"error: --variant expects NAME=BASE_MODEL:key=value,...; BASE_MODEL one of {', '.join(MODELS)}")
+    return name, MODELS[base] + [kv for kv in extra.split(",") if kv]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", choices=["all", *DATASETS], default="all")
+    p.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, 5 models: minutes")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS))
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=v,...",
+                   help="an extra model, e.g. full-a2=full-T3-lam0.8:train.alpha=2 (repeatable)")
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run, e.g. train.epochs=3")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
+    p.add_argument("--out", default=None, help="output folder (default results/, or results/quick/)")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "compare"), help="where the runs' folders go")
+    args = p.parse_args()
+
+    variants = dict(MODELS)
+    variants.update(parse_variant(v) for v in args.variant)
+    models = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else list(MODELS))
+    models += [parse_variant(v)[0] for v in args.variant]
+    unknown = [m for m in models if m not in variants]
+    if unknown:
+        raise SystemExit(f"error: unknown model {unknown[0]}; choose from {', '.join(variants)}")
+    seeds = list(range(1 if args.quick else args.seeds))
+    extra = (["train.epochs=2"] if args.quick else []) + args.extra
+    datasets = [ds for key, group in DATASETS.items() if args.data in ("all", key) for ds in group]
+    out = Path(args.out) if args.out else ROOT / "results" / ("quick" if args.quick else "")
+    runs = plan(datasets, models, seeds, args.quick, extra, variants, Path(args.runs).resolve())
+
+    build_pools(runs)
+    todo = [r for r in runs if not is_done(r)]
+    print(f"{len(runs)} runs, {len(runs) - len(todo)} already done; training {len(todo)} "
+          f"({args.jobs} at a time)", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for _ in tqdm(pool.map(train, todo), total=len(todo), desc="training", unit="run"):
+            pass
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    for run in tqdm(runs, desc="collecting", unit="run"):
+        rows += collect_run(run)
+    for ds in datasets:
+        base = next(r for r in runs if r.dataset is ds)
+        rows += baseline_rows(ds, base.config(), seeds)
+    rows = with_oracle_fraction(pd.DataFrame(rows))
+    summary = summarize(rows)
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6g"))
+    atomic_write(out / "runs.csv", lambda tmp: rows.to_csv(tmp, index=False, float_format="%.6g"))
+    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
+    text = markdown(summary[~summary["metric"].str.startswith("valid/")])
+    atomic_write_text(out / "results.md", f"Generated by `{command.strip()}`.\n\n{text}")
+    plot_sweeps(summary, out / "lambda.png", out / "horizon.png")
+    plot_curves(runs, summary, out / "curves.png")
+    print(text)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Online evaluation: policies show slates to simulated users; returns, click-through and purchases.
+
+A policy is any callable `policy(histories, users) -> scores`: `histories` [B, H] holds each user's
+clicked simulator item ids so far, most recent last, left-padded with -1; `scores` [B, num_items]
+ranks the simulator's items (-inf = never show). Ordinary policies read only the histories; the
+oracle also reads `users`, the simulator's hidden state, which is what makes it an oracle.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from simulator import NO_CLICK, Simulator, Users, top_k_slates
+
+Policy = Callable[[np.ndarray, Users], np.ndarray]
+
+
+# ================================================================================================
+# Policies
+# ================================================================================================
+def random_policy(num_items: int, seed: int = 0) -> Policy:
+    rng = np.random.default_rng([seed, 21])
+    return lambda histories, users: rng.random((len(histories), num_items))
+
+
+def popularity_policy(click_counts: np.ndarray) -> Policy:
+    """The same slate for everyone: the items clicked most in the training data. counts [num_items]"""
+    scores = click_counts.astype(np.float64)
+    return lambda histories, users: np.broadcast_to(scores, (len(histories), len(scores)))
+
+
+def logging_policy(sim: Simulator, seed: int = 0) -> Policy:
+    """The policy that logged the offline data (it reads the last click from the simulator's state)."""
+    rng = np.random.default_rng([seed, 22])
+    return lambda histories, users: sim.logging_scores(users, rng)
+
+
+def oracle_policy(sim: Simulator) -> Policy:
+    """Greedy oracle: true preferences and interest, maximal immediate expected reward."""
+    return lambda histories, users: sim.oracle_scores(users)
+
+
+class ModelPolicy:
+    """A trained model as a policy: the last `state_len` clicks, mapped to the pool's item ids, ranked by
+    `head`. Simulator items the pool never saw (filtered out) get -inf."""
+
+    def __init__(self, model, pool_item_ids: np.ndarray, num_items: int, state_len: int, head: str):
+        self.model, self.state_len, self.head, self.num_items = model.eval(), state_len, head, num_items
+        self.pool_to_sim = np.asarray(pool_item_ids).astype(np.int64)           # pool id i -> [i - 1]
+        self.sim_to_pool = np.zeros(num_items, dtype=np.int64)                  # 0 = unknown/padding
+        self.sim_to_pool[self.pool_to_sim] = np.arange(1, len(self.pool_to_sim) + 1)
+
+    @torch.no_grad()
+    def __call__(self, histories: np.ndarray, users: Users) -> np.ndarray:
+        recent = histories[:, -self.state_len:]
+        state = np.where(recent >= 0, self.sim_to_pool[np.maximum(recent, 0)], 0)
+        scores = self.model.scores(self.model.last_state(torch.from_numpy(state)), self.head).numpy()
+        out = np.full((len(histories), self.num_items), -np.inf)
+        out[:, self.pool_to_sim] = scores[:, 1:]
+        return out
+
+
+# ================================================================================================
+# Rollouts
+# ================================================================================================
+@dataclass
+class Rollout:
+    returns: np.ndarray      # [n] reward per session
+    clicks: np.ndarray       # [n]
+    purchases: np.ndarray    # [n]
+    slates: np.ndarray       # [n] slates shown
+    log: pd.DataFrame | None  # recorded events (session_id, item_id, step, purchase) if asked for
+
+    def summary(self) -> dict:
+        n = len(self.returns)
+        return {"return": float(self.returns.mean()),
+                "return_ci95": float(1.96 * self.returns.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+                "ctr": float(self.clicks.sum() / max(self.slates.sum(), 1)),
+                "purchase_rate": float(self.purchases.sum() / max(self.clicks.sum(), 1)),
+                "length": float(self.clicks.mean()), "sessions": n}
+
+
+def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explore: float = 0.0,
+            record: bool = False) -> Rollout:
+    """Run `sessions` fresh users under `policy` until every session ends.
+
+    The users are a function of (sim.seed, seed) alone, so every policy meets the same users. With
+    `explore` = eps, each slate is a uniformly random one with probability eps (epsilon-greedy).
+    """
+    users = sim.start_sessions(sessions, np.random.default_rng([sim.p.seed, 31, seed]))
+    rng = np.random.default_rng([sim.p.seed, 32, seed])
+    k, H = sim.p.slate_size, sim.p.max_session_len
+    histories = np.full((sessions, H), -1, dtype=np.int64)
+    returns, clicks, purchases, shown = (np.zeros(sessions) for _ in range(4))
+    parts = []
+    for t in range(H):
+        active = np.nonzero(~users.done)[0]
+        if len(active) == 0:
+            break
+        sub = users.subset(active)
+        slates = top_k_slates(policy(histories[active], sub), k)
+        if explore > 0:
+            explore_rows = rng.random(len(active)) < explore
+            random_slates = top_k_slates(rng.random((int(explore_rows.sum()), sim.p.num_items)), k)
+            slates[explore_rows] = random_slates
+        res = sim.step(sub, slates, rng)
+        users.update(active, sub)
+        hit = res.click != NO_CLICK
+        returns[active] += res.reward
+        shown[active] += 1
+        clicks[active] += hit
+        purchases[active] += res.purchase
+        rows = active[hit]
+        histories[rows] = np.concatenate([histories[rows, 1:], res.click[hit, None]], axis=1)
+        if record:
+            parts.append(pd.DataFrame({"session_id": rows, "item_id": res.click[hit], "step": t,
+                                       "purchase": res.purchase[hit]}))
+    log = None
+    if record:
+        log = (pd.concat(parts, ignore_index=True) if parts else
+               pd.DataFrame(columns=["session_id", "item_id", "step", "purchase"]))
+        log = log.sort_values(["session_id", "step"], kind="stable", ignore_index=True)
+    return Rollout(returns, clicks, purchases, shown, log)

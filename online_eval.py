@@ -1,0 +1,168 @@
+"""Online evaluation in the user simulator, and "improve over time".
+
+    python online_eval.py                                   # baselines + train.run_dir/best.pt, if it exists
+    python online_eval.py --checkpoint runs/a/best.pt --checkpoint runs/b/best.pt
+    python online_eval.py --set online.rounds=5             # deploy with exploration, collect, fine-tune, repeat
+
+Policies: random, popular (most clicked in the training data), logging (the policy that logged the
+data), oracle (greedy, knows the true preferences), and each checkpoint ranked by its ssl and q heads.
+Every policy meets the same simulated users. Reported per policy: mean return per session with a 95%
+confidence interval and as a fraction of the oracle's, click-through rate (clicks per slate),
+purchase rate (purchases per click), and session length (clicks per session).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from atomic import atomic_write
+from checkpoint import load_checkpoint
+from config import Config, add_config_args, load_config
+from errors import UserError, run_cli
+from model import HEADS
+from online import ModelPolicy, logging_policy, oracle_policy, popularity_policy, random_policy, rollout
+from replay_buffer import Pool, append_train_sessions, ensure_pool
+from simulator import SimParams, Simulator
+from train_offline import Learner, load_model, train_epoch
+
+
+def simulator_for(cfg: Config) -> Simulator:
+    if cfg.data.source != "synthetic":
+        raise UserError(f"online evaluation needs the simulator's own data (data.source=synthetic), "
+                        f"not '{cfg.data.source}'")
+    return Simulator(SimParams.from_dict(cfg.sim.to_dict()), cfg.data.reward_click, cfg.data.reward_purchase)
+
+
+def baseline_policies(sim: Simulator, pool: Pool, seed: int) -> dict:
+    train = pool.events("train")
+    counts = np.zeros(sim.p.num_items)
+    np.add.at(counts, pool.item_ids.astype(np.int64)[np.asarray(pool.items[train]) - 1], 1.0)
+    return {"random": random_policy(sim.p.num_items, seed), "popular": popularity_policy(counts),
+            "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim)}
+
+
+def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Config) -> dict:
+    if ckpt["config"]["sim"] != cfg.sim.to_dict() or ckpt["config"]["data"]["source"] != "synthetic":
+        raise UserError(f"{name} was trained on other data than this simulator's; evaluate it with its own config")
+    model = load_model(ckpt, pool)
+    return {f"{name}:{head}": ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, head)
+            for head in HEADS}
+
+
+def evaluate_policies(policies: dict, sim: Simulator, cfg: Config) -> pd.DataFrame:
+    rows = []
+    for name, policy in policies.items():
+        rows.append({"policy": name, **rollout(sim, policy, cfg.online.sessions, seed=cfg.online.seed).summary()})
+    table = pd.DataFrame(rows)
+    table["of_oracle"] = table["return"] / table.loc[table["policy"] == "oracle", "return"].iloc[0]
+    return table
+
+
+def format_online(table: pd.DataFrame) -> str:
+    lines = [f"  {'policy':24s} {'return':>16s} {'of oracle':>9s} {'CTR':>7s} {'buy/click':>9s} {'length':>7s}"]
+    for r in table.itertuples():
+        lines.append(f"  {r.policy:24s} {r.return_:8.3f} ± {r.return_ci95:5.3f} {r.of_oracle:9.1%} "
+                     f"{r.ctr:7.3f} {r.purchase_rate:9.3f} {r.length:7.2f}")
+    return "\n".join(lines)
+
+
+# ================================================================================================
+# Improve over time: deploy with exploration, append what users did to the pool, fine-tune
+# ================================================================================================
+def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_dir: Path) -> pd.DataFrame:
+    o = cfg.online
+    if o.rounds > 0 and pool.split_mode == "loo":
+        raise UserError("improve over time needs a session split (data.split_mode random or temporal)")
+    learner = Learner.create(cfg, pool.num_items)
+    learner.model.load_state_dict(ckpt["model"])
+    learner.target_net.load_state_dict(ckpt["target"])
+    learner.opt.load_state_dict(ckpt["optimizer"])
+    learner.step = ckpt["step"]
+    sim_to_pool = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, 1, "ssl").sim_to_pool
+    rows = []
+    for r in range(o.rounds + 1):
+        policy = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, cfg.eval.head)
+        row = {"round": r, "pool_events": pool.meta["num_events"],
+               **rollout(sim, policy, o.sessions, seed=o.seed).summary()}
+        print(f"round {r}: greedy return {row['return']:.3f} ± {row['return_ci95']:.3f} "
+              f"({row['pool_events']:,} events in the pool)", flush=True)
+        rows.append(row)
+        if r == o.rounds:
+            break
+        deployed = rollout(sim, policy, o.round_sessions, seed=1000 + r, explore=o.explore, record=True)
+        rows[-1]["deployed_return"] = deployed.summary()["return"]
+        pool = append_train_sessions(pool, *_as_pool_events(deployed.log, sim_to_pool, cfg, r),
+                                     folder=run_dir / "online-pool")
+        for e in range(o.round_epochs):
+            train_epoch(learner, pool, cfg, epoch=ckpt["epoch"] + 1 + r * o.round_epochs + e,
+                        label=f"round {r + 1}/{o.rounds} fine-tuning")
+    return pd.DataFrame(rows)
+
+
+def _as_pool_events(log: pd.DataFrame, sim_to_pool: np.ndarray, cfg: Config, round_: int):
+    """New sessions in pool ids (clicks on items the pool does not know are dropped)."""
+    items = sim_to_pool[log["item_id"].to_numpy(np.int64)]
+    log = log[items > 0].assign(item=items[items > 0])
+    purchase = log["purchase"].to_numpy(bool)
+    rewards = np.where(purchase, cfg.data.reward_purchase, cfg.data.reward_click)
+    sessions, lengths = np.unique(log["session_id"].to_numpy(), return_counts=True)
+    ids = np.array([f"online-r{round_}-{s}" for s in sessions])
+    return log["item"].to_numpy(), rewards, purchase, lengths, ids
+
+
+def plot_improvement(table: pd.DataFrame, oracle: float, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.errorbar(table["round"], table["return"], yerr=table["return_ci95"], marker="o", capsize=3,
+                label="model (greedy)")
+    ax.axhline(oracle, color="gray", ls="--", label="greedy oracle")
+    ax.set(xlabel="round", ylabel="mean return per session", title="improve over time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--checkpoint", metavar="PATH", action="append", default=[],
+                   help="a trained model to evaluate (repeatable; default train.run_dir/best.pt if it exists)")
+    args = p.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    torch.manual_seed(cfg.train.seed)
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    sim = simulator_for(cfg)
+    pool = ensure_pool(cfg)
+    run_dir = Path(cfg.train.run_dir)
+    paths = [Path(c) for c in args.checkpoint] or [q for q in [run_dir / "best.pt"] if q.is_file()]
+    ckpts = {str(path): load_checkpoint(path) for path in paths}
+    policies = baseline_policies(sim, pool, cfg.online.seed)
+    for name, ckpt in ckpts.items():
+        policies.update(model_policies(name, ckpt, pool, sim, cfg))
+    table = evaluate_policies(policies, sim, cfg)
+    print(f"online evaluation: {cfg.online.sessions:,} simulated sessions per policy, slates of {sim.p.slate_size}")
+    print(format_online(table.rename(columns={"return": "return_"})))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "online.csv", lambda tmp: table.to_csv(tmp, index=False))
+    if cfg.online.rounds > 0:
+        if not ckpts:
+            raise UserError("improve over time starts from a trained model: train first or pass --checkpoint")
+        first = next(iter(ckpts.values()))
+        rounds = improve_over_time(first, pool, sim, load_config(args.config, args.overrides, base=first["config"]),
+                                   run_dir)
+        atomic_write(run_dir / "improve.csv", lambda tmp: rounds.to_csv(tmp, index=False))
+        oracle = float(table.loc[table["policy"] == "oracle", "return"].iloc[0])
+        plot_improvement(rounds, oracle, run_dir / "improve.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)
