@@ -221,7 +221,7 @@ def append_train_sessions(pool: Pool, items: np.ndarray, rewards: np.ndarray, pu
               for name, (a, b) in pool.meta["splits_sessions"].items()}
     p = Prepared(
         items=spliced(pool.items, items, np.int32), rewards=spliced(pool.rewards, rewards, np.float32),
-        purchase=spliced(pool.purchase, purchase, bool), timestamps=np.zeros(0),
+        purchase=spliced(pool.purchase, purchase, bool),
         offsets=np.concatenate([offsets[:cut_s + 1], cut_e + np.cumsum(lengths), offsets[cut_s + 1:] + total]),
         split_sessions=ranges, item_ids=pool.item_ids,
         session_ids=np.concatenate([pool.session_ids[:cut_s], np.asarray(session_ids, dtype=str),

@@ -22,7 +22,7 @@ def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[
     n_valid = 0 if splits[1] is None else splits[1]
     prepared = Prepared(
         items=items, rewards=np.where(purchase, reward_purchase, reward_click).astype(np.float32),
-        purchase=purchase, timestamps=np.arange(len(items), dtype=np.float64), offsets=offsets,
+        purchase=purchase, offsets=offsets,
         split_sessions={"train": [0, n_train], "valid": [n_train, n_train + n_valid],
                         "test": [n_train + n_valid, S]},
         item_ids=np.array([f"i{i}" for i in range(1, int(items.max()) + 1)], dtype=object),

@@ -5,7 +5,7 @@ import pytest
 
 from config import load_config
 from errors import UserError
-from preprocess import filter_events, prepare, remap_items, sort_events, split_sessions
+from preprocess import filter_mask, prepare, split_sessions
 
 
 def events(rows):
@@ -17,10 +17,22 @@ def events(rows):
     return df
 
 
-def test_sort_orders_by_session_then_time_stably():
+def prep(df, *overrides):
+    data = load_config(overrides=["data.min_item_count=1", "data.min_session_len=1", "data.split=[1.0, 0.0, 0.0]",
+                                  *overrides]).data.to_dict()
+    return prepare(df, data)
+
+
+def sessions_of(p):
+    """{original session id: [original item ids in pool order]}"""
+    return {sid: list(p.item_ids[p.items[p.offsets[s]:p.offsets[s + 1]] - 1]) for s, sid in enumerate(p.session_ids)}
+
+
+def test_orders_by_session_then_time_stably():
     df = events([("b", 1, 5), ("a", 2, 9), ("a", 3, 1), ("a", 4, 1)])
-    out = sort_events(df)
-    assert list(out["item"]) == [3, 4, 2, 1]  # a: t=1 (3 then 4, file order), t=9; then b
+    p = prep(df)
+    assert list(p.session_ids) == ["a", "b"]
+    assert sessions_of(p) == {"a": [3, 4, 2], "b": [1]}  # a: t=1 (3 then 4, file order), t=9; then b
 
 
 def test_filtering_is_iterative():
@@ -28,21 +40,49 @@ def test_filtering_is_iterative():
     # and goes; then B and D keep y twice and z twice: a fixed point.
     df = events([("A", "x", 1), ("A", "y", 2), ("B", "y", 1), ("B", "z", 2), ("C", "z", 1),
                  ("D", "y", 1), ("D", "z", 2)])
-    out = filter_events(df, min_item_count=2, min_session_len=2)
-    assert sorted(zip(out["session"], out["item"])) == [("B", "y"), ("B", "z"), ("D", "y"), ("D", "z")]
+    p = prep(df, "data.min_item_count=2", "data.min_session_len=2")
+    assert sessions_of(p) == {"B": ["y", "z"], "D": ["y", "z"]}
+    assert list(p.item_ids) == ["y", "z"]
     # Without D the cascade empties everything.
-    assert filter_events(df[df["session"] != "D"], 2, 2).empty
+    with pytest.raises(UserError, match="no events left"):
+        prep(df[df["session"] != "D"], "data.min_item_count=2", "data.min_session_len=2")
 
 
-def test_remap_round_trip():
-    originals = np.array(["9", "apple", "9", "42", "zz", "apple"], dtype=object)
-    codes, ids = remap_items(originals)
-    assert codes.min() == 1 and codes.max() == len(set(originals))
-    np.testing.assert_array_equal(ids[codes - 1], originals)
-    ints = np.array([100, 7, 100, 3])
-    codes, ids = remap_items(ints)
-    np.testing.assert_array_equal(codes, [3, 2, 3, 1])  # sorted-id order
-    np.testing.assert_array_equal(ids[codes - 1], ints)
+def test_filter_mask_matches_a_naive_loop():
+    rng = np.random.default_rng(0)
+    sessions, items = rng.integers(0, 60, 2000), rng.zipf(1.5, 2000) % 300
+    keep = filter_mask(sessions, items, min_item_count=4, min_session_len=5)
+    alive = list(range(2000))
+    while True:   # the definition, one rule at a time, with Python counters
+        counts = {}
+        for e in alive:
+            counts[items[e]] = counts.get(items[e], 0) + 1
+        after_items = [e for e in alive if counts[items[e]] >= 4]
+        lengths = {}
+        for e in after_items:
+            lengths[sessions[e]] = lengths.get(sessions[e], 0) + 1
+        after = [e for e in after_items if lengths[sessions[e]] >= 5]
+        if after == alive:
+            break
+        alive = after
+    assert np.flatnonzero(keep).tolist() == alive and 0 < len(alive) < 2000
+
+
+def test_item_ids_round_trip():
+    originals = ["9", "apple", "9", "42", "zz", "apple"]
+    df = events([(f"s{i}", o, i) for i, o in enumerate(originals)])
+    p = prep(df)
+    assert sorted(p.items.tolist()) == sorted([2, 3, 2, 1, 4, 3])  # 1..N in sorted-id order: 42, 9, apple, zz
+    assert list(p.item_ids) == ["42", "9", "apple", "zz"]
+    back = {sid: items for sid, items in sessions_of(p).items()}
+    assert [back[f"s{i}"][0] for i in range(6)] == originals
+
+
+def test_sample_keeps_whole_sessions():
+    df = events([(f"s{s}", i, i) for s in range(50) for i in range(4)])
+    p = prep(df, "data.max_sessions=10")
+    assert len(p.session_ids) == 10 and len(p.items) == 40
+    assert p.session_ids.tolist() == prep(df, "data.max_sessions=10").session_ids.tolist()   # seeded
 
 
 def test_random_split_is_seeded_and_covers_all():
@@ -76,15 +116,13 @@ def test_prepare_lays_out_sessions_by_split_and_time():
     rng = np.random.default_rng(0)
     rows = [(f"s{s}", int(rng.integers(0, 20)), float(rng.integers(0, 1000)), bool(rng.random() < 0.2))
             for s in range(8) for _ in range(int(rng.integers(1, 6)))]
-    df = events(rows)
-    p = prepare(df.sample(frac=1, random_state=0), data)   # input order must not matter
+    df = events(rows).sample(frac=1, random_state=0)     # shuffled input
+    p = prepare(df, data)
     assert len(p.items) == len(df) and p.purchase.sum() == df["purchase"].sum()
     assert p.split_sessions == {"train": [0, 4], "valid": [4, 6], "test": [6, 8]}
-    for s, sid in enumerate(p.session_ids):
-        mine = df[df["session"] == sid].sort_values("timestamp", kind="stable")
-        got = p.item_ids[p.items[p.offsets[s]:p.offsets[s + 1]] - 1]
-        assert sorted(got.tolist()) == sorted(mine["item"].tolist())
-        assert np.all(np.diff(p.timestamps[p.offsets[s]:p.offsets[s + 1]]) >= 0)
+    for sid, got in sessions_of(p).items():
+        mine = df[df["session"] == sid].sort_values("timestamp", kind="stable")   # ties: input order
+        assert got == mine["item"].tolist()
 
 
 def test_prepare_rejects_data_empty_after_filtering():
