@@ -19,6 +19,7 @@ from errors import UserError
 DEFAULT_PATH = Path(__file__).with_name("config.yaml")
 
 CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
     "data.source": ("synthetic", "csv", "retailrocket", "yoochoose", "movielens"),
     "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),

@@ -6,7 +6,13 @@ from typing import Callable
 
 
 class UserError(Exception):
-    """A problem with the user's input (file, column, config, id). The message says what to do."""
+    """A problem with the user's input (file, column, config, id). The message says what to do.
+
+    Always one line: whitespace runs (newlines in echoed names or values included) become one space.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 def run_cli(main: Callable[[], None]) -> None:

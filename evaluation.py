@@ -21,12 +21,13 @@ def mask_seen(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool = False,
-             progress: bool = True) -> dict[str, dict[str, float]]:
-    """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split`."""
+             progress: bool = True, heads=HEADS, limit: int | None = None) -> dict[str, dict[str, float]]:
+    """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
+    `limit` events), for each of `heads`."""
     was_training = model.training
     model.eval()
-    events = pool.events(split)
-    ranks = {head: [] for head in HEADS}
+    events = pool.events(split)[:limit]
+    ranks = {head: [] for head in heads}
     purchase = []
     chunks = range(0, len(events), batch_size)
     for start in tqdm(chunks, desc=f"evaluating {split}", unit="batch", leave=False, disable=not progress):
@@ -34,7 +35,7 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
         state = torch.from_numpy(w.state)
         target = torch.from_numpy(w.actions[:, 0])
         h = model.last_state(state)
-        for head in HEADS:
+        for head in heads:
             scores = model.scores(h, head)
             if exclude_seen:
                 mask_seen(scores, state)

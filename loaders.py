@@ -58,7 +58,7 @@ def load_csv(path: Path, data: dict) -> pd.DataFrame:
     missing = [c for c in required if c not in header]
     if missing:
         names = {cols["session_id"]: "session_id", cols["item_id"]: "item_id", cols["timestamp"]: "timestamp"}
-        raise UserError(f"{path} has no column {missing[0]!r} (columns: {', '.join(header) or 'none'}); "
+        raise UserError(f"{path} has no column {missing[0]!r} (columns: {', '.join(map(repr, header)) or 'none'}); "
                         f"rename it or set data.columns.{names[missing[0]]}")
     event = cols["event"] if cols["event"] in header else None
     reward = cols["reward"] if event is None and cols["reward"] in header else None
@@ -163,7 +163,8 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"data file {path} not found; check data.path")
     try:
-        return pd.read_csv(path, **kwargs)
+        # Only an empty field is missing: "NA" or "None" can be real ids.
+        return pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path} is empty; it needs a header line and events") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
@@ -199,7 +200,12 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
 
 
 def _drop_missing(frame: pd.DataFrame, columns: list[str], where: str) -> pd.DataFrame:
-    missing = frame[columns].isna().any(axis=1)
+    """Drop rows whose id or time field is empty or blank (pandas does not always read "" as NaN)."""
+    missing = np.zeros(len(frame), dtype=bool)
+    for c in columns:
+        missing |= frame[c].isna().to_numpy()
+        if not pd.api.types.is_numeric_dtype(frame[c]):
+            missing |= frame[c].astype(str).str.strip().eq("").to_numpy()
     if missing.any():
         print(f"warning: {where}: dropped {int(missing.sum())} rows with a missing "
               f"{' / '.join(columns)}", file=sys.stderr)
@@ -209,10 +215,12 @@ def _drop_missing(frame: pd.DataFrame, columns: list[str], where: str) -> pd.Dat
 
 def _ids(column: pd.Series) -> np.ndarray:
     """Ids as integers when they all are, else as stripped strings: both hash and sort consistently."""
+    values = column.to_numpy()
     if pd.api.types.is_integer_dtype(column):
-        return column.to_numpy()
-    if pd.api.types.is_float_dtype(column) and np.all(np.mod(column.to_numpy(), 1) == 0):
-        return column.to_numpy().astype(np.int64) if column.abs().max() < 2 ** 62 else column.astype(str).to_numpy()
+        return values
+    if (pd.api.types.is_float_dtype(column) and np.isfinite(values).all() and (np.mod(values, 1) == 0).all()
+            and np.abs(values).max(initial=0) < 2 ** 62):
+        return values.astype(np.int64)
     return column.astype(str).str.strip().to_numpy(dtype=object)
 
 
@@ -228,4 +236,6 @@ def parse_timestamps(column: pd.Series, where: str = "log", name: str = "timesta
     if bad.any():
         raise UserError(f"{where}: column {name!r} has a value that is neither a number nor an ISO-8601 time "
                         f"({column[bad].iloc[0]!r}); fix the file or point data.columns.timestamp elsewhere")
-    return (times - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+    # Microseconds since the epoch: unlike nanoseconds, they cover years 1 to 9999.
+    micros = times.dt.tz_convert(None).astype("datetime64[us]").astype("int64").to_numpy()
+    return micros / 1e6

@@ -40,6 +40,15 @@ class SeqRecQ(nn.Module):
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
         return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"])
 
+    def forward(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Everything the training loss differentiates, in one call (what DistributedDataParallel wraps).
+
+        state [B, L], actions [B, T] -> states s_t..s_{t+T} [B, T+1, H], the K self-supervised logits of
+        s_t [B, K, N+1], and Q(s_{t+k}, a_{t+k}) of the taken actions [B, T].
+        """
+        states = self.window_states(state, actions)
+        return states, self.ssl(states[:, 0]), self.q_of(states[:, :-1], actions)
+
     def window_states(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The states s_t .. s_{t+T} of a window, from ONE pass of the GRU over state items + actions.
 
@@ -68,6 +77,13 @@ class SeqRecQ(nn.Module):
         """Ranking scores [B, N+1] from state [B, H] by head `ssl` (next-item logits) or `q`; padding -inf."""
         scores = self.ssl.next_item_logits(state) if head == "ssl" else self.q_values(state)
         return mask_padding(scores)
+
+
+def model_device(module: nn.Module) -> torch.device:
+    """Where a module's parameters (or buffers) live."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def mask_padding(scores: torch.Tensor) -> torch.Tensor:

@@ -79,10 +79,7 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
     if o.rounds > 0 and pool.split_mode == "loo":
         raise UserError("improve over time needs a session split (data.split_mode random or temporal)")
     learner = Learner.create(cfg, pool.num_items)
-    learner.model.load_state_dict(ckpt["model"])
-    learner.target_net.load_state_dict(ckpt["target"])
-    learner.opt.load_state_dict(ckpt["optimizer"])
-    learner.step = ckpt["step"]
+    learner.restore(ckpt)
     sim_to_pool = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, 1, "ssl").sim_to_pool
     rows = []
     for r in range(o.rounds + 1):
@@ -98,9 +95,10 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
         rows[-1]["deployed_return"] = deployed.summary()["return"]
         pool = append_train_sessions(pool, *_as_pool_events(deployed.log, sim_to_pool, cfg, r),
                                      folder=run_dir / "online-pool")
-        for e in range(o.round_epochs):
-            train_epoch(learner, pool, cfg, epoch=ckpt["epoch"] + 1 + r * o.round_epochs + e,
-                        label=f"round {r + 1}/{o.rounds} fine-tuning")
+        for _ in range(o.round_epochs):   # whole epochs over the grown pool, continuing the epoch count
+            learner.batch, learner.sums = 0, {}
+            train_epoch(learner, pool, cfg, label=f"round {r + 1}/{o.rounds} fine-tuning")
+            learner.epoch += 1
     return pd.DataFrame(rows)
 
 

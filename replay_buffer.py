@@ -160,7 +160,13 @@ def build_pool(cfg: Config) -> Pool:
     else:
         print(f"reading the {data['source']} log {data['path'] or '(cached download)'} ...", flush=True)
         events = load_events(data, cfg.sim.to_dict())
-    prepared = prepare(events, data)
+    return pool_from_events(events, cfg, started=t0)
+
+
+def pool_from_events(events: pd.DataFrame, cfg: Config, started: float | None = None) -> Pool:
+    """Preprocess a canonical event table (loaders.CANONICAL columns) and write it as the pool."""
+    t0 = time.perf_counter() if started is None else started
+    prepared = prepare(events, cfg.data.to_dict())
     meta = describe(prepared, cfg)
     meta["build_seconds"] = round(time.perf_counter() - t0, 3)
     write_pool(prepared, meta, Path(cfg.pool.dir))

@@ -31,12 +31,15 @@ class MultiStepHeads(nn.Module):
 
 
 def multi_step_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-                    weights: torch.Tensor) -> torch.Tensor:
+                    weights: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
     """sum_k weights[k] * mean cross-entropy of step k over the samples where step k is in the session.
 
-    logits [B, K, N+1], targets [B, K] (item ids, 0 where invalid), valid [B, K] bool, weights [K].
+    logits [B, K, N+1], targets [B, K] (item ids, 0 where invalid), valid [B, K] bool, weights [K];
+    counts [K], the number of valid samples per step to divide by (default: this batch's; a
+    distributed run passes the global batch's).
     """
     ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
     valid = valid.to(ce.dtype)
-    per_step = (ce * valid).sum(0) / valid.sum(0).clamp(min=1.0)
+    counts = valid.sum(0) if counts is None else counts
+    per_step = (ce * valid).sum(0) / counts.clamp(min=1.0)
     return (weights * per_step).sum()

@@ -4,6 +4,7 @@
     python train_offline.py --resume                 # continue the run in train.run_dir
     python train_offline.py --mode eval              # evaluate the run's best checkpoint, no training
     python train_offline.py --mode recommend --user 42      (or --history "12,7,42")
+    torchrun --nproc_per_node=2 train_offline.py     # DistributedDataParallel, one shard of each batch per rank
 
 Loss = sum_k w_k CE(a_{t+k} | s_t)  +  alpha * TD(Q(s_{t+k}, a_{t+k}), G^lambda_k), with G^lambda from
 a target network (double-Q by default) over the pool's T-step windows.
@@ -17,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ from checkpoint import load_checkpoint, save_checkpoint
 from config import Config, add_config_args, load_config, save_config
 from errors import UserError, run_cli
 from evaluation import evaluate, format_table
-from model import SeqRecQ
+from distributed import SINGLE, Dist
+from distributed import setup as setup_distributed
+from distributed import teardown as teardown_distributed
+from model import SeqRecQ, model_device
 from recommend import example_user, format_recommendations, history_from_ids, history_of_user, top_k
 from replay_buffer import Pool, Windows, ensure_pool, summary
 from ssl_heads import multi_step_loss
@@ -49,8 +53,8 @@ class Batch:
     valid: torch.Tensor    # [B, T] step k lies inside the session
 
     @classmethod
-    def from_windows(cls, w: Windows) -> "Batch":
-        return cls(*(torch.from_numpy(np.ascontiguousarray(getattr(w, f)))
+    def from_windows(cls, w: Windows, device: torch.device | str = "cpu") -> "Batch":
+        return cls(*(torch.from_numpy(np.ascontiguousarray(getattr(w, f))).to(device, non_blocking=True)
                      for f in ("state", "actions", "rewards", "dones", "valid")))
 
 
@@ -65,26 +69,33 @@ def next_state_values(online_q: torch.Tensor | None, target_q: torch.Tensor, kin
     return target_q.gather(-1, best).squeeze(-1)
 
 
-def compute_losses(model: SeqRecQ, target_net: SeqRecQ, b: Batch, t: Config) -> tuple[torch.Tensor, dict]:
-    states = model.window_states(b.state, b.actions)                      # [B, T+1, H]: s_t .. s_{t+T}
-    K = model.ssl.steps
-    ce = multi_step_loss(model.ssl(states[:, 0]), b.actions[:, :K], b.valid[:, :K],
-                         torch.tensor(t.ssl_weights[:K], dtype=states.dtype))
+def compute_losses(model, target_net: SeqRecQ, b: Batch, t: Config, dist: Dist = SINGLE) -> tuple[torch.Tensor, dict]:
+    """CE of the K self-supervised steps + alpha * TD(lambda) loss of the Q head, on one batch.
 
-    q_taken = model.q_of(states[:, :-1], b.actions)                       # Q(s_{t+k}, a_{t+k}) [B, T]
+    Means are taken over the valid steps of the *global* batch (all ranks), and the loss is scaled by
+    the number of ranks, so DistributedDataParallel's gradient average is the single-process gradient.
+    """
+    states, ssl_logits, q_taken = model(b.state, b.actions)    # [B, T+1, H], [B, K, N+1], Q(s_{t+k}, a_{t+k}) [B, T]
+    net = getattr(model, "module", model)                      # the network behind a DDP wrapper
+    K = ssl_logits.shape[1]
+    valid = b.valid.to(q_taken.dtype)
+    ce = multi_step_loss(ssl_logits, b.actions[:, :K], b.valid[:, :K],
+                         torch.tensor(t.ssl_weights[:K], dtype=q_taken.dtype, device=q_taken.device),
+                         counts=dist.sum(valid[:, :K].sum(0)))
     with torch.no_grad():
-        online_q = model.q_values(states[:, 1:]) if t.value == "double" else None
+        online_q = net.q_values(states[:, 1:]) if t.value == "double" else None
         target_q = target_net.q_values(target_net.window_states(b.state, b.actions)[:, 1:])
         next_v = next_state_values(online_q, target_q, t.value)           # V(s_{t+k+1}) [B, T]
         returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
     td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
-    valid = b.valid.to(q_taken.dtype)
-    td = (td_fn(q_taken, returns, reduction="none") * valid).sum() / valid.sum().clamp(min=1.0)
+    count = dist.sum(valid.sum()).clamp(min=1.0)
+    td = (td_fn(q_taken, returns, reduction="none") * valid).sum() / count
 
     loss = ce + t.alpha * td
+    # Each rank's stats are its share of the global value: summed over ranks they are exact.
     stats = {"loss": loss.item(), "ce": ce.item(), "td": td.item(),
-             "q_mean": ((q_taken.detach() * valid).sum() / valid.sum().clamp(min=1.0)).item()}
-    return loss, stats
+             "q_mean": ((q_taken.detach() * valid).sum() / count).item()}
+    return loss * dist.world, stats
 
 
 @torch.no_grad()
@@ -107,95 +118,144 @@ def epoch_order(num_events: int, seed: int, epoch: int) -> np.ndarray:
 
 @dataclass
 class Learner:
-    """What training updates: the online network, its target copy, the optimizer and the step count."""
-    model: SeqRecQ
+    """What training updates: the online network (DDP-wrapped under torchrun), its target copy, the
+    optimizer, and where training stands: steps taken, epochs completed, batches done in the next
+    epoch and that epoch's running loss sums (so a run killed mid-epoch resumes exactly)."""
+    model: torch.nn.Module
     target_net: SeqRecQ
     opt: torch.optim.Optimizer
     step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    sums: dict = field(default_factory=dict)
 
     @classmethod
-    def create(cls, cfg: Config, num_items: int) -> "Learner":
-        model = SeqRecQ.from_config(cfg.model.to_dict(), num_items)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        return cls(model, copy.deepcopy(model).eval(), opt)
+    def create(cls, cfg: Config, num_items: int, device: torch.device | str = "cpu", dist: Dist = SINGLE) -> "Learner":
+        net = SeqRecQ.from_config(cfg.model.to_dict(), num_items).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        model = net
+        if dist.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+        return cls(model, copy.deepcopy(net).eval(), opt)
+
+    @property
+    def net(self) -> SeqRecQ:
+        return getattr(self.model, "module", self.model)
+
+    def state(self, cfg: Config, pool: Pool, best: dict) -> dict:
+        return {"model": self.net.state_dict(), "target": self.target_net.state_dict(),
+                "optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
+                "sums": self.sums, "best": best, "config": cfg.to_dict(), "num_items": pool.num_items,
+                "pool_hash": pool.meta["config_hash"], "rng": torch.get_rng_state()}
+
+    def restore(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["model"])
+        self.target_net.load_state_dict(ckpt["target"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.step, self.epoch, self.batch, self.sums = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["sums"]
+        torch.set_rng_state(ckpt["rng"])
 
 
-def train_epoch(learner: Learner, pool: Pool, cfg: Config, epoch: int, progress: bool = True,
-                label: str | None = None) -> dict:
-    """One pass over the pool's training events in the (seed, epoch) order. Returns mean loss stats."""
+def train_epoch(learner: Learner, pool: Pool, cfg: Config, dist: Dist = SINGLE, on_step=None,
+                progress: bool = True, label: str | None = None) -> bool:
+    """Train epoch `learner.epoch` from batch `learner.batch` on, in the (seed, epoch) order; each rank
+    takes its shard of every global batch. Returns False if `train.max_steps` stopped it early.
+
+    `on_step(learner)` runs after every step (checkpointing).
+    """
     t, L, T = cfg.train, cfg.pool.state_len, cfg.pool.horizon
-    model, target_net, opt = learner.model, learner.target_net, learner.opt
-    model.train()
+    device = model_device(learner.net)
+    learner.model.train()
     train_events = pool.events("train")
-    order = train_events[epoch_order(len(train_events), t.seed, epoch)]
+    order = train_events[epoch_order(len(train_events), t.seed, learner.epoch)]
     batches = math.ceil(len(order) / t.batch_size)
-    sums = {}
-    bar = tqdm(range(batches), desc=label or f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False,
-               disable=not progress)
+    bar = tqdm(range(learner.batch, batches), desc=label or f"epoch {learner.epoch + 1}/{t.epochs}", unit="batch",
+               leave=False, disable=not (progress and dist.main))
     for i in bar:
-        windows = pool.windows(order[i * t.batch_size:(i + 1) * t.batch_size], L, T, training=True)
-        loss, stats = compute_losses(model, target_net, Batch.from_windows(windows), t)
-        opt.zero_grad(set_to_none=True)
+        if t.max_steps and learner.step >= t.max_steps:
+            return False
+        shard = dist.shard(order[i * t.batch_size:(i + 1) * t.batch_size])
+        loss, stats = compute_losses(learner.model, learner.target_net,
+                                     Batch.from_windows(pool.windows(shard, L, T, training=True), device), t, dist)
+        learner.opt.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
+            torch.nn.utils.clip_grad_norm_(learner.model.parameters(), t.grad_clip)
+        learner.opt.step()
         learner.step += 1
-        update_target(target_net, model, t, learner.step)
+        learner.batch = i + 1
+        update_target(learner.target_net, learner.net, t, learner.step)
         for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + v
+            learner.sums[k] = learner.sums.get(k, 0.0) + v
         if i % 20 == 0:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", td=f"{stats['td']:.3f}")
-    return {k: v / max(batches, 1) for k, v in sums.items()}
+        if on_step is not None:
+            on_step(learner)
+    return True
 
 
-def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool) -> None:
-    """Epochs of training, each followed by validation, a metrics row and checkpoints (best and last)."""
+def epoch_means(learner: Learner, dist: Dist) -> dict:
+    """Mean loss stats of the epoch, over all ranks and batches."""
+    keys = sorted(learner.sums)
+    totals = dist.sum(torch.tensor([learner.sums[k] for k in keys], dtype=torch.float64))
+    return {k: v / max(learner.batch, 1) for k, v in zip(keys, totals.tolist())}
+
+
+def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.device | str = "cpu",
+          dist: Dist = SINGLE) -> None:
+    """Epochs of training, each followed by validation, a metrics row and checkpoints (best and last);
+    with `train.checkpoint_every`, last.pt is also written every that many steps inside an epoch."""
     _check_selectable(cfg, pool)
-    learner = Learner.create(cfg, pool.num_items)
-    first_epoch, best = 0, {"value": -math.inf, "epoch": -1}
+    learner = Learner.create(cfg, pool.num_items, device, dist)
+    best = {"value": -math.inf, "epoch": -1}
     if resume:
         ckpt = load_checkpoint(run_dir / "last.pt")
         _check_compatible(ckpt, cfg, pool)
-        learner.model.load_state_dict(ckpt["model"])
-        learner.target_net.load_state_dict(ckpt["target"])
-        learner.opt.load_state_dict(ckpt["optimizer"])
-        learner.step, first_epoch, best = ckpt["step"], ckpt["epoch"] + 1, ckpt["best"]
-        torch.set_rng_state(ckpt["rng"])
-        _truncate_metrics(run_dir / "metrics.csv", ckpt["epoch"])
-        print(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1} (step {learner.step})")
-    else:
+        learner.restore(ckpt)
+        best = ckpt["best"]
+        if dist.main:
+            _truncate_metrics(run_dir / "metrics.csv", learner.epoch)
+            print(f"resuming {run_dir} after {learner.epoch} epochs and {learner.batch} batches (step {learner.step})")
+    elif dist.main:
         (run_dir / "metrics.csv").unlink(missing_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if dist.main:
+        save_config(cfg, run_dir / "config.yaml")
+
+    every = cfg.train.checkpoint_every
+
+    def checkpoint_now(lr: Learner) -> None:
+        if dist.main and every and lr.step % every == 0:
+            save_checkpoint(run_dir / "last.pt", lr.state(cfg, pool, best))
 
     e = cfg.eval
-    for epoch in range(first_epoch, cfg.train.epochs):
+    while learner.epoch < cfg.train.epochs:
         t0 = time.perf_counter()
-        stats = train_epoch(learner, pool, cfg, epoch)
-        valid = evaluate(learner.model, pool, "valid", cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen)
-        row = {"epoch": epoch + 1, "step": learner.step, "seconds": round(time.perf_counter() - t0, 2), **stats,
-               **{f"valid/{head}/{m}": v for head, ms in valid.items() for m, v in ms.items()}}
+        finished = train_epoch(learner, pool, cfg, dist, on_step=checkpoint_now)
+        stats = epoch_means(learner, dist)
+        if not dist.main:
+            if not finished:
+                return
+            learner.epoch, learner.batch, learner.sums = learner.epoch + 1, 0, {}
+            continue
+        valid = evaluate(learner.net, pool, "valid", cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen)
+        row = {"epoch": learner.epoch + 1, "step": learner.step, "seconds": round(time.perf_counter() - t0, 2),
+               **stats, **{f"valid/{head}/{m}": v for head, ms in valid.items() for m, v in ms.items()}}
         _append_row(run_dir / "metrics.csv", row)
         score = valid[e.head][e.select_metric]
         improved = score > best["value"]
         if improved:
-            best = {"value": score, "epoch": epoch}
-        state = checkpoint_state(learner, cfg, pool, epoch, best)
-        if improved:
-            save_checkpoint(run_dir / "best.pt", state)
-        save_checkpoint(run_dir / "last.pt", state)
-        print(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {row['loss']:.4f} (ce {row['ce']:.4f}, td {row['td']:.4f}, "
-              f"Q {row['q_mean']:.3f})  valid {e.select_metric} ssl {valid['ssl'][e.select_metric]:.4f} "
-              f"q {valid['q'][e.select_metric]:.4f}{'  *best' if improved else ''}  [{row['seconds']:.0f} s]",
-              flush=True)
+            best = {"value": score, "epoch": learner.epoch}
+            save_checkpoint(run_dir / "best.pt", learner.state(cfg, pool, best))
+        print(f"epoch {learner.epoch + 1}/{cfg.train.epochs}{'' if finished else ' (stopped at train.max_steps)'}  "
+              f"loss {row['loss']:.4f} (ce {row['ce']:.4f}, td {row['td']:.4f}, Q {row['q_mean']:.3f})  "
+              f"valid {e.select_metric} ssl {valid['ssl'][e.select_metric]:.4f} q {valid['q'][e.select_metric]:.4f}"
+              f"{'  *best' if improved else ''}  [{row['seconds']:.0f} s]", flush=True)
+        if not finished:  # stopped mid-epoch: last.pt keeps the position, so --resume continues it
+            save_checkpoint(run_dir / "last.pt", learner.state(cfg, pool, best))
+            break
+        learner.epoch, learner.batch, learner.sums = learner.epoch + 1, 0, {}
+        save_checkpoint(run_dir / "last.pt", learner.state(cfg, pool, best))
     _plot_curves(run_dir)
-
-
-def checkpoint_state(learner: Learner, cfg: Config, pool: Pool, epoch: int, best: dict) -> dict:
-    return {"model": learner.model.state_dict(), "target": learner.target_net.state_dict(),
-            "optimizer": learner.opt.state_dict(), "step": learner.step, "epoch": epoch, "best": best,
-            "config": cfg.to_dict(), "num_items": pool.num_items, "pool_hash": pool.meta["config_hash"],
-            "rng": torch.get_rng_state()}
 
 
 def _check_selectable(cfg: Config, pool: Pool) -> None:
@@ -221,14 +281,14 @@ def _append_row(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop metric rows of epochs after the checkpoint (a run killed after logging, before saving)."""
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop metric rows of epochs not completed in the checkpoint (logged, then killed before saving)."""
     if not path.exists():
         return
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    keep = [r for r in rows if int(r["epoch"]) <= last_epoch + 1]
-    if rows and len(keep) < len(rows):
+    keep = [r for r in rows if int(r["epoch"]) <= epochs_done]
+    if len(keep) < len(rows):
         path.unlink()
         for r in keep:
             _append_row(path, r)
@@ -242,17 +302,17 @@ def _plot_curves(run_dir: Path) -> None:
 # ================================================================================================
 # Testing and recommending with a saved model
 # ================================================================================================
-def load_model(ckpt: dict, pool: Pool) -> SeqRecQ:
+def load_model(ckpt: dict, pool: Pool, device: torch.device | str = "cpu") -> SeqRecQ:
     if ckpt["num_items"] != pool.num_items:
         raise UserError(f"the checkpoint scores {ckpt['num_items']} items but the pool has {pool.num_items}; "
                         "use the data config the model was trained with")
     model = SeqRecQ.from_config(ckpt["config"]["model"], ckpt["num_items"])
     model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return model.to(device).eval()
 
 
-def test(cfg: Config, pool: Pool, ckpt: dict, run_dir: Path | None) -> dict:
-    model = load_model(ckpt, pool)
+def test(cfg: Config, pool: Pool, ckpt: dict, run_dir: Path | None, device: torch.device | str = "cpu") -> dict:
+    model = load_model(ckpt, pool, device)
     e = cfg.eval
     valid = evaluate(model, pool, "valid", cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen)
     tested = evaluate(model, pool, "test", cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen)
@@ -265,8 +325,9 @@ def test(cfg: Config, pool: Pool, ckpt: dict, run_dir: Path | None) -> dict:
     return final
 
 
-def recommend(cfg: Config, pool: Pool, ckpt: dict, user: str | None, history: str | None) -> None:
-    model = load_model(ckpt, pool)
+def recommend(cfg: Config, pool: Pool, ckpt: dict, user: str | None, history: str | None,
+              device: torch.device | str = "cpu") -> None:
+    model = load_model(ckpt, pool, device)
     if history is not None:
         who, items = "the given history", history_from_ids(pool, history)
     else:
@@ -307,19 +368,28 @@ def main() -> None:
         # A saved run carries its own config; the command line still overrides it.
         path = Path(args.checkpoint) if args.checkpoint else run_dir / ("last.pt" if args.resume else "best.pt")
         cfg = load_config(args.config, args.overrides, base=load_checkpoint(path)["config"])
-    torch.manual_seed(cfg.train.seed)
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-
-    pool = ensure_pool(cfg)
-    print(summary(pool))
-    if args.mode == "train":
-        run_dir.mkdir(parents=True, exist_ok=True)
-        train(cfg, pool, run_dir, args.resume)
-    ckpt = load_checkpoint(Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt")
-    if args.mode in ("train", "eval"):
-        test(cfg, pool, ckpt, run_dir if args.mode == "train" else None)
-    if args.mode in ("train", "recommend"):
-        recommend(cfg, pool, ckpt, args.user, args.history)
+    dist, device = setup_distributed(cfg.device)      # a no-op unless started by torchrun
+    try:
+        torch.manual_seed(cfg.train.seed)             # the same initial weights on every rank
+        torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+        if dist.main:                                 # one rank builds the pool, the others wait for it
+            pool = ensure_pool(cfg)
+            print(summary(pool))
+        dist.barrier()
+        if not dist.main:
+            pool = Pool(Path(cfg.pool.dir))
+        if args.mode == "train":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            train(cfg, pool, run_dir, args.resume, device, dist)
+        if not dist.main:
+            return
+        ckpt = load_checkpoint(Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt")
+        if args.mode in ("train", "eval"):
+            test(cfg, pool, ckpt, run_dir if args.mode == "train" else None, device)
+        if args.mode in ("train", "recommend"):
+            recommend(cfg, pool, ckpt, args.user, args.history, device)
+    finally:
+        teardown_distributed()
 
 
 if __name__ == "__main__":

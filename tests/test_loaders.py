@@ -173,3 +173,12 @@ def test_movielens_wrong_file(tmp_path):
     f = write(tmp_path / "u.data", "1\t2\n")
     with pytest.raises(UserError, match="not MovieLens-100K"):
         load("data.source=movielens", f"data.path={f}")
+
+
+def test_iso_times_far_from_1970(tmp_path):
+    """Years outside pandas' nanosecond range (1677-2262) are times too, in order."""
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp\n1,1,0001-01-01T00:00:00Z\n"
+              "1,2,2263-01-01T00:00:00Z\n1,3,2024-01-01T00:00:30.5Z\n")
+    ev = load("data.source=csv", f"data.path={f}")
+    t = ev["timestamp"].to_numpy()
+    assert t[0] < t[2] < t[1] and t[2] == pytest.approx(1704067230.5)

@@ -1,0 +1,260 @@
+"""Speed and memory figures: pool building, training, evaluation, against the machine's matmul peak.
+
+    python benchmarks/bench.py            # all figures (about 10 minutes on 2 cores)
+    python benchmarks/bench.py --quick    # smaller sizes (about 2 minutes)
+
+Prints one line per figure as `name=value unit` and writes them to results/bench.csv (or --out).
+Pool building runs in a child process per size, so its peak RSS is its own; the input events are
+generated there before the clock starts (the simulator's speed is a figure of its own). Training is
+timed beside the naive way (benchmarks/naive.py) in the same run; FLOP counts are analytic (the
+matmuls of the GRU and the all-item heads), and their rate is compared with a plain torch.matmul.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from atomic import atomic_write  # noqa: E402
+from config import load_config  # noqa: E402
+from replay_buffer import pool_from_events  # noqa: E402
+
+FIGURES: list[tuple[str, float, str, str]] = []
+
+
+def report(name: str, value: float, unit: str, note: str = "") -> None:
+    FIGURES.append((name, value, unit, note))
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    print(f"{name}={shown} {unit}" + (f"  # {note}" if note else ""), flush=True)
+
+
+# ================================================================================================
+# Inputs
+# ================================================================================================
+def random_log(num_events: int, num_items: int, seed: int = 0) -> pd.DataFrame:
+    """Canonical events: sessions of geometric length (mean 6), items half uniform, half Zipf-like."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.geometric(1 / 6, size=num_events // 3 + 10)
+    session = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[:num_events]
+    zipf = (rng.zipf(1.3, num_events) - 1) % num_items
+    items = np.where(rng.random(num_events) < 0.5, rng.integers(0, num_items, num_events), zipf)
+    purchase = rng.random(num_events) < 0.05
+    return pd.DataFrame({"session": session, "item": items.astype(np.int64),
+                         "timestamp": np.arange(num_events, dtype=np.float64),
+                         "reward": np.where(purchase, 1.0, 0.2).astype(np.float32), "purchase": purchase})
+
+
+def bench_config(pool_dir: Path, *extra: str):
+    return load_config(overrides=[f"pool.dir={pool_dir}", "data.min_item_count=1", "data.min_session_len=1",
+                                  "pool.horizon=3", "model.ssl_steps=3", "model.hidden=64", "pool.state_len=10",
+                                  "train.batch_size=256", *extra])
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ================================================================================================
+# Pool building (in a child process per size)
+# ================================================================================================
+def pool_child(num_events: int, folder: Path) -> dict:
+    events = random_log(num_events, num_items=100_000)
+    rss_input = peak_rss_mb()
+    cfg = bench_config(folder)
+    t0 = time.perf_counter()
+    pool = pool_from_events(events, cfg)
+    seconds = time.perf_counter() - t0
+    return {"events": pool.meta["num_events"], "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+            "rss_after_input_mb": rss_input, "disk_bytes": pool.disk_bytes()}
+
+
+def bench_pool(sizes: list[int]) -> None:
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = subprocess.run([sys.executable, __file__, "--pool-child", str(n), "--pool-dir", f"{tmp}/pool"],
+                                 capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        tag = f"{n // 1_000_000}M"
+        report(f"pool_build_events_per_s@{tag}", r["events"] / r["seconds"], "events/s",
+               f"{r['events']:,} events in {r['seconds']:.2f} s (generation not timed)")
+        report(f"pool_peak_rss@{tag}", r["peak_rss_mb"], "MB",
+               f"whole process; {r['rss_after_input_mb']:.0f} MB already after generating the input table")
+        report(f"pool_bytes_per_event@{tag}", r["disk_bytes"] / r["events"], "B/event", "on disk, id maps included")
+
+
+def bench_simulator() -> None:
+    from simulator import SimParams, Simulator
+    sim = Simulator(SimParams())
+    t0 = time.perf_counter()
+    log = sim.generate_log()
+    report("sim_events_per_s", len(log) / (time.perf_counter() - t0), "events/s",
+           f"default simulator, {sim.p.num_sessions:,} sessions, {len(log):,} events")
+
+
+# ================================================================================================
+# Compute: matmul peak, training, evaluation
+# ================================================================================================
+def bench_matmul(torch) -> float:
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(3):
+            torch.matmul(a, b)
+        best = max(best, 3 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    report("matmul_gflops", best, "GFLOP/s", f"torch.matmul {n}x{n} fp32, {torch.get_num_threads()} threads, best of 5")
+    return best
+
+
+def train_step_flops(B: int, L: int, T: int, K: int, H: int, N: int) -> float:
+    """Matmul FLOPs of one fast training step: GRU passes (online fwd+bwd, target fwd), K-step CE
+    (fwd+bwd), all-item Q for the online argmax and the target (no grad)."""
+    gru = 12 * H * H * (L + T) * B
+    heads = 2 * B * H * (N + 1)
+    return 3 * gru + gru + 3 * K * heads + 2 * T * heads
+
+
+def eval_query_flops(L: int, H: int, N: int) -> float:
+    return 12 * H * H * L + 2 * H * (N + 1)
+
+
+def bench_training(torch, items: list[int], peak: float, steps: int) -> None:
+    from naive import naive_losses, replay_table, sample_rows
+    from train_offline import Batch, Learner, compute_losses, epoch_order, update_target
+    for n_items in items:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = bench_config(Path(tmp) / "pool", "model.dropout=0.0")
+            pool = pool_from_events(random_log(max(300_000, 6 * n_items), n_items, seed=1), cfg)
+            N, t, B = pool.num_items, cfg.train, cfg.train.batch_size
+            L, T = cfg.pool.state_len, cfg.pool.horizon
+            events = pool.events("train")
+            order = events[epoch_order(len(events), 0, 0)]
+            torch.manual_seed(0)
+            learner = Learner.create(cfg, N)
+
+            def fast_step(i):
+                w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
+                loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w), t)
+                learner.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                learner.opt.step()
+                update_target(learner.target_net, learner.model, t, i + 1)
+
+            table = replay_table(pool, order[:50_000], L, T)
+            rng = np.random.default_rng(0)
+
+            def naive_step(i):
+                loss = naive_losses(learner.model, learner.target_net, sample_rows(table, B, rng), t)
+                learner.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                learner.opt.step()
+                update_target(learner.target_net, learner.model, t, i + 1)
+
+            fast = samples_per_s(fast_step, B, steps)
+            naive = samples_per_s(naive_step, B, max(2, steps // 2))
+            gflops = fast / B * train_step_flops(B, L, T, 3, 64, N) / 1e9
+            tag = f"{N // 1000}k" if N >= 1000 else str(N)
+            report(f"train_samples_per_s@{tag}", fast, "samples/s", f"{N:,} items, hidden 64, L 10, T 3, K 3, batch 256")
+            report(f"train_naive_samples_per_s@{tag}", naive, "samples/s", "each state encoded apart, rows via pandas")
+            report(f"train_speedup_vs_naive@{tag}", fast / naive, "x")
+            report(f"train_gflops@{tag}", gflops, "GFLOP/s", f"{gflops / peak:.0%} of the matmul peak")
+            report(f"train_share_of_matmul@{tag}", gflops / peak, "fraction")
+
+
+def samples_per_s(step, batch: int, steps: int) -> float:
+    for i in range(2):
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(2, 2 + steps):
+        step(i)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def bench_eval(torch, n_items: int, peak: float, queries: int) -> None:
+    from evaluation import evaluate
+    from model import SeqRecQ
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = bench_config(Path(tmp) / "pool", "data.split=[0.5, 0.5, 0.0]")
+        pool = pool_from_events(random_log(max(2 * queries, 6 * n_items), n_items, seed=2), cfg)
+        N = pool.num_items
+        model = SeqRecQ(N, hidden=64, dropout=0.0, ssl_steps=3)
+        n = pool.meta["splits"]["valid"]["events"]
+        for heads in (("ssl",), ("ssl", "q")):
+            evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, heads=heads, progress=False, limit=2048)
+            t0 = time.perf_counter()
+            evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, heads=heads, progress=False, limit=queries)
+            rate = min(queries, n) / (time.perf_counter() - t0)
+            tag = f"{N // 1000}k"
+            if len(heads) == 1:
+                gflops = rate * eval_query_flops(10, 64, N) / 1e9
+                report(f"eval_queries_per_s@{tag}", rate, "queries/s", f"{N:,} items, full ranking, one head, batch 1024")
+                report(f"eval_gflops@{tag}", gflops, "GFLOP/s", f"{gflops / peak:.0%} of the matmul peak")
+                report(f"eval_share_of_matmul@{tag}", gflops / peak, "fraction")
+            else:
+                report(f"eval_queries_per_s_both_heads@{tag}", rate, "queries/s", "what training's validation runs")
+
+
+# ================================================================================================
+# Entry point
+# ================================================================================================
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
+    p.add_argument("--out", default=str(ROOT / "results" / "bench.csv"))
+    p.add_argument("--pool-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--pool-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.pool_child:
+        print(json.dumps(pool_child(args.pool_child, Path(args.pool_dir))))
+        return
+
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"# machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    bench_simulator()
+    bench_pool([1_000_000] if args.quick else [1_000_000, 10_000_000])
+    peak = bench_matmul(torch)
+    bench_training(torch, [1000, 10_000] if args.quick else [1000, 10_000, 70_000], peak, 8 if args.quick else 20)
+    bench_eval(torch, 10_000 if args.quick else 70_000, peak, 4096 if args.quick else 16_384)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "value", "unit", "note"])
+            w.writerow(["machine", machine(), "", f"torch {torch.__version__}"])
+            w.writerows(FIGURES)
+    atomic_write(Path(args.out), write)
+    print(f"# written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""One process or many: `torchrun --nproc_per_node=N train_offline.py` runs DistributedDataParallel.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything here is a no-op and the
+program is a plain single process. Each global batch (the same on every rank: the batch order is a
+pure function of seed and epoch) is split into one contiguous shard per rank, which is what a
+distributed sampler does; rank 0 alone logs, evaluates and saves.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+
+from errors import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: np.ndarray) -> np.ndarray:
+        """This rank's contiguous part of a global batch (parts differ by at most one sample)."""
+        return np.array_split(batch, self.world)[self.rank]
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of `x` over all ranks (x itself in a single process)."""
+        if self.world == 1:
+            return x
+        x = x.clone()
+        torch_dist.all_reduce(x)
+        return x
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_dist.barrier()
+
+
+SINGLE = Dist()
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` = the GPU if there is one, else the CPU; `cuda` without a GPU is an error."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("device is 'cuda' but torch sees no GPU; use --set device=auto or device=cpu")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup(device_name: str) -> tuple[Dist, torch.device]:
+    """(who this process is, its device); joins the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return SINGLE, resolve_device(device_name)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=torch_dist.get_rank(), world=torch_dist.get_world_size()), device
+
+
+def teardown() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
