@@ -40,14 +40,16 @@ class SeqRecQ(nn.Module):
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
         return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"])
 
-    def forward(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, state: torch.Tensor, actions: torch.Tensor, candidates: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything the training loss differentiates, in one call (what DistributedDataParallel wraps).
 
         state [B, L], actions [B, T] -> states s_t..s_{t+T} [B, T+1, H], the K self-supervised logits of
-        s_t [B, K, N+1], and Q(s_{t+k}, a_{t+k}) of the taken actions [B, T].
+        s_t [B, K, N+1] (or [B, K, C] over `candidates` [C]), and Q(s_{t+k}, a_{t+k}) of the taken
+        actions [B, T].
         """
         states = self.window_states(state, actions)
-        return states, self.ssl(states[:, 0]), self.q_of(states[:, :-1], actions)
+        return states, self.ssl(states[:, 0], candidates=candidates), self.q_of(states[:, :-1], actions)
 
     def window_states(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The states s_t .. s_{t+T} of a window, from ONE pass of the GRU over state items + actions.
@@ -61,9 +63,12 @@ class SeqRecQ(nn.Module):
         """state [B, L] -> s_t [B, H], the state after the last item of the history."""
         return self.encoder(state)[:, -1]
 
-    def q_values(self, states: torch.Tensor) -> torch.Tensor:
-        """states [..., H] -> Q [..., N+1] (column 0 is padding: mask it before max or ranking)."""
-        return self.q_head(states)
+    def q_values(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """states [..., H] -> Q [..., N+1] (column 0 is padding: mask it before max or ranking), or
+        only for the item ids in `candidates` [C] -> [..., C]."""
+        if candidates is None:
+            return self.q_head(states)
+        return states @ self.q_head.weight[candidates].T + self.q_head.bias[candidates]
 
     def q_of(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q(s, a) of given actions only: states [..., H], actions [...] -> [...].

@@ -19,11 +19,15 @@ class MultiStepHeads(nn.Module):
         self.shifts = nn.Parameter(torch.zeros(steps, hidden))                 # [K, H]
         self.items = nn.Linear(hidden, num_items + 1)                          # shared; column 0 = padding
 
-    def forward(self, state: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """state [B, H] -> logits [B, K, N+1] for the first `steps` (default all K) steps."""
+    def forward(self, state: torch.Tensor, steps: int | None = None,
+                candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """state [B, H] -> logits [B, K, N+1] for the first `steps` (default all K) steps, or only for the
+        item ids in `candidates` [C] -> [B, K, C] (sampled softmax)."""
         k = self.steps if steps is None else steps
         per_step = torch.einsum("bh,khg->bkg", state, self.transforms[:k]) + self.shifts[:k]
-        return self.items(per_step)
+        if candidates is None:
+            return self.items(per_step)
+        return per_step @ self.items.weight[candidates].T + self.items.bias[candidates]
 
     def next_item_logits(self, state: torch.Tensor) -> torch.Tensor:
         """state [B, H] -> logits [B, N+1] of step 0 alone (what ranking needs)."""

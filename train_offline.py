@@ -58,34 +58,54 @@ class Batch:
                      for f in ("state", "actions", "rewards", "dones", "valid")))
 
 
-def next_state_values(online_q: torch.Tensor | None, target_q: torch.Tensor, kind: str) -> torch.Tensor:
-    """V(s') [B, T] from Q over all items [B, T, N+1]: `double` = target Q at the online argmax, `max`.
+def next_state_values(online_q: torch.Tensor | None, target_q: torch.Tensor, kind: str,
+                      first: int = 1) -> torch.Tensor:
+    """V(s') [B, T] from Q over items [B, T, C]: `double` = target Q at the online argmax, `max`.
 
-    Column 0 (padding) is never chosen: both work on the view [..., 1:] and shift the index back.
+    Only columns from `first` on compete: 1 skips the padding column of all-item Q; 0 for candidates.
     """
     if kind == "max":
-        return target_q[..., 1:].max(-1).values
-    best = online_q[..., 1:].argmax(-1, keepdim=True) + 1
+        return target_q[..., first:].max(-1).values
+    best = online_q[..., first:].argmax(-1, keepdim=True) + first
     return target_q.gather(-1, best).squeeze(-1)
 
 
-def compute_losses(model, target_net: SeqRecQ, b: Batch, t: Config, dist: Dist = SINGLE) -> tuple[torch.Tensor, dict]:
+def candidate_items(actions: torch.Tensor, negatives: int, num_items: int, seed: int, step: int) -> torch.Tensor:
+    """The items a sampled step scores: every item acted on in the batch plus `negatives` uniform
+    draws, sorted and unique, padding excluded. [C]
+
+    Drawn from a generator seeded by (seed, step): the same on every rank and after a resume, and
+    apart from the dropout stream.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    drawn = torch.randint(1, num_items + 1, (negatives,), generator=g).to(actions.device)
+    both = torch.cat([actions.flatten(), drawn]).unique()
+    return both[both > 0]
+
+
+def compute_losses(model, target_net: SeqRecQ, b: Batch, t: Config, dist: Dist = SINGLE,
+                   step: int = 0) -> tuple[torch.Tensor, dict]:
     """CE of the K self-supervised steps + alpha * TD(lambda) loss of the Q head, on one batch.
+
+    With `train.negatives` > 0 both score a shared candidate set instead of all items (sampled
+    softmax; the bootstrap max runs over the candidates), which keeps large catalogues cheap.
 
     Means are taken over the valid steps of the *global* batch (all ranks), and the loss is scaled by
     the number of ranks, so DistributedDataParallel's gradient average is the single-process gradient.
     """
-    states, ssl_logits, q_taken = model(b.state, b.actions)    # [B, T+1, H], [B, K, N+1], Q(s_{t+k}, a_{t+k}) [B, T]
     net = getattr(model, "module", model)                      # the network behind a DDP wrapper
+    cand = candidate_items(b.actions, t.negatives, net.num_items, t.seed, step) if t.negatives else None
+    states, ssl_logits, q_taken = model(b.state, b.actions, cand)  # [B, T+1, H], [B, K, N+1 or C], [B, T]
     K = ssl_logits.shape[1]
+    targets = b.actions[:, :K] if cand is None else torch.searchsorted(cand, b.actions[:, :K])
     valid = b.valid.to(q_taken.dtype)
-    ce = multi_step_loss(ssl_logits, b.actions[:, :K], b.valid[:, :K],
+    ce = multi_step_loss(ssl_logits, targets, b.valid[:, :K],
                          torch.tensor(t.ssl_weights[:K], dtype=q_taken.dtype, device=q_taken.device),
                          counts=dist.sum(valid[:, :K].sum(0)))
-    with torch.no_grad():
-        online_q = net.q_values(states[:, 1:]) if t.value == "double" else None
-        target_q = target_net.q_values(target_net.window_states(b.state, b.actions)[:, 1:])
-        next_v = next_state_values(online_q, target_q, t.value)           # V(s_{t+k+1}) [B, T]
+    with torch.no_grad():                                      # all items, or the max over the candidates
+        online_q = net.q_values(states[:, 1:], cand) if t.value == "double" else None
+        target_q = target_net.q_values(target_net.window_states(b.state, b.actions)[:, 1:], cand)
+        next_v = next_state_values(online_q, target_q, t.value, first=1 if cand is None else 0)  # V(s_{t+k+1})
         returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
     td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
     count = dist.sum(valid.sum()).clamp(min=1.0)
@@ -176,7 +196,8 @@ def train_epoch(learner: Learner, pool: Pool, cfg: Config, dist: Dist = SINGLE, 
             return False
         shard = dist.shard(order[i * t.batch_size:(i + 1) * t.batch_size])
         loss, stats = compute_losses(learner.model, learner.target_net,
-                                     Batch.from_windows(pool.windows(shard, L, T, training=True), device), t, dist)
+                                     Batch.from_windows(pool.windows(shard, L, T, training=True), device), t, dist,
+                                     step=learner.step)
         learner.opt.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:

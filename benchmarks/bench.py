@@ -58,10 +58,16 @@ def random_log(num_events: int, num_items: int, seed: int = 0) -> pd.DataFrame:
                          "reward": np.where(purchase, 1.0, 0.2).astype(np.float32), "purchase": purchase})
 
 
+BENCH_OVERRIDES = ["data.min_item_count=1", "data.min_session_len=1", "pool.horizon=3", "model.ssl_steps=3",
+                   "model.hidden=64", "pool.state_len=10", "train.batch_size=256"]
+
+
 def bench_config(pool_dir: Path, *extra: str):
-    return load_config(overrides=[f"pool.dir={pool_dir}", "data.min_item_count=1", "data.min_session_len=1",
-                                  "pool.horizon=3", "model.ssl_steps=3", "model.hidden=64", "pool.state_len=10",
-                                  "train.batch_size=256", *extra])
+    return load_config(overrides=[f"pool.dir={pool_dir}", *BENCH_OVERRIDES, *extra])
+
+
+def cfg_overrides(cfg) -> list[str]:
+    return [f"pool.dir={cfg.pool.dir}", *BENCH_OVERRIDES, f"model.dropout={cfg.model.dropout}"]
 
 
 def peak_rss_mb() -> float:
@@ -168,6 +174,17 @@ def bench_training(torch, items: list[int], peak: float, steps: int) -> None:
 
             fast = samples_per_s(fast_step, B, steps)
             naive = samples_per_s(naive_step, B, max(2, steps // 2))
+            sampled_t = load_config(overrides=[*cfg_overrides(cfg), "train.negatives=1024"]).train
+
+            def sampled_step(i):
+                w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
+                loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w), sampled_t, step=i)
+                learner.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                learner.opt.step()
+                update_target(learner.target_net, learner.model, sampled_t, i + 1)
+
+            sampled = samples_per_s(sampled_step, B, steps)
             gflops = fast / B * train_step_flops(B, L, T, 3, 64, N) / 1e9
             tag = f"{N // 1000}k" if N >= 1000 else str(N)
             report(f"train_samples_per_s@{tag}", fast, "samples/s", f"{N:,} items, hidden 64, L 10, T 3, K 3, batch 256")
@@ -175,6 +192,8 @@ def bench_training(torch, items: list[int], peak: float, steps: int) -> None:
             report(f"train_speedup_vs_naive@{tag}", fast / naive, "x")
             report(f"train_gflops@{tag}", gflops, "GFLOP/s", f"{gflops / peak:.0%} of the matmul peak")
             report(f"train_share_of_matmul@{tag}", gflops / peak, "fraction")
+            report(f"train_sampled_samples_per_s@{tag}", sampled, "samples/s",
+                   f"train.negatives=1024: {sampled / fast:.1f}x full softmax, {sampled / naive:.1f}x naive")
 
 
 def samples_per_s(step, batch: int, steps: int) -> float:

@@ -96,3 +96,48 @@ def test_td_target_of_a_one_step_window_is_r_plus_gamma_v():
     v = q[0, 1, 1:].max()
     expected = (q[0, 0, 3] - (0.2 + cfg.train.gamma * v)) ** 2
     assert stats["td"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_candidate_scores_equal_the_full_scores_at_those_items():
+    torch.manual_seed(3)
+    model = SeqRecQ(num_items=30, hidden=8, dropout=0.0, ssl_steps=2).eval()
+    state, actions = torch.randint(0, 31, (4, 5)), torch.randint(1, 31, (4, 2))
+    cand = torch.tensor([2, 5, 7, 19, 30])
+    states, full_ssl, _ = model(state, actions)
+    _, cand_ssl, _ = model(state, actions, cand)
+    torch.testing.assert_close(cand_ssl, full_ssl[..., cand])
+    torch.testing.assert_close(model.q_values(states, cand), model.q_values(states)[..., cand])
+
+
+def test_candidate_items_cover_the_batch_and_are_reproducible():
+    from train_offline import candidate_items
+    actions = torch.tensor([[3, 0, 9], [9, 4, 0]])
+    cand = candidate_items(actions, negatives=6, num_items=50, seed=1, step=7)
+    assert {3, 4, 9} <= set(cand.tolist()) and 0 not in cand.tolist()
+    assert cand.tolist() == sorted(set(cand.tolist()))
+    torch.testing.assert_close(cand, candidate_items(actions, 6, 50, seed=1, step=7))
+    assert not torch.equal(cand, candidate_items(actions, 6, 50, seed=1, step=8))
+
+
+def test_sampled_loss_is_the_softmax_over_the_candidates():
+    """With negatives, CE is -log softmax of the target among the candidates (checked by a loop) and
+    the bootstrap takes the max over the candidates only."""
+    cfg = load_config(overrides=["pool.horizon=2", "model.ssl_steps=2", "train.negatives=4", "train.value=max",
+                                 "train.alpha=0.0"])
+    torch.manual_seed(0)
+    model = SeqRecQ(num_items=40, hidden=6, dropout=0.0, ssl_steps=2)
+    batch = Batch(state=torch.tensor([[0, 5, 6], [7, 8, 9]]), actions=torch.tensor([[11, 12], [13, 0]]),
+                  rewards=torch.tensor([[0.2, 0.2], [1.0, 0.0]]), dones=torch.tensor([[False, False], [True, False]]),
+                  valid=torch.tensor([[True, True], [True, False]]))
+    from train_offline import candidate_items
+    cand = candidate_items(batch.actions, 4, 40, cfg.train.seed, step=3)
+    _, stats = compute_losses(model, model, batch, cfg.train, step=3)
+    logits = model.ssl(model.window_states(batch.state, batch.actions)[:, 0])    # [B, K, N+1]
+    weights = cfg.train.ssl_weights
+    expected = 0.0
+    for k in range(2):
+        terms = [-torch.log_softmax(logits[b, k, cand], 0)[cand.tolist().index(batch.actions[b, k].item())]
+                 for b in range(2) if batch.valid[b, k]]
+        expected += weights[k] * sum(terms) / len(terms)
+    assert stats["ce"] == pytest.approx(float(expected), rel=1e-5)
+    assert next_state_values(None, torch.tensor([[[0.5, 3.0, -1.0]]]), "max", first=0).item() == 3.0
