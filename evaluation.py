@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from metrics import KINDS, rank_of_targets, summarize
-from model import HEADS
+from model import HEADS, model_device
 
 
 def mask_seen(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -26,20 +26,21 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
     `limit` events), for each of `heads`."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     events = pool.events(split)[:limit]
     ranks = {head: [] for head in heads}
     purchase = []
     chunks = range(0, len(events), batch_size)
     for start in tqdm(chunks, desc=f"evaluating {split}", unit="batch", leave=False, disable=not progress):
         w = pool.windows(events[start:start + batch_size], state_len, 1)
-        state = torch.from_numpy(w.state)
-        target = torch.from_numpy(w.actions[:, 0])
+        state = torch.from_numpy(w.state).to(device)
+        target = torch.from_numpy(w.actions[:, 0]).to(device)
         h = model.last_state(state)
         for head in heads:
             scores = model.scores(h, head)
             if exclude_seen:
                 mask_seen(scores, state)
-            ranks[head].append(rank_of_targets(scores, target))
+            ranks[head].append(rank_of_targets(scores, target).cpu())
         purchase.append(torch.from_numpy(np.ascontiguousarray(w.purchase[:, 0])))
     model.train(was_training)
     is_purchase = torch.cat(purchase) if purchase else torch.zeros(0, dtype=torch.bool)

@@ -84,10 +84,11 @@ class SeqRecQ(nn.Module):
         return mask_padding(scores)
 
 
-def model_device(module: nn.Module) -> torch.device:
-    """Where a module's parameters (or buffers) live."""
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        return tensor.device
+def model_device(module) -> torch.device:
+    """Where a module's parameters (or buffers) live; the CPU for anything without tensors."""
+    if isinstance(module, nn.Module):
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            return tensor.device
     return torch.device("cpu")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from model import model_device
 from simulator import NO_CLICK, Simulator, Users, top_k_slates
 
 Policy = Callable[[np.ndarray, Users], np.ndarray]
@@ -59,7 +60,8 @@ class ModelPolicy:
     def __call__(self, histories: np.ndarray, users: Users) -> np.ndarray:
         recent = histories[:, -self.state_len:]
         state = np.where(recent >= 0, self.sim_to_pool[np.maximum(recent, 0)], 0)
-        scores = self.model.scores(self.model.last_state(torch.from_numpy(state)), self.head).numpy()
+        state = torch.from_numpy(state).to(model_device(self.model))
+        scores = self.model.scores(self.model.last_state(state), self.head).cpu().numpy()
         out = np.full((len(histories), self.num_items), -np.inf)
         out[:, self.pool_to_sim] = scores[:, 1:]
         return out

@@ -6,6 +6,7 @@ import torch
 
 from errors import UserError
 from evaluation import mask_seen
+from model import model_device
 
 
 def history_of_user(pool, user: str) -> np.ndarray:
@@ -41,15 +42,16 @@ def example_user(pool) -> str:
 def top_k(model, history: np.ndarray, state_len: int, k: int, head: str, exclude_seen: bool):
     """(internal item ids [k], scores [k]) for a history of internal ids; shorter ones are left-padded."""
     model.eval()
+    device = model_device(model)
     state = np.zeros(state_len, dtype=np.int64)
     tail = history[-state_len:]
     state[state_len - len(tail):] = tail
-    scores = model.scores(model.last_state(torch.from_numpy(state)[None]), head)
+    scores = model.scores(model.last_state(torch.from_numpy(state)[None].to(device)), head)
     if exclude_seen and len(history):
-        mask_seen(scores, torch.from_numpy(np.asarray(history, dtype=np.int64))[None])
+        mask_seen(scores, torch.from_numpy(np.asarray(history, dtype=np.int64))[None].to(device))
     k = min(k, int(torch.isfinite(scores).sum()))
     values, items = torch.topk(scores[0], k)
-    return items.numpy(), values.numpy()
+    return items.cpu().numpy(), values.cpu().numpy()
 
 
 def format_recommendations(pool, who: str, history: np.ndarray, items, scores, head: str) -> str:

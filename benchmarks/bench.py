@@ -1,9 +1,10 @@
 """Speed and memory figures: pool building, training, evaluation, against the machine's matmul peak.
 
-    python benchmarks/bench.py            # all figures (about 10 minutes on 2 cores)
-    python benchmarks/bench.py --quick    # smaller sizes (about 2 minutes)
+    python benchmarks/bench.py                   # all figures (about 10 minutes on 2 cores)
+    python benchmarks/bench.py --quick           # smaller sizes (about 2 minutes)
+    python benchmarks/bench.py --device cuda     # training and evaluation on the GPU
 
-Prints one line per figure as `name=value unit` and writes them to results/bench.csv (or --out).
+Prints one line per figure as `name=value unit` and writes them to results/bench-<device>.csv.
 Pool building runs in a child process per size, so its peak RSS is its own; the input events are
 generated there before the clock starts (the simulator's speed is a figure of its own). Training is
 timed beside the naive way (benchmarks/naive.py) in the same run; FLOP counts are analytic (the
@@ -114,17 +115,25 @@ def bench_simulator() -> None:
 # ================================================================================================
 # Compute: matmul peak, training, evaluation
 # ================================================================================================
-def bench_matmul(torch) -> float:
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sync(torch, device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_matmul(torch, device) -> float:
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.matmul(a, b)
     best = 0.0
     for _ in range(5):
+        sync(torch, device)
         t0 = time.perf_counter()
         for _ in range(3):
             torch.matmul(a, b)
+        sync(torch, device)
         best = max(best, 3 * 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
-    report("matmul_gflops", best, "GFLOP/s", f"torch.matmul {n}x{n} fp32, {torch.get_num_threads()} threads, best of 5")
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    report("matmul_gflops", best, "GFLOP/s", f"torch.matmul {n}x{n} fp32, {where}, best of 5")
     return best
 
 
@@ -140,51 +149,53 @@ def eval_query_flops(L: int, H: int, N: int) -> float:
     return 12 * H * H * L + 2 * H * (N + 1)
 
 
-def bench_training(torch, items: list[int], peak: float, steps: int) -> None:
+def bench_training(torch, device, items: list[int], peak: float, steps: int, num_events: int = 300_000) -> None:
     from naive import naive_losses, replay_table, sample_rows
     from train_offline import Batch, Learner, compute_losses, epoch_order, update_target
     for n_items in items:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = bench_config(Path(tmp) / "pool", "model.dropout=0.0")
-            pool = pool_from_events(random_log(max(300_000, 6 * n_items), n_items, seed=1), cfg)
+            pool = pool_from_events(random_log(max(num_events, 6 * n_items), n_items, seed=1), cfg)
             N, t, B = pool.num_items, cfg.train, cfg.train.batch_size
             L, T = cfg.pool.state_len, cfg.pool.horizon
             events = pool.events("train")
             order = events[epoch_order(len(events), 0, 0)]
             torch.manual_seed(0)
-            learner = Learner.create(cfg, N)
+            learner = Learner.create(cfg, N, device)
 
             def fast_step(i):
                 w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
-                loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w), t)
+                loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w, device), t)
                 learner.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 learner.opt.step()
                 update_target(learner.target_net, learner.model, t, i + 1)
 
-            table = replay_table(pool, order[:50_000], L, T)
+            table = replay_table(pool, order[:min(50_000, len(order))], L, T)
             rng = np.random.default_rng(0)
 
             def naive_step(i):
-                loss = naive_losses(learner.model, learner.target_net, sample_rows(table, B, rng), t)
+                batch = {k: v.to(device) for k, v in sample_rows(table, B, rng).items()}
+                loss = naive_losses(learner.model, learner.target_net, batch, t)
                 learner.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 learner.opt.step()
                 update_target(learner.target_net, learner.model, t, i + 1)
 
-            fast = samples_per_s(fast_step, B, steps)
-            naive = samples_per_s(naive_step, B, max(2, steps // 2))
+            fast = samples_per_s(fast_step, B, steps, lambda: sync(torch, device))
+            naive = samples_per_s(naive_step, B, max(2, steps // 2), lambda: sync(torch, device))
             sampled_t = load_config(overrides=[*cfg_overrides(cfg), "train.negatives=1024"]).train
 
             def sampled_step(i):
                 w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
-                loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w), sampled_t, step=i)
+                loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w, device), sampled_t,
+                                         step=i)
                 learner.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 learner.opt.step()
                 update_target(learner.target_net, learner.model, sampled_t, i + 1)
 
-            sampled = samples_per_s(sampled_step, B, steps)
+            sampled = samples_per_s(sampled_step, B, steps, lambda: sync(torch, device))
             gflops = fast / B * train_step_flops(B, L, T, 3, 64, N) / 1e9
             tag = f"{N // 1000}k" if N >= 1000 else str(N)
             report(f"train_samples_per_s@{tag}", fast, "samples/s", f"{N:,} items, hidden 64, L 10, T 3, K 3, batch 256")
@@ -196,28 +207,32 @@ def bench_training(torch, items: list[int], peak: float, steps: int) -> None:
                    f"train.negatives=1024: {sampled / fast:.1f}x full softmax, {sampled / naive:.1f}x naive")
 
 
-def samples_per_s(step, batch: int, steps: int) -> float:
+def samples_per_s(step, batch: int, steps: int, sync=lambda: None) -> float:
     for i in range(2):
         step(i)
+    sync()
     t0 = time.perf_counter()
     for i in range(2, 2 + steps):
         step(i)
+    sync()
     return batch * steps / (time.perf_counter() - t0)
 
 
-def bench_eval(torch, n_items: int, peak: float, queries: int) -> None:
+def bench_eval(torch, device, n_items: int, peak: float, queries: int) -> None:
     from evaluation import evaluate
     from model import SeqRecQ
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bench_config(Path(tmp) / "pool", "data.split=[0.5, 0.5, 0.0]")
         pool = pool_from_events(random_log(max(2 * queries, 6 * n_items), n_items, seed=2), cfg)
         N = pool.num_items
-        model = SeqRecQ(N, hidden=64, dropout=0.0, ssl_steps=3)
+        model = SeqRecQ(N, hidden=64, dropout=0.0, ssl_steps=3).to(device)
         n = pool.meta["splits"]["valid"]["events"]
         for heads in (("ssl",), ("ssl", "q")):
             evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, heads=heads, progress=False, limit=2048)
+            sync(torch, device)
             t0 = time.perf_counter()
             evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, heads=heads, progress=False, limit=queries)
+            sync(torch, device)
             rate = min(queries, n) / (time.perf_counter() - t0)
             tag = f"{N // 1000}k"
             if len(heads) == 1:
@@ -248,7 +263,8 @@ def machine() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
-    p.add_argument("--out", default=str(ROOT / "results" / "bench.csv"))
+    p.add_argument("--out", default=None, help="CSV of the figures (default results/bench-<device>.csv)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training and evaluation run")
     p.add_argument("--pool-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--pool-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -257,13 +273,17 @@ def main() -> None:
         return
 
     import torch
+    from distributed import resolve_device
+    device = resolve_device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"# machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    gpu = f"; {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"# machine: {machine()}{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     bench_simulator()
     bench_pool([1_000_000] if args.quick else [1_000_000, 10_000_000])
-    peak = bench_matmul(torch)
-    bench_training(torch, [1000, 10_000] if args.quick else [1000, 10_000, 70_000], peak, 8 if args.quick else 20)
-    bench_eval(torch, 10_000 if args.quick else 70_000, peak, 4096 if args.quick else 16_384)
+    peak = bench_matmul(torch, device)
+    steps = (8 if args.quick else 20) * (5 if device.type == "cuda" else 1)
+    bench_training(torch, device, [1000, 10_000] if args.quick else [1000, 10_000, 70_000], peak, steps)
+    bench_eval(torch, device, 10_000 if args.quick else 70_000, peak, 4096 if args.quick else 16_384)
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
@@ -271,8 +291,9 @@ def main() -> None:
             w.writerow(["name", "value", "unit", "note"])
             w.writerow(["machine", machine(), "", f"torch {torch.__version__}"])
             w.writerows(FIGURES)
-    atomic_write(Path(args.out), write)
-    print(f"# written to {args.out}")
+    out = Path(args.out or ROOT / "results" / f"bench-{device.type}.csv")
+    atomic_write(out, write)
+    print(f"# written to {out}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def naive_losses(model, target_net, b: dict, t) -> torch.Tensor:
     states = torch.stack([model.last_state(window[:, k:k + L]) for k in range(T + 1)], 1)   # T+1 passes
     K = model.ssl.steps
     ce = multi_step_loss(model.ssl(states[:, 0]), b["actions"][:, :K], b["valid"][:, :K],
-                         torch.tensor(t.ssl_weights[:K], dtype=states.dtype))
+                         torch.tensor(t.ssl_weights[:K], dtype=states.dtype, device=states.device))
     q = model.q_values(states)                                                           # all items, with grad
     q_taken = q[:, :-1].gather(-1, b["actions"].unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():

@@ -1,0 +1,31 @@
+"""The benchmark's pieces run and report sane figures (tiny sizes: speed is measured by bench.py, not here)."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench  # noqa: E402
+
+
+def test_bench_pieces_report_positive_figures():
+    bench.FIGURES.clear()
+    cpu = torch.device("cpu")
+    bench.bench_training(torch, cpu, [300], peak=100.0, steps=1, num_events=20_000)
+    bench.bench_eval(torch, cpu, 300, peak=100.0, queries=256)
+    figures = {name: value for name, value, _, _ in bench.FIGURES}
+    for name in ("train_samples_per_s@300", "train_naive_samples_per_s@300", "train_speedup_vs_naive@300",
+                 "train_sampled_samples_per_s@300", "eval_queries_per_s@0k", "eval_queries_per_s_both_heads@0k"):
+        assert figures[name] > 0, name
+
+
+def test_pool_child_measures_its_own_build(tmp_path):
+    r = bench.pool_child(50_000, tmp_path / "pool")
+    assert r["events"] == 50_000 and r["seconds"] > 0 and r["peak_rss_mb"] > 0
+    assert 9 <= r["disk_bytes"] / r["events"] <= 16
+
+
+def test_flop_counts():
+    # One query: GRU 12 H^2 L plus one all-item product 2 H (N + 1).
+    assert bench.eval_query_flops(L=10, H=64, N=999) == 12 * 64 * 64 * 10 + 2 * 64 * 1000
+    assert bench.train_step_flops(B=1, L=1, T=1, K=1, H=1, N=1) == 3 * 24 + 24 + 3 * 4 + 2 * 4
