@@ -350,11 +350,12 @@ def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
 # Entry point
 # ================================================================================================
 def parse_variant(text: str) -> tuple[str, list[str]]:
+    """NAME=BASE_MODEL:key=value;key=value (`;` apart, so values may hold YAML lists with commas)."""
     name, _, rest = text.partition("=")
     base, _, extra = rest.partition(":")
     if base not in MODELS or not name:
-        raise SystemExit(f"error: --variant expects NAME=BASE_MODEL:key=value,...; BASE_MODEL one of {', '.join(MODELS)}")
-    return name, MODELS[base] + [kv for kv in extra.split(",") if kv]
+        raise SystemExit(f"error: --variant expects NAME=BASE_MODEL:key=value;...; BASE_MODEL one of {', '.join(MODELS)}")
+    return name, MODELS[base] + [kv.strip() for kv in extra.split(";") if kv.strip()]
 
 
 def main() -> None:
@@ -363,8 +364,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, 5 models: minutes")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS))
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=v,...",
-                   help="an extra model, e.g. full-a2=full-T3-lam0.8:train.alpha=2 (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:key=v;...",
+                   help="an extra model, e.g. 'full-a2=full-T3-lam0.8:train.alpha=2;train.tau=0.1' (repeatable)")
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. train.epochs=3")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")

@@ -42,7 +42,8 @@ def as_csv(header: bool, table) -> str:
     return out.getvalue()
 
 
-@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(table=rows, duplicate=st.booleans(), header=st.booleans())
 def test_malformed_logs_load_with_the_right_count_or_fail_cleanly(tmp_path, table, duplicate, header):
     table = table + table[:3] if duplicate else table
