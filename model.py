@@ -81,7 +81,8 @@ class SeqRecQ(nn.Module):
     def scores(self, state: torch.Tensor, head: str) -> torch.Tensor:
         """Ranking scores [B, N+1] from state [B, H] by head `ssl` (next-item logits) or `q`; padding -inf."""
         scores = self.ssl.next_item_logits(state) if head == "ssl" else self.q_values(state)
-        return mask_padding(scores)
+        scores[..., 0] = float("-inf")  # in place: a fresh tensor, and no backward needs a layer's output
+        return scores
 
 
 def model_device(module) -> torch.device:
