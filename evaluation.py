@@ -2,7 +2,9 @@
 
 Every event of every session of a split is a query: the state is the `state_len` items before it (in
 its session), the target is the event's item, and all items are ranked. HR@k and NDCG@k are reported
-for click events and purchase events apart, for both heads in one pass.
+for click events and purchase events apart, for both heads in one pass. With `exclude_seen`, every
+item earlier in the query's session (not only those in the state) is masked, as RecBole masks a
+user's history.
 """
 from __future__ import annotations
 
@@ -10,20 +12,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metrics import KINDS, rank_of_targets, summarize
+from metrics import KINDS, rank_of_targets_linear, summarize
 from model import HEADS, model_device
-
-
-def mask_seen(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-    """Set the score of every item in `history` [B, L] to -inf (padding 0 is -inf already). In place."""
-    return scores.scatter_(1, history, float("-inf"))
 
 
 @torch.no_grad()
 def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool = False,
              progress: bool = True, heads=HEADS, limit: int | None = None) -> dict[str, dict[str, float]]:
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
-    `limit` events), for each of `heads`."""
+    `limit` events), for each of `heads`.
+
+    `model` needs `last_state(state [B, L]) -> [B, H]` and `score_layer(states, head)` (see model.py).
+    """
     was_training = model.training
     model.eval()
     device = model_device(model)
@@ -32,15 +32,14 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
     purchase = []
     chunks = range(0, len(events), batch_size)
     for start in tqdm(chunks, desc=f"evaluating {split}", unit="batch", leave=False, disable=not progress):
-        w = pool.windows(events[start:start + batch_size], state_len, 1)
+        batch = events[start:start + batch_size]
+        w = pool.windows(batch, state_len, 1)
         state = torch.from_numpy(w.state).to(device)
         target = torch.from_numpy(w.actions[:, 0]).to(device)
+        seen = torch.from_numpy(pool.histories(batch)).to(device) if exclude_seen else None
         h = model.last_state(state)
         for head in heads:
-            scores = model.scores(h, head)
-            if exclude_seen:
-                mask_seen(scores, state)
-            ranks[head].append(rank_of_targets(scores, target).cpu())
+            ranks[head].append(rank_of_targets_linear(*model.score_layer(h, head), target, seen).cpu())
         purchase.append(torch.from_numpy(np.ascontiguousarray(w.purchase[:, 0])))
     model.train(was_training)
     is_purchase = torch.cat(purchase) if purchase else torch.zeros(0, dtype=torch.bool)

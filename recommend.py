@@ -5,7 +5,6 @@ import numpy as np
 import torch
 
 from errors import UserError
-from evaluation import mask_seen
 from model import model_device
 
 
@@ -36,6 +35,11 @@ def example_user(pool) -> str:
     """The first test session (or the first session at all) as a default user."""
     first, last = pool.session_range("test")
     return str(pool.session_ids[first if last > first else 0])
+
+
+def mask_seen(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """Set the score of every item in `history` [B, L] to -inf (padding 0 is -inf already). In place."""
+    return scores.scatter_(1, history, float("-inf"))
 
 
 @torch.no_grad()

@@ -94,6 +94,16 @@ class Pool:
             purchase=inside[:, step] & self.purchase[safe[:, step]],
             dones=pos[:, step] == end - 1, valid=inside[:, step])
 
+    def histories(self, events: np.ndarray) -> np.ndarray:
+        """Every item before each event in its session (not only the last `state_len`), what
+        "already seen" means when ranking. events [B] -> [B, S] int64, left-aligned, 0-padded; S is
+        the longest of these histories (at least 1)."""
+        events = np.asarray(events, dtype=np.int64)
+        start = self.offsets[np.searchsorted(self.offsets, events, side="right") - 1]
+        width = max(int((events - start).max(initial=0)), 1)
+        pos = start[:, None] + np.arange(width)
+        return np.where(pos < events[:, None], self.items[np.minimum(pos, len(self.items) - 1)], 0).astype(np.int64)
+
     def session_items(self, session: int) -> np.ndarray:
         return np.asarray(self.items[self.offsets[session]:self.offsets[session + 1]], dtype=np.int64)
 

@@ -24,14 +24,14 @@ class MultiStepHeads(nn.Module):
         """state [B, H] -> logits [B, K, N+1] for the first `steps` (default all K) steps, or only for the
         item ids in `candidates` [C] -> [B, K, C] (sampled softmax)."""
         k = self.steps if steps is None else steps
-        per_step = torch.einsum("bh,khg->bkg", state, self.transforms[:k]) + self.shifts[:k]
+        per_step = torch.einsum("bh,khg->bkg", state, self.transforms[:k]) + self.shifts[:k]   # [B, K, H]
         if candidates is None:
             return self.items(per_step)
         return per_step @ self.items.weight[candidates].T + self.items.bias[candidates]
 
-    def next_item_logits(self, state: torch.Tensor) -> torch.Tensor:
-        """state [B, H] -> logits [B, N+1] of step 0 alone (what ranking needs)."""
-        return self.forward(state, steps=1)[:, 0]
+    def step_features(self, state: torch.Tensor, step: int) -> torch.Tensor:
+        """state [B, H] -> the input [B, H] of the shared item layer for step `step` (its own transform)."""
+        return state @ self.transforms[step] + self.shifts[step]
 
 
 def multi_step_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,

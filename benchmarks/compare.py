@@ -35,7 +35,6 @@ from atomic import atomic_write, atomic_write_text  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from config import load_config  # noqa: E402
 from evaluation import evaluate  # noqa: E402
-from model import mask_padding  # noqa: E402
 from online import ModelPolicy, rollout  # noqa: E402
 from online_eval import baseline_policies, simulator_for  # noqa: E402
 from replay_buffer import Pool, ensure_pool  # noqa: E402
@@ -159,10 +158,11 @@ class PopularityRanker(torch.nn.Module):
         self.register_buffer("counts", torch.tensor(counts, dtype=torch.float32))
 
     def last_state(self, state: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(len(state), 1)
+        return torch.ones(len(state), 1)
 
-    def scores(self, state: torch.Tensor, head: str) -> torch.Tensor:
-        return mask_padding(self.counts.expand(len(state), -1))
+    def score_layer(self, state: torch.Tensor, head: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """scores = 1 * count + 0, as the linear layer that evaluation streams."""
+        return state, self.counts[:, None], torch.zeros_like(self.counts)
 
 
 def test_rows(ds: Dataset, model: str, seed: int, results: dict, split: str = "test") -> list[dict]:

@@ -4,8 +4,13 @@ import math
 import pytest
 import torch
 
-from metrics import hit_rate, ndcg, rank_of_targets, reciprocal_rank, summarize
-from model import mask_padding
+from metrics import hit_rate, ndcg, rank_of_targets, rank_of_targets_linear, reciprocal_rank, summarize
+
+
+def mask_padding(scores):
+    scores = scores.clone()
+    scores[:, 0] = float("-inf")
+    return scores
 
 
 def test_ranks_by_hand():
@@ -42,3 +47,32 @@ def test_summary_separates_clicks_and_purchases():
 def test_kind_without_events_is_nan():
     s = summarize(torch.tensor([1, 2]), torch.tensor([False, False]), ks=[10])
     assert math.isnan(s["purchase/HR@10"]) and s["click/HR@10"] == 1.0
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 40, 1000])
+@pytest.mark.parametrize("with_seen", [False, True])
+@pytest.mark.parametrize("integer_valued", [False, True])
+def test_streamed_ranks_equal_ranking_the_full_score_matrix(chunk, with_seen, integer_valued):
+    """Integer-valued scores are exact in any summation order, so they test ties (many) exactly."""
+    g = torch.Generator().manual_seed(chunk)
+    B, H, N = 64, 5, 40
+
+    def draw(*shape):
+        if integer_valued:
+            return torch.randint(-2, 3, shape, generator=g).double()
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+    features, weight, bias = draw(B, H), draw(N + 1, H), draw(N + 1)
+    targets = torch.randint(1, N + 1, (B,), generator=g)
+    scores = mask_padding(features @ weight.T + bias)
+    seen = None
+    if with_seen:                                                # repeats, padding, and sometimes the target
+        seen = torch.randint(0, N + 1, (B, 6), generator=g)
+        seen[::4, 0] = targets[::4]
+        scores = scores.scatter(1, seen, float("-inf"))
+    expected = rank_of_targets(scores, targets)                  # a masked target ranks below every other item
+    ranks = rank_of_targets_linear(features, weight, bias, targets, seen, chunk=chunk)
+    assert ranks.tolist() == expected.tolist()
+    if with_seen:
+        assert (ranks[::4] == N + 1 - (scores[::4, 1:] == float("-inf")).sum(1)).all()
+    if integer_valued:
+        assert (scores.gather(1, targets[:, None]) == scores).sum() > 2 * B   # ties did occur
