@@ -70,6 +70,18 @@ class SeqRecQ(nn.Module):
             return self.q_head(states)
         return states @ self.q_head.weight[candidates].T + self.q_head.bias[candidates]
 
+    def greedy_items(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """argmax_a Q(s, a) over items 1..N, or over the item ids in `candidates` [C]: states [..., H] ->
+        item ids [...]. Over all items it is streamed (argmax_linear): no [..., N+1] Q matrix."""
+        if candidates is not None:
+            return candidates[self.q_values(states, candidates).argmax(-1)]
+        return argmax_linear(states, self.q_head.weight, self.q_head.bias)
+
+    def max_q(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """max_a Q(s, a) over items 1..N (or over `candidates`): states [..., H] -> [...]."""
+        q = self.q_values(states, candidates)
+        return (q if candidates is not None else q[..., 1:]).max(-1).values
+
     def q_of(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q(s, a) of given actions only: states [..., H], actions [...] -> [...].
 
@@ -78,9 +90,20 @@ class SeqRecQ(nn.Module):
         """
         return (states * self.q_head.weight[actions]).sum(-1) + self.q_head.bias[actions]
 
+    def score_layer(self, state: torch.Tensor, head: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ranking scores of head `ssl` (next-item logits) or `q` as a linear layer over items:
+        state [B, H] -> (features [B, H], weight [N+1, H], bias [N+1]), scores = features @ weight.T + bias.
+
+        Full-ranking evaluation streams this in chunks instead of building the [B, N+1] matrix.
+        """
+        if head == "ssl":
+            return self.ssl.step_features(state, 0), self.ssl.items.weight, self.ssl.items.bias
+        return state, self.q_head.weight, self.q_head.bias
+
     def scores(self, state: torch.Tensor, head: str) -> torch.Tensor:
         """Ranking scores [B, N+1] from state [B, H] by head `ssl` (next-item logits) or `q`; padding -inf."""
-        scores = self.ssl.next_item_logits(state) if head == "ssl" else self.q_values(state)
+        features, weight, bias = self.score_layer(state, head)
+        scores = torch.addmm(bias, features, weight.T)
         scores[..., 0] = float("-inf")  # in place: a fresh tensor, and no backward needs a layer's output
         return scores
 
@@ -93,8 +116,22 @@ def model_device(module) -> torch.device:
     return torch.device("cpu")
 
 
-def mask_padding(scores: torch.Tensor) -> torch.Tensor:
-    """A copy of `scores` [..., N+1] with the padding column set to -inf."""
-    scores = scores.clone()
-    scores[..., 0] = float("-inf")
-    return scores
+@torch.no_grad()
+def argmax_linear(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """argmax over items 1..N of features @ weight.T + bias (column 0, padding, never wins), `chunk`
+    items at a time in one reused buffer, so the [..., N+1] score matrix is never written out.
+
+    features [..., H], weight [N+1, H], bias [N+1] -> item ids [...] in 1..N; ties go to the lowest id.
+    """
+    flat = features.reshape(-1, features.shape[-1])
+    best_score = flat.new_full((len(flat),), float("-inf"))
+    best_item = torch.ones(len(flat), dtype=torch.long, device=flat.device)
+    buffer = flat.new_empty(len(flat), min(chunk, len(bias) - 1))
+    for start in range(1, len(bias), chunk):
+        end = min(start + chunk, len(bias))
+        block = torch.addmm(bias[start:end], flat, weight[start:end].T, out=buffer[:, :end - start])
+        score, item = block.max(1)
+        better = score > best_score                      # strictly: an earlier chunk keeps its ties
+        best_score = torch.where(better, score, best_score)
+        best_item = torch.where(better, item + start, best_item)
+    return best_item.view(features.shape[:-1])

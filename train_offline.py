@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from allocator import keep_freed_memory
 from atomic import atomic_write_text
 from checkpoint import load_checkpoint, save_checkpoint
 from config import Config, add_config_args, load_config, save_config
@@ -58,16 +59,14 @@ class Batch:
                      for f in ("state", "actions", "rewards", "dones", "valid")))
 
 
-def next_state_values(online_q: torch.Tensor | None, target_q: torch.Tensor, kind: str,
-                      first: int = 1) -> torch.Tensor:
-    """V(s') [B, T] from Q over items [B, T, C]: `double` = target Q at the online argmax, `max`.
-
-    Only columns from `first` on compete: 1 skips the padding column of all-item Q; 0 for candidates.
-    """
+def next_state_values(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target_states: torch.Tensor,
+                      kind: str, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """V(s') [B, T] from the online and target nets' states of s' [B, T, H]: `double` = the target net's
+    Q at the online net's argmax (only that item is scored by the target), `max` = the target's max.
+    Over all items 1..N, or over `candidates` [C] (sampled)."""
     if kind == "max":
-        return target_q[..., first:].max(-1).values
-    best = online_q[..., first:].argmax(-1, keepdim=True) + first
-    return target_q.gather(-1, best).squeeze(-1)
+        return target_net.max_q(target_states, candidates)
+    return target_net.q_of(target_states, net.greedy_items(states, candidates))
 
 
 def candidate_items(actions: torch.Tensor, negatives: int, num_items: int, seed: int, step: int) -> torch.Tensor:
@@ -102,10 +101,9 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch, t: Config, dist: Dist =
     ce = multi_step_loss(ssl_logits, targets, b.valid[:, :K],
                          torch.tensor(t.ssl_weights[:K], dtype=q_taken.dtype, device=q_taken.device),
                          counts=dist.sum(valid[:, :K].sum(0)))
-    with torch.no_grad():                                      # all items, or the max over the candidates
-        online_q = net.q_values(states[:, 1:], cand) if t.value == "double" else None
-        target_q = target_net.q_values(target_net.window_states(b.state, b.actions)[:, 1:], cand)
-        next_v = next_state_values(online_q, target_q, t.value, first=1 if cand is None else 0)  # V(s_{t+k+1})
+    with torch.no_grad():                                      # over all items, or over the candidates
+        target_states = target_net.window_states(b.state, b.actions)[:, 1:]
+        next_v = next_state_values(net, target_net, states[:, 1:], target_states, t.value, cand)  # V(s_{t+k+1})
         returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
     td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
     count = dist.sum(valid.sum()).clamp(min=1.0)
@@ -383,6 +381,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    keep_freed_memory()                               # steps reuse big freed tensors (see allocator.py)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.train.run_dir)
     if args.mode != "train" or args.resume:

@@ -4,7 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from config import load_config
-from model import SeqRecQ
+from model import SeqRecQ, argmax_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
 from train_offline import Batch, compute_losses, next_state_values
 
@@ -41,7 +41,12 @@ def test_ssl_heads_start_as_the_same_next_item_head():
     heads = MultiStepHeads(hidden=8, num_items=20, steps=3)
     logits = heads(torch.randn(4, 8))
     torch.testing.assert_close(logits[:, 0], logits[:, 2])
-    torch.testing.assert_close(heads.next_item_logits(torch.ones(2, 8)), heads(torch.ones(2, 8))[:, 0])
+    with torch.no_grad():
+        heads.transforms.add_(torch.randn(3, 8, 8))          # trained-looking: the steps now differ
+        heads.shifts.add_(torch.randn(3, 8))
+    x = torch.randn(4, 8)
+    for step in range(3):                                    # what ranking streams = the head's logits
+        torch.testing.assert_close(heads.items(heads.step_features(x, step)), heads(x)[:, step])
 
 
 def test_multi_step_loss_matches_a_loop():
@@ -58,11 +63,34 @@ def test_multi_step_loss_matches_a_loop():
                                torch.as_tensor(expected, dtype=torch.float32))
 
 
-def test_next_state_values_double_and_max():
-    online = torch.tensor([[[9.0, 1.0, 3.0, 2.0]]])   # column 0 is padding and must never be chosen
-    target = torch.tensor([[[9.0, 5.0, 0.5, 4.0]]])
-    assert next_state_values(online, target, "double").item() == 0.5   # target at the online argmax (item 2)
-    assert next_state_values(online, target, "max").item() == 5.0
+@pytest.mark.parametrize("with_candidates", [False, True])
+def test_next_state_values_double_and_max(with_candidates):
+    """Double: the target net's Q at the online net's argmax; max: the target's max. Padding never wins."""
+    torch.manual_seed(0)
+    online, target = SeqRecQ(num_items=10, hidden=8), SeqRecQ(num_items=10, hidden=8)
+    with torch.no_grad():
+        online.q_head.bias[0] = 100.0                                    # padding column: must be skipped
+    states, target_states = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
+    cand = torch.tensor([2, 5, 7, 9]) if with_candidates else torch.arange(1, 11)
+    online_q, target_q = online.q_values(states)[..., cand], target.q_values(target_states)[..., cand]
+    expected_double = target_q.gather(-1, online_q.argmax(-1, keepdim=True)).squeeze(-1)
+    given = cand if with_candidates else None
+    torch.testing.assert_close(next_state_values(online, target, states, target_states, "double", given),
+                               expected_double)
+    torch.testing.assert_close(next_state_values(online, target, states, target_states, "max", given),
+                               target_q.max(-1).values)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16, 100])
+def test_streamed_argmax_equals_the_argmax_of_the_full_scores(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    features = torch.randn(5, 6, 4, generator=g, dtype=torch.float64)
+    weight, bias = torch.randn(41, 4, generator=g, dtype=torch.float64), torch.randn(41, generator=g, dtype=torch.float64)
+    bias[0] = 1e9                                                        # padding: never the argmax
+    weight[17], bias[17] = weight[30], bias[30]                          # exact ties go to the lowest id
+    scores = features @ weight.T + bias
+    expected = scores[..., 1:].argmax(-1) + 1
+    torch.testing.assert_close(argmax_linear(features, weight, bias, chunk=chunk), expected)
 
 
 def test_training_step_is_finite_and_trains_every_part():
@@ -139,5 +167,4 @@ def test_sampled_loss_is_the_softmax_over_the_candidates():
         terms = [-torch.log_softmax(logits[b, k, cand], 0)[cand.tolist().index(batch.actions[b, k].item())]
                  for b in range(2) if batch.valid[b, k]]
         expected += weights[k] * sum(terms) / len(terms)
-    assert stats["ce"] == pytest.approx(float(expected), rel=1e-5)
-    assert next_state_values(None, torch.tensor([[[0.5, 3.0, -1.0]]]), "max", first=0).item() == 3.0
+    assert stats["ce"] == pytest.approx(float(expected.detach()), rel=1e-5)
