@@ -139,10 +139,11 @@ def bench_matmul(torch, device) -> float:
 
 def train_step_flops(B: int, L: int, T: int, K: int, H: int, N: int) -> float:
     """Matmul FLOPs of one fast training step: GRU passes (online fwd+bwd, target fwd), K-step CE
-    (fwd+bwd), all-item Q for the online argmax and the target (no grad)."""
+    (fwd+bwd), all-item Q of the T next states for the online argmax (no grad; double-Q scores only
+    that item with the target net)."""
     gru = 12 * H * H * (L + T) * B
     heads = 2 * B * H * (N + 1)
-    return 3 * gru + gru + 3 * K * heads + 2 * T * heads
+    return 3 * gru + gru + 3 * K * heads + T * heads
 
 
 def eval_query_flops(L: int, H: int, N: int) -> float:
@@ -273,7 +274,9 @@ def main() -> None:
         return
 
     import torch
+    from allocator import keep_freed_memory
     from distributed import resolve_device
+    keep_freed_memory()                  # as train_offline.py does; the pool children keep the default
     device = resolve_device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)
     gpu = f"; {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""

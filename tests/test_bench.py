@@ -28,4 +28,6 @@ def test_pool_child_measures_its_own_build(tmp_path):
 def test_flop_counts():
     # One query: GRU 12 H^2 L plus one all-item product 2 H (N + 1).
     assert bench.eval_query_flops(L=10, H=64, N=999) == 12 * 64 * 64 * 10 + 2 * 64 * 1000
-    assert bench.train_step_flops(B=1, L=1, T=1, K=1, H=1, N=1) == 3 * 24 + 24 + 3 * 4 + 2 * 4
+    # One step: GRU fwd+bwd and the target's fwd (4 x 12 H^2 (L+T) B), K-step CE fwd+bwd (3 K x 2 B H (N+1)),
+    # and the online all-item Q of the T next states (T x 2 B H (N+1)); the target scores one item each.
+    assert bench.train_step_flops(B=1, L=1, T=1, K=1, H=1, N=1) == 3 * 24 + 24 + 3 * 4 + 1 * 4
