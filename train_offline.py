@@ -82,12 +82,28 @@ def candidate_items(actions: torch.Tensor, negatives: int, num_items: int, seed:
     return both[both > 0]
 
 
+def candidate_log_inclusion(item_counts: np.ndarray, actions_per_step: int, negatives: int) -> torch.Tensor:
+    """log P(item i is among a step's candidates) [N+1], from training counts [N+1] (index 0 unused).
+
+    i is a candidate if one of the batch's `actions_per_step` actions is i (each drawn at i's training
+    frequency f_i, as batches are) or one of the `negatives` uniform draws is:
+    P = 1 - (1 - f_i)^actions_per_step * (1 - 1/N)^negatives. Subtracting it from the candidates'
+    logits is the logQ correction of sampled softmax: without it, frequent items (nearly always
+    candidates, so nearly always pushed down as negatives) are under-ranked.
+    """
+    counts = np.asarray(item_counts, dtype=np.float64)
+    freq = counts / max(counts.sum(), 1.0)
+    miss = (1.0 - freq) ** actions_per_step * (1.0 - 1.0 / (len(counts) - 1)) ** negatives
+    return torch.from_numpy(np.log1p(-miss)).float()
+
+
 def compute_losses(model, target_net: SeqRecQ, b: Batch, t: Config, dist: Dist = SINGLE,
-                   step: int = 0) -> tuple[torch.Tensor, dict]:
+                   step: int = 0, log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """CE of the K self-supervised steps + alpha * TD(lambda) loss of the Q head, on one batch.
 
     With `train.negatives` > 0 both score a shared candidate set instead of all items (sampled
-    softmax; the bootstrap max runs over the candidates), which keeps large catalogues cheap.
+    softmax, logQ-corrected by `log_inclusion` [N+1] when given; the bootstrap max runs over the
+    candidates), which keeps large catalogues cheap.
 
     Means are taken over the valid steps of the *global* batch (all ranks), and the loss is scaled by
     the number of ranks, so DistributedDataParallel's gradient average is the single-process gradient.
@@ -96,6 +112,8 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch, t: Config, dist: Dist =
     cand = candidate_items(b.actions, t.negatives, net.num_items, t.seed, step) if t.negatives else None
     states, ssl_logits, q_taken = model(b.state, b.actions, cand)  # [B, T+1, H], [B, K, N+1 or C], [B, T]
     K = ssl_logits.shape[1]
+    if cand is not None and log_inclusion is not None:
+        ssl_logits = ssl_logits - log_inclusion.to(ssl_logits.device)[cand]
     targets = b.actions[:, :K] if cand is None else torch.searchsorted(cand, b.actions[:, :K])
     valid = b.valid.to(q_taken.dtype)
     ce = multi_step_loss(ssl_logits, targets, b.valid[:, :K],
@@ -187,6 +205,10 @@ def train_epoch(learner: Learner, pool: Pool, cfg: Config, dist: Dist = SINGLE, 
     train_events = pool.events("train")
     order = train_events[epoch_order(len(train_events), t.seed, learner.epoch)]
     batches = math.ceil(len(order) / t.batch_size)
+    log_inclusion = None
+    if t.negatives:                                   # sampled softmax: each item's chance to be a candidate
+        counts = np.bincount(np.asarray(pool.items[train_events]), minlength=pool.num_items + 1)
+        log_inclusion = candidate_log_inclusion(counts, math.ceil(t.batch_size / dist.world) * T, t.negatives)
     bar = tqdm(range(learner.batch, batches), desc=label or f"epoch {learner.epoch + 1}/{t.epochs}", unit="batch",
                leave=False, disable=not (progress and dist.main))
     for i in bar:
@@ -195,7 +217,7 @@ def train_epoch(learner: Learner, pool: Pool, cfg: Config, dist: Dist = SINGLE, 
         shard = dist.shard(order[i * t.batch_size:(i + 1) * t.batch_size])
         loss, stats = compute_losses(learner.model, learner.target_net,
                                      Batch.from_windows(pool.windows(shard, L, T, training=True), device), t, dist,
-                                     step=learner.step)
+                                     step=learner.step, log_inclusion=log_inclusion)
         learner.opt.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip > 0:

@@ -147,9 +147,10 @@ def test_candidate_items_cover_the_batch_and_are_reproducible():
     assert not torch.equal(cand, candidate_items(actions, 6, 50, seed=1, step=8))
 
 
-def test_sampled_loss_is_the_softmax_over_the_candidates():
-    """With negatives, CE is -log softmax of the target among the candidates (checked by a loop) and
-    the bootstrap takes the max over the candidates only."""
+@pytest.mark.parametrize("corrected", [False, True])
+def test_sampled_loss_is_the_softmax_over_the_candidates(corrected):
+    """With negatives, CE is -log softmax of the target among the candidates, each logit less its
+    log inclusion probability when given (logQ correction), checked by a loop."""
     cfg = load_config(overrides=["pool.horizon=2", "model.ssl_steps=2", "train.negatives=4", "train.value=max",
                                  "train.alpha=0.0"])
     torch.manual_seed(0)
@@ -159,8 +160,9 @@ def test_sampled_loss_is_the_softmax_over_the_candidates():
                   valid=torch.tensor([[True, True], [True, False]]))
     from train_offline import candidate_items
     cand = candidate_items(batch.actions, 4, 40, cfg.train.seed, step=3)
-    _, stats = compute_losses(model, model, batch, cfg.train, step=3)
-    logits = model.ssl(model.window_states(batch.state, batch.actions)[:, 0])    # [B, K, N+1]
+    log_q = -torch.rand(41) * 3 if corrected else torch.zeros(41)
+    _, stats = compute_losses(model, model, batch, cfg.train, step=3, log_inclusion=log_q if corrected else None)
+    logits = model.ssl(model.window_states(batch.state, batch.actions)[:, 0]) - log_q   # [B, K, N+1]
     weights = cfg.train.ssl_weights
     expected = 0.0
     for k in range(2):
@@ -168,3 +170,17 @@ def test_sampled_loss_is_the_softmax_over_the_candidates():
                  for b in range(2) if batch.valid[b, k]]
         expected += weights[k] * sum(terms) / len(terms)
     assert stats["ce"] == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
+def test_candidate_inclusion_probabilities_match_sampling():
+    """P(item in a step's candidates), by formula, against drawing batches at the training frequencies."""
+    from train_offline import candidate_items, candidate_log_inclusion
+    counts = torch.tensor([0, 50, 20, 10, 5, 5, 3, 3, 2, 1, 1]).numpy()     # index 0: padding
+    freq = torch.tensor(counts / counts.sum(), dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    trials, hits = 4000, torch.zeros(11)
+    for step in range(trials):
+        actions = torch.multinomial(freq, 6, replacement=True, generator=g).view(2, 3)
+        hits[candidate_items(actions, negatives=2, num_items=10, seed=5, step=step)] += 1
+    expected = candidate_log_inclusion(counts, actions_per_step=6, negatives=2).exp()
+    torch.testing.assert_close(hits[1:] / trials, expected[1:], atol=0.025, rtol=0)
