@@ -146,6 +146,15 @@ def train_step_flops(B: int, L: int, T: int, K: int, H: int, N: int) -> float:
     return 3 * gru + gru + 3 * K * heads + T * heads
 
 
+def naive_step_flops(B: int, L: int, T: int, K: int, H: int, N: int) -> float:
+    """The same for benchmarks/naive.py: T+1 online GRU passes of L steps (fwd+bwd) and T target passes,
+    K-step CE (fwd+bwd), all-item Q of the T+1 states with gradients (fwd+bwd) and of the T next states
+    on the target (no grad). Their ratio to train_step_flops bounds the speedup at equal efficiency."""
+    gru = 12 * H * H * L * B
+    heads = 2 * B * H * (N + 1)
+    return (3 * (T + 1) + T) * gru + 3 * K * heads + 3 * (T + 1) * heads + T * heads
+
+
 def eval_query_flops(L: int, H: int, N: int) -> float:
     return 12 * H * H * L + 2 * H * (N + 1)
 
@@ -198,10 +207,14 @@ def bench_training(torch, device, items: list[int], peak: float, steps: int, num
 
             sampled = samples_per_s(sampled_step, B, steps, lambda: sync(torch, device))
             gflops = fast / B * train_step_flops(B, L, T, 3, 64, N) / 1e9
+            flop_ratio = naive_step_flops(B, L, T, 3, 64, N) / train_step_flops(B, L, T, 3, 64, N)
+            naive_gflops = naive / B * naive_step_flops(B, L, T, 3, 64, N) / 1e9
             tag = f"{N // 1000}k" if N >= 1000 else str(N)
             report(f"train_samples_per_s@{tag}", fast, "samples/s", f"{N:,} items, hidden 64, L 10, T 3, K 3, batch 256")
             report(f"train_naive_samples_per_s@{tag}", naive, "samples/s", "each state encoded apart, rows via pandas")
-            report(f"train_speedup_vs_naive@{tag}", fast / naive, "x")
+            report(f"train_speedup_vs_naive@{tag}", fast / naive, "x",
+                   f"the naive step does {flop_ratio:.1f}x the FLOPs (at {naive_gflops:.1f} GFLOP/s)")
+            report(f"train_flop_ratio_vs_naive@{tag}", flop_ratio, "x", "the speedup equal matmul efficiency would give")
             report(f"train_gflops@{tag}", gflops, "GFLOP/s", f"{gflops / peak:.0%} of the matmul peak")
             report(f"train_share_of_matmul@{tag}", gflops / peak, "fraction")
             report(f"train_sampled_samples_per_s@{tag}", sampled, "samples/s",

@@ -31,3 +31,6 @@ def test_flop_counts():
     # One step: GRU fwd+bwd and the target's fwd (4 x 12 H^2 (L+T) B), K-step CE fwd+bwd (3 K x 2 B H (N+1)),
     # and the online all-item Q of the T next states (T x 2 B H (N+1)); the target scores one item each.
     assert bench.train_step_flops(B=1, L=1, T=1, K=1, H=1, N=1) == 3 * 24 + 24 + 3 * 4 + 1 * 4
+    # Naive: (T+1) GRU passes of L steps fwd+bwd and T target passes; CE as above; all-item Q of the
+    # T+1 states fwd+bwd (3 (T+1) units) and of the T next states on the target.
+    assert bench.naive_step_flops(B=1, L=1, T=1, K=1, H=1, N=1) == (3 * 2 + 1) * 12 + 3 * 4 + 3 * 2 * 4 + 1 * 4
