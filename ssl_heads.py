@@ -19,12 +19,10 @@ class MultiStepHeads(nn.Module):
         self.shifts = nn.Parameter(torch.zeros(steps, hidden))                 # [K, H]
         self.items = nn.Linear(hidden, num_items + 1)                          # shared; column 0 = padding
 
-    def forward(self, state: torch.Tensor, steps: int | None = None,
-                candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """state [B, H] -> logits [B, K, N+1] for the first `steps` (default all K) steps, or only for the
-        item ids in `candidates` [C] -> [B, K, C] (sampled softmax)."""
-        k = self.steps if steps is None else steps
-        per_step = torch.einsum("bh,khg->bkg", state, self.transforms[:k]) + self.shifts[:k]   # [B, K, H]
+    def forward(self, state: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """state [B, H] -> logits [B, K, N+1] of the K steps, or only for the item ids in `candidates` [C]
+        -> [B, K, C] (sampled softmax)."""
+        per_step = torch.einsum("bh,khg->bkg", state, self.transforms) + self.shifts   # [B, K, H]
         if candidates is None:
             return self.items(per_step)
         return per_step @ self.items.weight[candidates].T + self.items.bias[candidates]

@@ -161,7 +161,7 @@ def eval_query_flops(L: int, H: int, N: int) -> float:
 
 def bench_training(torch, device, items: list[int], peak: float, steps: int, num_events: int = 300_000) -> None:
     from naive import naive_losses, replay_table, sample_rows
-    from train_offline import Batch, Learner, compute_losses, epoch_order, update_target
+    from train_offline import Batch, Learner, candidate_log_inclusion, compute_losses, epoch_order, update_target
     for n_items in items:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = bench_config(Path(tmp) / "pool", "model.dropout=0.0")
@@ -195,11 +195,12 @@ def bench_training(torch, device, items: list[int], peak: float, steps: int, num
             fast = samples_per_s(fast_step, B, steps, lambda: sync(torch, device))
             naive = samples_per_s(naive_step, B, max(2, steps // 2), lambda: sync(torch, device))
             sampled_t = load_config(overrides=[*cfg_overrides(cfg), "train.negatives=1024"]).train
+            log_q = candidate_log_inclusion(np.bincount(np.asarray(pool.items[events]), minlength=N + 1), B * T, 1024)
 
             def sampled_step(i):
                 w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
                 loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w, device), sampled_t,
-                                         step=i)
+                                         step=i, log_inclusion=log_q)
                 learner.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 learner.opt.step()
