@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ssl_heads import MultiStepHeads
 
@@ -66,9 +67,10 @@ class SeqRecQ(nn.Module):
     def q_values(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """states [..., H] -> Q [..., N+1] (column 0 is padding: mask it before max or ranking), or
         only for the item ids in `candidates` [C] -> [..., C]."""
+        states = states.contiguous()   # a strided slice (states[:, 1:]) would make matmul a slow bmm
         if candidates is None:
             return self.q_head(states)
-        return states @ self.q_head.weight[candidates].T + self.q_head.bias[candidates]
+        return F.linear(states, self.q_head.weight[candidates], self.q_head.bias[candidates])
 
     def greedy_items(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """argmax_a Q(s, a) over items 1..N, or over the item ids in `candidates` [C]: states [..., H] ->

@@ -25,7 +25,7 @@ class MultiStepHeads(nn.Module):
         per_step = torch.einsum("bh,khg->bkg", state, self.transforms) + self.shifts   # [B, K, H]
         if candidates is None:
             return self.items(per_step)
-        return per_step @ self.items.weight[candidates].T + self.items.bias[candidates]
+        return F.linear(per_step, self.items.weight[candidates], self.items.bias[candidates])
 
     def step_features(self, state: torch.Tensor, step: int) -> torch.Tensor:
         """state [B, H] -> the input [B, H] of the shared item layer for step `step` (its own transform)."""
