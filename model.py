@@ -41,16 +41,18 @@ class SeqRecQ(nn.Module):
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
         return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"])
 
-    def forward(self, state: torch.Tensor, actions: torch.Tensor, candidates: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, state: torch.Tensor, actions: torch.Tensor, candidates: torch.Tensor | None = None,
+                log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Everything the training loss differentiates, in one call (what DistributedDataParallel wraps).
 
-        state [B, L], actions [B, T] -> states s_t..s_{t+T} [B, T+1, H], the K self-supervised logits of
-        s_t [B, K, N+1] (or [B, K, C] over `candidates` [C]), and Q(s_{t+k}, a_{t+k}) of the taken
+        state [B, L], actions [B, T] -> states s_t..s_{t+T} [B, T+1, H], the per-sample cross-entropy
+        [B, K] of s_t's K self-supervised heads against a_t..a_{t+K-1} (over all items, or over
+        `candidates` [C], logQ-corrected by `log_inclusion` [N+1]), and Q(s_{t+k}, a_{t+k}) of the taken
         actions [B, T].
         """
         states = self.window_states(state, actions)
-        return states, self.ssl(states[:, 0], candidates=candidates), self.q_of(states[:, :-1], actions)
+        ce = self.ssl.cross_entropy(states[:, 0], actions[:, :self.ssl.steps], candidates, log_inclusion)
+        return states, ce, self.q_of(states[:, :-1], actions)
 
     def window_states(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The states s_t .. s_{t+T} of a window, from ONE pass of the GRU over state items + actions.

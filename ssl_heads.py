@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from linear_ce import linear_cross_entropy
+
 
 class MultiStepHeads(nn.Module):
     def __init__(self, hidden: int, num_items: int, steps: int):
@@ -22,25 +24,46 @@ class MultiStepHeads(nn.Module):
     def forward(self, state: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """state [B, H] -> logits [B, K, N+1] of the K steps, or only for the item ids in `candidates` [C]
         -> [B, K, C] (sampled softmax)."""
-        per_step = torch.einsum("bh,khg->bkg", state, self.transforms) + self.shifts   # [B, K, H]
+        per_step = self.features(state)
         if candidates is None:
             return self.items(per_step)
         return F.linear(per_step, self.items.weight[candidates], self.items.bias[candidates])
+
+    def cross_entropy(self, state: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor | None = None,
+                      log_inclusion: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample cross-entropy of the K steps: state [B, H], targets [B, K] (item ids) -> [B, K].
+
+        Over all items it is streamed (linear_cross_entropy): the [B, K, N+1] logits are never written
+        out. Over `candidates` [C] (sampled softmax; every target must be among them) each candidate's
+        logit loses its log inclusion probability `log_inclusion` [N+1] when given (logQ correction).
+        """
+        if candidates is None:
+            per_step = self.features(state)
+            flat = linear_cross_entropy(per_step.flatten(0, 1), self.items.weight, self.items.bias, targets.flatten())
+            return flat.view_as(targets)
+        logits = self(state, candidates)                                              # [B, K, C]
+        if log_inclusion is not None:
+            logits = logits - log_inclusion.to(logits.device)[candidates]
+        positions = torch.searchsorted(candidates, targets)                            # target ids -> columns
+        return F.cross_entropy(logits.flatten(0, 1), positions.flatten(), reduction="none").view_as(targets)
+
+    def features(self, state: torch.Tensor) -> torch.Tensor:
+        """state [B, H] -> the inputs [B, K, H] of the shared item layer, one per step."""
+        return torch.einsum("bh,khg->bkg", state, self.transforms) + self.shifts
 
     def step_features(self, state: torch.Tensor, step: int) -> torch.Tensor:
         """state [B, H] -> the input [B, H] of the shared item layer for step `step` (its own transform)."""
         return state @ self.transforms[step] + self.shifts[step]
 
 
-def multi_step_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
-                    weights: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+def multi_step_loss(ce: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor,
+                    counts: torch.Tensor | None = None) -> torch.Tensor:
     """sum_k weights[k] * mean cross-entropy of step k over the samples where step k is in the session.
 
-    logits [B, K, N+1], targets [B, K] (item ids, 0 where invalid), valid [B, K] bool, weights [K];
+    ce [B, K] per-sample cross-entropy (MultiStepHeads.cross_entropy), valid [B, K] bool, weights [K];
     counts [K], the number of valid samples per step to divide by (default: this batch's; a
     distributed run passes the global batch's).
     """
-    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
     valid = valid.to(ce.dtype)
     counts = valid.sum(0) if counts is None else counts
     per_step = (ce * valid).sum(0) / counts.clamp(min=1.0)

@@ -110,13 +110,10 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch, t: Config, dist: Dist =
     """
     net = getattr(model, "module", model)                      # the network behind a DDP wrapper
     cand = candidate_items(b.actions, t.negatives, net.num_items, t.seed, step) if t.negatives else None
-    states, ssl_logits, q_taken = model(b.state, b.actions, cand)  # [B, T+1, H], [B, K, N+1 or C], [B, T]
-    K = ssl_logits.shape[1]
-    if cand is not None and log_inclusion is not None:
-        ssl_logits = ssl_logits - log_inclusion.to(ssl_logits.device)[cand]
-    targets = b.actions[:, :K] if cand is None else torch.searchsorted(cand, b.actions[:, :K])
+    states, ssl_ce, q_taken = model(b.state, b.actions, cand, log_inclusion)  # [B, T+1, H], [B, K], [B, T]
+    K = ssl_ce.shape[1]
     valid = b.valid.to(q_taken.dtype)
-    ce = multi_step_loss(ssl_logits, targets, b.valid[:, :K],
+    ce = multi_step_loss(ssl_ce, b.valid[:, :K],
                          torch.tensor(t.ssl_weights[:K], dtype=q_taken.dtype, device=q_taken.device),
                          counts=dist.sum(valid[:, :K].sum(0)))
     with torch.no_grad():                                      # over all items, or over the candidates

@@ -35,7 +35,9 @@ def naive_losses(model, target_net, b: dict, t) -> torch.Tensor:
     T = b["actions"].shape[1]
     states = torch.stack([model.last_state(window[:, k:k + L]) for k in range(T + 1)], 1)   # T+1 passes
     K = model.ssl.steps
-    ce = multi_step_loss(model.ssl(states[:, 0]), b["actions"][:, :K], b["valid"][:, :K],
+    logits = model.ssl(states[:, 0])                                                     # [B, K, N+1] written out
+    per_sample = F.cross_entropy(logits.flatten(0, 1), b["actions"][:, :K].flatten(), reduction="none")
+    ce = multi_step_loss(per_sample.view(-1, K), b["valid"][:, :K],
                          torch.tensor(t.ssl_weights[:K], dtype=states.dtype, device=states.device))
     q = model.q_values(states)                                                           # all items, with grad
     q_taken = q[:, :-1].gather(-1, b["actions"].unsqueeze(-1)).squeeze(-1)

@@ -50,17 +50,23 @@ def test_ssl_heads_start_as_the_same_next_item_head():
 
 
 def test_multi_step_loss_matches_a_loop():
+    """The heads' streamed per-sample CE, masked and weighted per step, against -log_softmax of the
+    full logits, one sample at a time."""
     torch.manual_seed(1)
-    logits = torch.randn(6, 3, 11)
+    heads = MultiStepHeads(hidden=5, num_items=10, steps=3)
+    with torch.no_grad():
+        heads.transforms.add_(torch.randn(3, 5, 5))
+    state = torch.randn(6, 5)
     targets = torch.randint(1, 11, (6, 3))
     valid = torch.rand(6, 3) < 0.7
     weights = torch.tensor([1.0, 0.5, 0.25])
+    logits = heads(state)                                                   # [B, K, N+1]
     expected = 0.0
     for k in range(3):
-        terms = [F.cross_entropy(logits[b, k][None], targets[b, k][None]) for b in range(6) if valid[b, k]]
+        terms = [-torch.log_softmax(logits[b, k], 0)[targets[b, k]] for b in range(6) if valid[b, k]]
         expected += weights[k] * (sum(terms) / len(terms) if terms else 0.0)
-    torch.testing.assert_close(multi_step_loss(logits, targets.where(valid, 0), valid, weights),
-                               torch.as_tensor(expected, dtype=torch.float32))
+    got = multi_step_loss(heads.cross_entropy(state, targets.where(valid, 0)), valid, weights)
+    torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("with_candidates", [False, True])
@@ -131,9 +137,8 @@ def test_candidate_scores_equal_the_full_scores_at_those_items():
     model = SeqRecQ(num_items=30, hidden=8, dropout=0.0, ssl_steps=2).eval()
     state, actions = torch.randint(0, 31, (4, 5)), torch.randint(1, 31, (4, 2))
     cand = torch.tensor([2, 5, 7, 19, 30])
-    states, full_ssl, _ = model(state, actions)
-    _, cand_ssl, _ = model(state, actions, cand)
-    torch.testing.assert_close(cand_ssl, full_ssl[..., cand])
+    states = model.window_states(state, actions)
+    torch.testing.assert_close(model.ssl(states[:, 0], cand), model.ssl(states[:, 0])[..., cand])
     torch.testing.assert_close(model.q_values(states, cand), model.q_values(states)[..., cand])
 
 

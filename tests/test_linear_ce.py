@@ -1,0 +1,38 @@
+"""The streamed linear + cross-entropy against the unstreamed one: values and all three gradients."""
+import pytest
+import torch
+from torch.nn import functional as F
+
+from linear_ce import linear_cross_entropy
+
+
+@pytest.mark.parametrize("rows,hidden,outputs,chunk", [(7, 4, 13, 5), (5, 3, 8, 8), (6, 8, 9, 64), (1, 2, 1, 3),
+                                                        (33, 16, 300, 7)])
+def test_matches_cross_entropy_of_the_full_logits(rows, hidden, outputs, chunk):
+    torch.manual_seed(rows * 100 + outputs)
+    x = torch.randn(rows, hidden, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(outputs, hidden, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(outputs, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, outputs, (rows,))
+    targets[0] = 0                                          # the padding column is a legal target too
+    upstream = torch.randn(rows, dtype=torch.float64)       # any weighting of the rows, signs included
+
+    expected = F.cross_entropy(F.linear(x, w, b), targets, reduction="none")
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (x, w, b))
+    got = linear_cross_entropy(x, w, b, targets, chunk=chunk)
+    got_grads = torch.autograd.grad((got * upstream).sum(), (x, w, b))
+
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e)
+
+
+def test_repeated_targets_accumulate_and_large_logits_stay_finite():
+    x = torch.tensor([[30.0, -2.0], [30.0, -2.0], [0.5, 0.1]], requires_grad=True)
+    w = torch.tensor([[3.0, 1.0], [-1.0, 2.0], [2.9, 0.0]], requires_grad=True)
+    b = torch.zeros(3, requires_grad=True)
+    targets = torch.tensor([2, 2, 2])                       # logits near 90: exp would overflow if unshifted
+    expected = F.cross_entropy(F.linear(x, w, b), targets, reduction="none")
+    got = linear_cross_entropy(x, w, b, targets, chunk=2)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), w)[0], torch.autograd.grad(expected.sum(), w)[0])
