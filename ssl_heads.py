@@ -35,7 +35,8 @@ class MultiStepHeads(nn.Module):
 
         Over all items it is streamed (linear_cross_entropy): the [B, K, N+1] logits are never written
         out. Over `candidates` [C] (sampled softmax; every target must be among them) each candidate's
-        logit loses its log inclusion probability `log_inclusion` [N+1] when given (logQ correction).
+        logit loses its log inclusion probability `log_inclusion` [N+1] (on the heads' device) when given
+        (logQ correction).
         """
         if candidates is None:
             per_step = self.features(state)
@@ -43,7 +44,7 @@ class MultiStepHeads(nn.Module):
             return flat.view_as(targets)
         logits = self(state, candidates)                                              # [B, K, C]
         if log_inclusion is not None:
-            logits = logits - log_inclusion.to(logits.device)[candidates]
+            logits = logits - log_inclusion[candidates]
         positions = torch.searchsorted(candidates, targets)                            # target ids -> columns
         return F.cross_entropy(logits.flatten(0, 1), positions.flatten(), reduction="none").view_as(targets)
 

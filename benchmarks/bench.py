@@ -195,7 +195,7 @@ def bench_training(torch, device, items: list[int], peak: float, steps: int, num
             fast = samples_per_s(fast_step, B, steps, lambda: sync(torch, device))
             naive = samples_per_s(naive_step, B, max(2, steps // 2), lambda: sync(torch, device))
             sampled_t = load_config(overrides=[*cfg_overrides(cfg), "train.negatives=1024"]).train
-            log_q = candidate_log_inclusion(np.bincount(np.asarray(pool.items[events]), minlength=N + 1), B * T, 1024)
+            log_q = candidate_log_inclusion(np.bincount(np.asarray(pool.items[events]), minlength=N + 1), B * T, 1024).to(device)
 
             def sampled_step(i):
                 w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
