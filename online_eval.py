@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from atomic import atomic_write
-from checkpoint import load_checkpoint
-from config import Config, add_config_args, load_config
-from errors import UserError, run_cli
+from seqrec.atomic import atomic_write
+from seqrec.checkpoint import load_checkpoint
+from seqrec.config import Config, add_config_args, load_config
+from seqrec.errors import UserError, run_cli
 from model import HEADS
-from online import ModelPolicy, logging_policy, oracle_policy, popularity_policy, random_policy, rollout
+from seqrec.online import ModelPolicy, logging_policy, oracle_policy, popularity_policy, random_policy, rollout
 from replay_buffer import Pool, append_train_sessions, ensure_pool
-from simulator import SimParams, Simulator
+from seqrec.simulator import SimParams, Simulator
 from train_offline import Learner, load_model, train_epoch
 
 

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from atomic import atomic_directory
-from config import Config, add_config_args, load_config
-from errors import UserError, run_cli
-from loaders import load_events
-from preprocess import SPLITS, Prepared, held_out, prepare, split_events
+from seqrec.atomic import atomic_directory
+from seqrec.config import Config, add_config_args, load_config
+from seqrec.errors import UserError, run_cli
+from seqrec.loaders import load_events
+from seqrec.preprocess import SPLITS, Prepared, held_out, prepare, split_events
 
 FORMAT_VERSION = 2
 

@@ -26,17 +26,17 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from allocator import keep_freed_memory
-from atomic import atomic_write_text
-from checkpoint import load_checkpoint, save_checkpoint
-from config import Config, add_config_args, load_config, save_config
-from errors import UserError, run_cli
-from evaluation import evaluate, format_table
-from distributed import SINGLE, Dist
-from distributed import setup as setup_distributed
-from distributed import teardown as teardown_distributed
+from seqrec.allocator import keep_freed_memory
+from seqrec.atomic import atomic_write_text
+from seqrec.checkpoint import load_checkpoint, save_checkpoint
+from seqrec.config import Config, add_config_args, load_config, save_config
+from seqrec.errors import UserError, run_cli
+from seqrec.evaluation import evaluate, format_table
+from seqrec.distributed import SINGLE, Dist
+from seqrec.distributed import setup as setup_distributed
+from seqrec.distributed import teardown as teardown_distributed
 from model import SeqRecQ, model_device
-from recommend import example_user, format_recommendations, history_from_ids, history_of_user, top_k
+from seqrec.recommend import example_user, format_recommendations, history_from_ids, history_of_user, top_k
 from replay_buffer import Pool, Windows, ensure_pool, summary
 from ssl_heads import multi_step_loss
 from td_lambda import lambda_returns
@@ -334,7 +334,7 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 
 
 def _plot_curves(run_dir: Path) -> None:
-    from plots import plot_training_curves
+    from seqrec.plots import plot_training_curves
     plot_training_curves(run_dir / "metrics.csv", run_dir / "curves.png")
 
 

@@ -30,8 +30,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from atomic import atomic_write  # noqa: E402
-from config import load_config  # noqa: E402
+from seqrec.atomic import atomic_write  # noqa: E402
+from seqrec.config import load_config  # noqa: E402
 from replay_buffer import pool_from_events  # noqa: E402
 
 FIGURES: list[tuple[str, float, str, str]] = []
@@ -104,7 +104,7 @@ def bench_pool(sizes: list[int]) -> None:
 
 
 def bench_simulator() -> None:
-    from simulator import SimParams, Simulator
+    from seqrec.simulator import SimParams, Simulator
     sim = Simulator(SimParams())
     t0 = time.perf_counter()
     log = sim.generate_log()
@@ -234,7 +234,7 @@ def samples_per_s(step, batch: int, steps: int, sync=lambda: None) -> float:
 
 
 def bench_eval(torch, device, n_items: int, peak: float, queries: int) -> None:
-    from evaluation import evaluate
+    from seqrec.evaluation import evaluate
     from model import SeqRecQ
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bench_config(Path(tmp) / "pool", "data.split=[0.5, 0.5, 0.0]")
@@ -288,8 +288,8 @@ def main() -> None:
         return
 
     import torch
-    from allocator import keep_freed_memory
-    from distributed import resolve_device
+    from seqrec.allocator import keep_freed_memory
+    from seqrec.distributed import resolve_device
     keep_freed_memory()                  # as train_offline.py does; the pool children keep the default
     device = resolve_device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)

@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from atomic import atomic_write, atomic_write_text  # noqa: E402
-from checkpoint import load_checkpoint  # noqa: E402
-from config import load_config  # noqa: E402
-from evaluation import evaluate  # noqa: E402
-from online import ModelPolicy, rollout  # noqa: E402
+from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
+from seqrec.checkpoint import load_checkpoint  # noqa: E402
+from seqrec.config import load_config  # noqa: E402
+from seqrec.evaluation import evaluate  # noqa: E402
+from seqrec.online import ModelPolicy, rollout  # noqa: E402
 from online_eval import baseline_policies, simulator_for  # noqa: E402
 from replay_buffer import Pool, ensure_pool  # noqa: E402
 from train_offline import load_model  # noqa: E402

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from config import add_config_args, load_config  # noqa: E402
-from metrics import rank_of_targets, summarize  # noqa: E402
-from simulator import NO_CLICK, SimParams, Simulator, top_k_slates  # noqa: E402
+from seqrec.config import add_config_args, load_config  # noqa: E402
+from seqrec.metrics import rank_of_targets, summarize  # noqa: E402
+from seqrec.simulator import NO_CLICK, SimParams, Simulator, top_k_slates  # noqa: E402
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from config import load_config
-from preprocess import Prepared
+from seqrec.config import load_config
+from seqrec.preprocess import Prepared
 from replay_buffer import Pool, split_stats, write_pool
 
 

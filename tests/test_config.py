@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from config import DEFAULT_PATH, load_config
-from errors import UserError
+from seqrec.config import DEFAULT_PATH, load_config
+from seqrec.errors import UserError
 
 
 def test_defaults_hold_the_interface_keys():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation import evaluate
+from seqrec.evaluation import evaluate
 from helpers import pool_from_sessions
 from model import SeqRecQ
 

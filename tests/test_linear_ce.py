@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from linear_ce import linear_cross_entropy
+from seqrec.linear_ce import linear_cross_entropy
 
 
 @pytest.mark.parametrize("rows,hidden,outputs,chunk", [(7, 4, 13, 5), (5, 3, 8, 8), (6, 8, 9, 64), (1, 2, 1, 3),

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config import load_config
-from errors import UserError
-from loaders import load_events
-from preprocess import prepare
+from seqrec.config import load_config
+from seqrec.errors import UserError
+from seqrec.loaders import load_events
+from seqrec.preprocess import prepare
 
 ids = st.one_of(
     st.integers(min_value=-5, max_value=50),

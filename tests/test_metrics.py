@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from metrics import hit_rate, ndcg, rank_of_targets, rank_of_targets_linear, reciprocal_rank, summarize
+from seqrec.metrics import hit_rate, ndcg, rank_of_targets, rank_of_targets_linear, reciprocal_rank, summarize
 
 
 def mask_padding(scores):

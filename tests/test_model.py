@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from config import load_config
+from seqrec.config import load_config
 from model import SeqRecQ, argmax_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
 from train_offline import Batch, compute_losses, next_state_values

@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from online import ModelPolicy, oracle_policy, random_policy, rollout
-from simulator import SimParams, Simulator
+from seqrec.online import ModelPolicy, oracle_policy, random_policy, rollout
+from seqrec.simulator import SimParams, Simulator
 
 SIM = Simulator(SimParams(num_items=40, num_categories=4, max_session_len=15))
 

@@ -10,10 +10,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from config import load_config
-from online import logging_policy, oracle_policy, random_policy, rollout
+from seqrec.config import load_config
+from seqrec.online import logging_policy, oracle_policy, random_policy, rollout
 from replay_buffer import build_pool
-from simulator import SimParams, Simulator
+from seqrec.simulator import SimParams, Simulator
 
 DEFAULT_POOL = "ee77472897adc9bb44cc586dd58073b5f7959181c3a009c61b334c28b120269b"
 ROLLOUTS = {  # 300 users, seed 3, 20% random slates: summed return, clicks, purchases, slates, log digest

@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config import load_config
-from errors import UserError
-from preprocess import filter_mask, prepare, split_sessions
+from seqrec.config import load_config
+from seqrec.errors import UserError
+from seqrec.preprocess import filter_mask, prepare, split_sessions
 
 
 def events(rows):

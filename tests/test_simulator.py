@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from simulator import NO_CLICK, SimParams, Simulator, top_k_slates
+from seqrec.simulator import NO_CLICK, SimParams, Simulator, top_k_slates
 
 SMALL = SimParams(num_sessions=300, num_items=80, num_categories=6, max_session_len=20)
 

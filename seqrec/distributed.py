@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from errors import UserError
+from seqrec.errors import UserError
 
 
 @dataclass(frozen=True)

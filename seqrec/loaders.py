@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from errors import UserError
+from seqrec.errors import UserError
 
 CANONICAL = ["session", "item", "timestamp", "reward", "purchase"]
 
@@ -45,7 +45,7 @@ def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
 # sources
 # ------------------------------------------------------------------------------------------------
 def _synthetic(sim: dict, data: dict, progress) -> pd.DataFrame:
-    from simulator import SimParams, Simulator
+    from seqrec.simulator import SimParams, Simulator
     simulator = Simulator(SimParams.from_dict(sim), data["reward_click"], data["reward_purchase"])
     return simulator.generate_log(progress=progress)
 

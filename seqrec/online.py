@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from model import model_device
-from simulator import NO_CLICK, Simulator, Users, top_k_slates
+from seqrec.simulator import NO_CLICK, Simulator, Users, top_k_slates
 
 Policy = Callable[[np.ndarray, Users], np.ndarray]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from errors import UserError
+from seqrec.errors import UserError
 from model import model_device
 
 

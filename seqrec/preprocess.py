@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from errors import UserError
+from seqrec.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 LOO_HOLDOUT = 2  # leave-one-out: a session's last event is its test query, the one before its validation query

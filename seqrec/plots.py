@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from atomic import atomic_write
+from seqrec.atomic import atomic_write
 
 
 def plot_training_curves(metrics_csv: Path, png: Path) -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from atomic import atomic_write
-from errors import UserError
+from seqrec.atomic import atomic_write
+from seqrec.errors import UserError
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

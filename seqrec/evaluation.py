@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metrics import KINDS, rank_of_targets_linear, summarize
+from seqrec.metrics import KINDS, rank_of_targets_linear, summarize
 from model import HEADS, model_device
 
 

@@ -13,10 +13,10 @@ from typing import Any, Iterable
 
 import yaml
 
-from atomic import atomic_write_text
-from errors import UserError
+from seqrec.atomic import atomic_write_text
+from seqrec.errors import UserError
 
-DEFAULT_PATH = Path(__file__).with_name("config.yaml")
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
 
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
