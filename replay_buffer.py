@@ -50,20 +50,50 @@ class Pool:
 
     def __init__(self, folder: Path):
         self.dir = Path(folder)
-        self.meta = json.loads((self.dir / "meta.json").read_text())
-        self.items = self._load("items")        # [E] int32 item ids, sessions contiguous
-        self.rewards = self._load("rewards")    # [E] float32
-        self.purchase = self._load("purchase")  # [E] bool
-        self.offsets = self._load("offsets")    # [S+1] int64, session s = events offsets[s]:offsets[s+1]
-        self.num_items: int = self.meta["num_items"]
-        self.num_sessions: int = self.meta["num_sessions"]
-        self.split_mode: str = self.meta["split_mode"]
+        try:
+            self.meta = json.loads((self.dir / "meta.json").read_text())
+            self.items = self._load("items", np.int32)        # [E] item ids, sessions contiguous
+            self.rewards = self._load("rewards", np.float32)  # [E]
+            self.purchase = self._load("purchase", np.bool_)  # [E]
+            self.offsets = self._load("offsets", np.int64)    # [S+1], session s = events offsets[s]:offsets[s+1]
+            self.num_items: int = self.meta["num_items"]
+            self.num_sessions: int = self.meta["num_sessions"]
+            self.split_mode: str = self.meta["split_mode"]
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+            raise UserError(f"the pool in {self.dir} is unreadable ({e if isinstance(e, ValueError) else _reason(e)}); "
+                            f"{REBUILD}") from None
+        problem = self._inconsistency()
+        if problem:
+            raise UserError(f"the pool in {self.dir} is corrupt ({problem}); {REBUILD}")
         # Where each session ends for training: leave-one-out hides the held-out events.
         self.train_ends = np.asarray(self.offsets[1:]) - held_out(np.asarray(self.offsets), self.split_mode)
         self._item_ids = self._session_ids = None
 
-    def _load(self, name: str) -> np.ndarray:
-        return np.load(self.dir / f"{name}.npy", mmap_mode="r")
+    def _load(self, name: str, dtype) -> np.ndarray:
+        path = self.dir / f"{name}.npy"
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"{path.name} is not a NumPy array file: {_reason(e)}") from None
+        if array.dtype != dtype or array.ndim != 1:
+            raise ValueError(f"{path.name} holds {array.dtype} [{', '.join(map(str, array.shape))}], "
+                             f"not a flat {np.dtype(dtype).name} array")
+        return array
+
+    def _inconsistency(self) -> str | None:
+        """What is wrong with the arrays and meta.json together, or None. One pass over the arrays."""
+        E, offsets = len(self.items), np.asarray(self.offsets)
+        if not isinstance(self.meta.get("splits_sessions"), dict):
+            return "meta.json has no split ranges"
+        if not len(self.rewards) == len(self.purchase) == E == self.meta.get("num_events", E):
+            return "items, rewards and purchase flags differ in length"
+        if len(offsets) != self.num_sessions + 1 or offsets[0] != 0 or offsets[-1] != E or (np.diff(offsets) < 0).any():
+            return "the session offsets do not cover the events"
+        if E and not (1 <= int(np.min(self.items)) and int(np.max(self.items)) <= self.num_items):
+            return f"item ids outside 1..{self.num_items}"
+        if not np.isfinite(self.rewards).all():
+            return "a reward is not finite"
+        return None
 
     def session_range(self, split: str) -> tuple[int, int]:
         first, last = self.meta["splits_sessions"][split]
@@ -126,8 +156,20 @@ class Pool:
         return sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())
 
 
+REBUILD = "rebuild it with: python replay_buffer.py --force (with the --config/--set of your run)"
+
+
 def _read_ids(path: Path) -> np.ndarray:
-    return pd.read_csv(path, dtype=str, keep_default_na=False)["original_id"].to_numpy()
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)["original_id"].to_numpy()
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as e:
+        raise UserError(f"the pool's {path.name} in {path.parent} is unreadable ({_reason(e)}); {REBUILD}") from None
+
+
+def _reason(e: Exception) -> str:
+    """The first sentence of an exception's message (numpy's run on for lines), with its type."""
+    text = str(e).strip().split(". ")[0].splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 # ================================================================================================

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -165,7 +166,7 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
         return value if isinstance(value, int) and not isinstance(value, bool) else bad("an integer")
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return float(value) if math.isfinite(value) else bad("a finite number")
         return bad("a number")
     if isinstance(default, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -184,30 +185,55 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+# Numeric keys and the range each must lie in: (lowest, highest, whether the lowest is allowed).
+AT_LEAST_1 = (1, None, True)
+AT_LEAST_0 = (0, None, True)
+ABOVE_0 = (0, None, False)
+SHARE = (0, 1, True)
+RANGES = {
+    **{key: AT_LEAST_1 for key in (
+        "pool.state_len", "pool.horizon", "model.hidden", "model.ssl_steps", "train.epochs", "train.batch_size",
+        "train.target_every", "eval.batch_size", "data.min_session_len", "data.min_item_count", "online.sessions",
+        "online.round_sessions", "online.round_epochs", "recommend.k", "sim.num_sessions", "sim.num_items",
+        "sim.num_categories", "sim.dim", "sim.slate_size", "sim.max_session_len")},
+    **{key: AT_LEAST_0 for key in (
+        "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.threads",
+        "train.checkpoint_every", "train.max_steps", "data.max_sessions", "online.rounds",
+        "sim.logging_temperature")},
+    **{key: SHARE for key in (
+        "train.gamma", "train.lam", "online.explore", "sim.exit_prob", "sim.exit_prob_after_purchase",
+        "sim.interest_decay")},
+    "train.lr": ABOVE_0, "train.tau": (0, 1, False), "model.dropout": (0, 1, True),
+}
+
+
 def _validate(tree: dict) -> None:
     for key, allowed in CHOICES.items():
         value = _lookup(tree, key)
         if value not in allowed:
             raise UserError(f"unknown {key} '{value}'; choose one of: {', '.join(allowed)}")
+    for key, (low, high, low_ok) in RANGES.items():
+        value = _lookup(tree, key)
+        if value < low or (value == low and not low_ok) or (high is not None and value > high):
+            where = (f"in [{low}, {high}]" if high is not None and low_ok else f"in ({low}, {high}]" if high is not None
+                     else f"at least {low}" if low_ok else f"above {low}")
+            raise UserError(f"{key} must be {where}, got {value}")
     data, pool, model, train, ev = tree["data"], tree["pool"], tree["model"], tree["train"], tree["eval"]
     split = data["split"]
     if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6 or split[0] <= 0:
         raise UserError(f"data.split needs three non-negative shares summing to 1 (train > 0), got {split}")
-    positive = {"pool.state_len": pool["state_len"], "pool.horizon": pool["horizon"],
-                "model.hidden": model["hidden"], "model.ssl_steps": model["ssl_steps"],
-                "train.batch_size": train["batch_size"], "eval.batch_size": ev["batch_size"],
-                "data.min_session_len": data["min_session_len"], "data.min_item_count": data["min_item_count"],
-                "sim.num_sessions": tree["sim"]["num_sessions"], "sim.num_items": tree["sim"]["num_items"]}
-    for key, value in positive.items():
-        if value < 1:
-            raise UserError(f"{key} must be at least 1, got {value}")
+    if model["dropout"] >= 1:
+        raise UserError(f"model.dropout must be below 1 (1 drops everything), got {model['dropout']}")
     if model["ssl_steps"] > pool["horizon"]:
         raise UserError(f"model.ssl_steps ({model['ssl_steps']}) must not exceed pool.horizon ({pool['horizon']})")
     if len(train["ssl_weights"]) < model["ssl_steps"]:
         raise UserError(f"train.ssl_weights needs at least {model['ssl_steps']} weights (one per model.ssl_steps), "
                         f"got {len(train['ssl_weights'])}")
-    if not 0.0 <= train["gamma"] <= 1.0 or not 0.0 <= train["lam"] <= 1.0:
-        raise UserError("train.gamma and train.lam must lie in [0, 1]")
+    if tree["sim"]["slate_size"] > tree["sim"]["num_items"]:
+        raise UserError(f"sim.slate_size ({tree['sim']['slate_size']}) must not exceed sim.num_items "
+                        f"({tree['sim']['num_items']})")
+    if not ev["ks"] or min(ev["ks"]) < 1:
+        raise UserError(f"eval.ks needs cut-offs of at least 1, e.g. [5, 10, 20]; got {ev['ks']}")
     metric = ev["select_metric"]
     kind, _, name = metric.partition("/")
     valid_names = {f"{m}@{k}" for m in ("HR", "NDCG") for k in ev["ks"]} | {"MRR"}

@@ -192,10 +192,18 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
     else:
         purchase = np.zeros(len(frame), dtype=bool)
         rewards = np.full(len(frame), data["reward_click"])
+    with np.errstate(over="ignore"):                  # too large for float32 becomes inf: reported below
+        rewards32 = rewards.astype(np.float32)
+    if not np.isfinite(rewards32).all():
+        first = int(np.flatnonzero(~np.isfinite(rewards32))[0])
+        what = (f"column {reward!r} has a value that is not a finite 32-bit number ({rewards[first]:g})"
+                if reward is not None and event is None else
+                f"data.reward_click / data.reward_purchase ({rewards[first]:g}) is not a finite 32-bit number")
+        raise UserError(f"{where}: {what}; rewards must be finite and below 3.4e38 in size")
     return pd.DataFrame({
         "session": _ids(frame[session]), "item": _ids(frame[item]),
         "timestamp": parse_timestamps(frame[timestamp], where, timestamp),
-        "reward": rewards.astype(np.float32), "purchase": purchase.astype(bool),
+        "reward": rewards32, "purchase": purchase.astype(bool),
     })
 
 

@@ -126,13 +126,14 @@ def test_append_train_sessions_keeps_validation_and_test(tmp_path):
     from replay_buffer import append_train_sessions
     pool = pool_from_sessions(tmp_path / "p", [[1, 2], [3], [4, 5, 6], [7]], splits=(2, 1))
     before = {s: pool.windows(pool.events(s), 3, 2) for s in ("valid", "test")}
-    grown = append_train_sessions(pool, items=np.array([8, 9, 8]), rewards=np.array([0.2, 1.0, 0.2]),
+    # The vocabulary stays 1..7.
+    grown = append_train_sessions(pool, items=np.array([5, 6, 5]), rewards=np.array([0.2, 1.0, 0.2]),
                                   purchase=np.array([False, True, False]), lengths=np.array([2, 1]),
                                   session_ids=np.array(["n1", "n2"]), folder=tmp_path / "grown")
     assert grown.meta["splits"]["train"]["events"] == 6 and grown.meta["num_sessions"] == 6
-    np.testing.assert_array_equal(np.asarray(grown.items)[grown.events("train")], [1, 2, 3, 8, 9, 8])
+    np.testing.assert_array_equal(np.asarray(grown.items)[grown.events("train")], [1, 2, 3, 5, 6, 5])
     w = grown.windows(np.array([3]), 2, 2, training=True)
-    np.testing.assert_array_equal(w.actions[0], [8, 9])
+    np.testing.assert_array_equal(w.actions[0], [5, 6])
     np.testing.assert_array_equal(w.dones[0], [False, True])
     for split, old in before.items():
         new = grown.windows(grown.events(split), 3, 2)

@@ -103,12 +103,21 @@ def assert_clean_failure(proc, message):
     (["data.source=csv", "data.path=nowhere.csv"], [], "not found"),
     (["data.min_session_len=1000"], [], "no events left after filtering"),
     ([], ["--config", "missing.yaml"], "config file missing.yaml not found"),
+    (["train.epochs=-1"], [], "train.epochs must be at least 1, got -1"),
+    (["train.lr=.nan"], [], "config key 'train.lr' needs a finite number"),
 ])
 def test_bad_input_fails_cleanly_and_writes_nothing(tmp_path, extra, args, message):
     proc = run("train_offline.py", *args, tmp=tmp_path, extra=extra, check=False)
     assert_clean_failure(proc, message)
     assert not (tmp_path / "pool").exists() and not (tmp_path / "run").exists()
     assert not list(tmp_path.glob(".pool*")), "a half-written pool was left behind"
+
+
+def test_rewards_beyond_float32_fail_cleanly(tmp_path):
+    (tmp_path / "log.csv").write_text("session_id,item_id,timestamp,reward\n1,2,3,0.2\n1,3,4,1e308\n")
+    proc = run("train_offline.py", tmp=tmp_path, extra=["data.source=csv", "data.path=log.csv"], check=False)
+    assert_clean_failure(proc, "column 'reward' has a value that is not a finite 32-bit number (1e+308)")
+    assert not (tmp_path / "pool").exists() and not (tmp_path / "run").exists()
 
 
 def test_wrong_columns_fail_cleanly(tmp_path):
