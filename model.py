@@ -1,4 +1,9 @@
-"""The network: a GRU state encoder over item embeddings, multi-step self-supervised heads and a Q head.
+"""The network, a GRU state encoder over item embeddings with multi-step self-supervised heads and a
+Q head, and its training loss (as nanoGPT's model module computes its own loss):
+
+    loss = sum_k w_k CE(a_{t+k} | s_t)  +  alpha * TD(Q(s_{t+k}, a_{t+k}), G^lambda_k)
+
+with the lambda-returns G^lambda of td_lambda.py bootstrapped from a target network.
 
 Item 0 is padding everywhere: its embedding is zero and its column in every head is masked to -inf
 wherever items are ranked or maximised over. The model knows nothing of files or pools.
@@ -9,7 +14,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_heads import MultiStepHeads
+from seqrec.batches import Batch, candidate_items
+from seqrec.distributed import SINGLE, Dist
+from seqrec.errors import UserError
+from seqrec.streamed import argmax_linear
+from ssl_heads import MultiStepHeads, multi_step_loss
+from td_lambda import lambda_returns
 
 HEADS = ("ssl", "q")
 
@@ -30,7 +40,7 @@ class GRUStateEncoder(nn.Module):
 class SeqRecQ(nn.Module):
     """GRU encoder + K-step self-supervised heads + Q head over all items."""
 
-    def __init__(self, num_items: int, hidden: int = 64, dropout: float = 0.1, ssl_steps: int = 1):
+    def __init__(self, num_items: int, *, hidden: int, dropout: float, ssl_steps: int):
         super().__init__()
         self.num_items = num_items
         self.encoder = GRUStateEncoder(num_items, hidden, dropout)
@@ -40,6 +50,17 @@ class SeqRecQ(nn.Module):
     @classmethod
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
         return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"])
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, num_items: int) -> "SeqRecQ":
+        """The trained network of a checkpoint dict (learner.Learner.state), in eval mode, for a pool of
+        `num_items` items (a UserError if the checkpoint scores another catalogue)."""
+        if ckpt["num_items"] != num_items:
+            raise UserError(f"the checkpoint scores {ckpt['num_items']} items but the pool has {num_items}; "
+                            "use the data config the model was trained with")
+        model = cls.from_config(ckpt["config"]["model"], ckpt["num_items"])
+        model.load_state_dict(ckpt["model"])
+        return model.eval()
 
     def forward(self, state: torch.Tensor, actions: torch.Tensor, candidates: torch.Tensor | None = None,
                 log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -112,30 +133,49 @@ class SeqRecQ(nn.Module):
         return scores
 
 
-def model_device(module) -> torch.device:
-    """Where a module's parameters (or buffers) live; the CPU for anything without tensors."""
-    if isinstance(module, nn.Module):
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            return tensor.device
-    return torch.device("cpu")
+# ================================================================================================
+# The loss
+# ================================================================================================
+def next_state_values(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target_states: torch.Tensor,
+                      kind: str, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """V(s') [B, T] from the online and target nets' states of s' [B, T, H]: `double` = the target net's
+    Q at the online net's argmax (only that item is scored by the target), `max` = the target's max.
+    Over all items 1..N, or over `candidates` [C] (sampled)."""
+    if kind == "max":
+        return target_net.max_q(target_states, candidates)
+    return target_net.q_of(target_states, net.greedy_items(states, candidates))
 
 
-@torch.no_grad()
-def argmax_linear(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """argmax over items 1..N of features @ weight.T + bias (column 0, padding, never wins), `chunk`
-    items at a time in one reused buffer, so the [..., N+1] score matrix is never written out.
+def compute_losses(model, target_net: SeqRecQ, b: Batch, t, dist: Dist = SINGLE, step: int = 0,
+                   log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """CE of the K self-supervised steps + alpha * TD(lambda) loss of the Q head on one batch; `t` is
+    the config's `train` section. Returns (loss, stats for the log).
 
-    features [..., H], weight [N+1, H], bias [N+1] -> item ids [...] in 1..N; ties go to the lowest id.
+    With `train.negatives` > 0 both score a shared candidate set instead of all items (sampled
+    softmax, logQ-corrected by `log_inclusion` [N+1] when given; the bootstrap max runs over the
+    candidates), which keeps large catalogues cheap.
+
+    Means are taken over the valid steps of the *global* batch (all ranks), and the loss is scaled by
+    the number of ranks, so DistributedDataParallel's gradient average is the single-process gradient.
     """
-    flat = features.reshape(-1, features.shape[-1])
-    best_score = flat.new_full((len(flat),), float("-inf"))
-    best_item = torch.ones(len(flat), dtype=torch.long, device=flat.device)
-    buffer = flat.new_empty(len(flat), min(chunk, len(bias) - 1))
-    for start in range(1, len(bias), chunk):
-        end = min(start + chunk, len(bias))
-        block = torch.addmm(bias[start:end], flat, weight[start:end].T, out=buffer[:, :end - start])
-        score, item = block.max(1)
-        better = score > best_score                      # strictly: an earlier chunk keeps its ties
-        best_score = torch.where(better, score, best_score)
-        best_item = torch.where(better, item + start, best_item)
-    return best_item.view(features.shape[:-1])
+    net = getattr(model, "module", model)                      # the network behind a DDP wrapper
+    cand = candidate_items(b.actions, t.negatives, net.num_items, t.seed, step) if t.negatives else None
+    states, ssl_ce, q_taken = model(b.state, b.actions, cand, log_inclusion)  # [B, T+1, H], [B, K], [B, T]
+    K = ssl_ce.shape[1]
+    valid = b.valid.to(q_taken.dtype)
+    ce = multi_step_loss(ssl_ce, b.valid[:, :K],
+                         torch.tensor(t.ssl_weights[:K], dtype=q_taken.dtype, device=q_taken.device),
+                         counts=dist.sum(valid[:, :K].sum(0)))
+    with torch.no_grad():                                      # over all items, or over the candidates
+        target_states = target_net.window_states(b.state, b.actions)[:, 1:]
+        next_v = next_state_values(net, target_net, states[:, 1:], target_states, t.value, cand)  # V(s_{t+k+1})
+        returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
+    td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
+    count = dist.sum(valid.sum()).clamp(min=1.0)
+    td = (td_fn(q_taken, returns, reduction="none") * valid).sum() / count
+
+    loss = ce + t.alpha * td
+    # Each rank's stats are its share of the global value: summed over ranks they are exact.
+    stats = {"loss": loss.item(), "ce": ce.item(), "td": td.item(),
+             "q_mean": ((q_taken.detach() * valid).sum() / count).item()}
+    return loss * dist.world, stats

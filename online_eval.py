@@ -20,36 +20,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from model import HEADS, SeqRecQ, compute_losses
+from replay_buffer import Pool, append_train_sessions, ensure_pool
 from seqrec.atomic import atomic_write
-from seqrec.checkpoint import load_checkpoint
 from seqrec.config import Config, add_config_args, load_config
 from seqrec.errors import UserError, run_cli
-from model import HEADS
-from seqrec.online import ModelPolicy, logging_policy, oracle_policy, popularity_policy, random_policy, rollout
-from replay_buffer import Pool, append_train_sessions, ensure_pool
-from seqrec.simulator import SimParams, Simulator
-from train_offline import Learner, load_model, train_epoch
-
-
-def simulator_for(cfg: Config) -> Simulator:
-    if cfg.data.source != "synthetic":
-        raise UserError(f"online evaluation needs the simulator's own data (data.source=synthetic), "
-                        f"not '{cfg.data.source}'")
-    return Simulator(SimParams.from_dict(cfg.sim.to_dict()), cfg.data.reward_click, cfg.data.reward_purchase)
-
-
-def baseline_policies(sim: Simulator, pool: Pool, seed: int) -> dict:
-    train = pool.events("train")
-    counts = np.zeros(sim.p.num_items)
-    np.add.at(counts, pool.item_ids.astype(np.int64)[np.asarray(pool.items[train]) - 1], 1.0)
-    return {"random": random_policy(sim.p.num_items, seed), "popular": popularity_policy(counts),
-            "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim)}
+from seqrec.learner import Learner, train_epoch
+from seqrec.online import ModelPolicy, baseline_policies, rollout, simulator_for
+from seqrec.plots import plot_improvement
+from seqrec.runs import load_checkpoint
+from seqrec.simulator import Simulator
 
 
 def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Config) -> dict:
     if ckpt["config"]["sim"] != cfg.sim.to_dict() or ckpt["config"]["data"]["source"] != "synthetic":
         raise UserError(f"{name} was trained on other data than this simulator's; evaluate it with its own config")
-    model = load_model(ckpt, pool)
+    model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
     return {f"{name}:{head}": ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, head)
             for head in HEADS}
 
@@ -78,7 +64,7 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
     o = cfg.online
     if o.rounds > 0 and pool.split_mode == "loo":
         raise UserError("improve over time needs a session split (data.split_mode random or temporal)")
-    learner = Learner.create(cfg, pool.num_items)
+    learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), pool.num_items), cfg)
     learner.restore(ckpt)
     sim_to_pool = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, 1, "ssl").sim_to_pool
     rows = []
@@ -97,7 +83,7 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
                                      folder=run_dir / "online-pool")
         for _ in range(o.round_epochs):   # whole epochs over the grown pool, continuing the epoch count
             learner.batch, learner.sums = 0, {}
-            train_epoch(learner, pool, cfg, label=f"round {r + 1}/{o.rounds} fine-tuning")
+            train_epoch(learner, pool, cfg, compute_losses, label=f"round {r + 1}/{o.rounds} fine-tuning")
             learner.epoch += 1
     return pd.DataFrame(rows)
 
@@ -111,22 +97,6 @@ def _as_pool_events(log: pd.DataFrame, sim_to_pool: np.ndarray, cfg: Config, rou
     sessions, lengths = np.unique(log["session_id"].to_numpy(), return_counts=True)
     ids = np.array([f"online-r{round_}-{s}" for s in sessions])
     return log["item"].to_numpy(), rewards, purchase, lengths, ids
-
-
-def plot_improvement(table: pd.DataFrame, oracle: float, png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.errorbar(table["round"], table["return"], yerr=table["return_ci95"], marker="o", capsize=3,
-                label="model (greedy)")
-    ax.axhline(oracle, color="gray", ls="--", label="greedy oracle")
-    ax.set(xlabel="round", ylabel="mean return per session", title="improve over time")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 def main() -> None:

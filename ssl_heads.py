@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqrec.linear_ce import linear_cross_entropy
+from seqrec.streamed import linear_cross_entropy
 
 
 class MultiStepHeads(nn.Module):

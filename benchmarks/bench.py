@@ -104,8 +104,8 @@ def bench_pool(sizes: list[int]) -> None:
 
 
 def bench_simulator() -> None:
-    from seqrec.simulator import SimParams, Simulator
-    sim = Simulator(SimParams())
+    from seqrec.simulator import Simulator
+    sim = Simulator.from_config(load_config())
     t0 = time.perf_counter()
     log = sim.generate_log()
     report("sim_events_per_s", len(log) / (time.perf_counter() - t0), "events/s",
@@ -160,8 +160,12 @@ def eval_query_flops(L: int, H: int, N: int) -> float:
 
 
 def bench_training(torch, device, items: list[int], peak: float, steps: int, num_events: int = 300_000) -> None:
+    """Samples/s of the training step (Learner.update on model.compute_losses, as train_offline.py takes
+    it), of the naive step and of a sampled step, on one learner per catalogue size."""
+    from model import SeqRecQ, compute_losses
     from naive import naive_losses, replay_table, sample_rows
-    from train_offline import Batch, Learner, candidate_log_inclusion, compute_losses, epoch_order, update_target
+    from seqrec.batches import Batch, candidate_log_inclusion, epoch_order
+    from seqrec.learner import Learner
     for n_items in items:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = bench_config(Path(tmp) / "pool", "model.dropout=0.0")
@@ -171,26 +175,21 @@ def bench_training(torch, device, items: list[int], peak: float, steps: int, num
             events = pool.events("train")
             order = events[epoch_order(len(events), 0, 0)]
             torch.manual_seed(0)
-            learner = Learner.create(cfg, N, device)
+            learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), N), cfg, device)
+
+            def windows(i):
+                w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
+                return Batch.from_windows(w, device)
 
             def fast_step(i):
-                w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
-                loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w, device), t)
-                learner.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                learner.opt.step()
-                update_target(learner.target_net, learner.model, t, i + 1)
+                learner.update(compute_losses(learner.model, learner.target_net, windows(i), t)[0])
 
             table = replay_table(pool, order[:min(50_000, len(order))], L, T)
             rng = np.random.default_rng(0)
 
             def naive_step(i):
                 batch = {k: v.to(device) for k, v in sample_rows(table, B, rng).items()}
-                loss = naive_losses(learner.model, learner.target_net, batch, t)
-                learner.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                learner.opt.step()
-                update_target(learner.target_net, learner.model, t, i + 1)
+                learner.update(naive_losses(learner.model, learner.target_net, batch, t))
 
             fast = samples_per_s(fast_step, B, steps, lambda: sync(torch, device))
             naive = samples_per_s(naive_step, B, max(2, steps // 2), lambda: sync(torch, device))
@@ -198,13 +197,9 @@ def bench_training(torch, device, items: list[int], peak: float, steps: int, num
             log_q = candidate_log_inclusion(np.bincount(np.asarray(pool.items[events]), minlength=N + 1), B * T, 1024).to(device)
 
             def sampled_step(i):
-                w = pool.windows(order[(i * B) % (len(order) - B):][:B], L, T, training=True)
-                loss, _ = compute_losses(learner.model, learner.target_net, Batch.from_windows(w, device), sampled_t,
-                                         step=i, log_inclusion=log_q)
-                learner.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                learner.opt.step()
-                update_target(learner.target_net, learner.model, sampled_t, i + 1)
+                loss, _ = compute_losses(learner.model, learner.target_net, windows(i), sampled_t, step=i,
+                                         log_inclusion=log_q)
+                learner.update(loss)
 
             sampled = samples_per_s(sampled_step, B, steps, lambda: sync(torch, device))
             gflops = fast / B * train_step_flops(B, L, T, 3, 64, N) / 1e9
@@ -234,15 +229,15 @@ def samples_per_s(step, batch: int, steps: int, sync=lambda: None) -> float:
 
 
 def bench_eval(torch, device, n_items: int, peak: float, queries: int) -> None:
+    from model import HEADS, SeqRecQ
     from seqrec.evaluation import evaluate
-    from model import SeqRecQ
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = bench_config(Path(tmp) / "pool", "data.split=[0.5, 0.5, 0.0]")
+        cfg = bench_config(Path(tmp) / "pool", "data.split=[0.5, 0.5, 0.0]", "model.dropout=0.0")
         pool = pool_from_events(random_log(max(2 * queries, 6 * n_items), n_items, seed=2), cfg)
         N = pool.num_items
-        model = SeqRecQ(N, hidden=64, dropout=0.0, ssl_steps=3).to(device)
+        model = SeqRecQ.from_config(cfg.model.to_dict(), N).to(device)
         n = pool.meta["splits"]["valid"]["events"]
-        for heads in (("ssl",), ("ssl", "q")):
+        for heads in (HEADS[:1], HEADS):
             evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, heads=heads, progress=False, limit=2048)
             sync(torch, device)
             t0 = time.perf_counter()

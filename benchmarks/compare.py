@@ -31,14 +31,14 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from model import SeqRecQ  # noqa: E402
+from replay_buffer import Pool, ensure_pool  # noqa: E402
 from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
-from seqrec.checkpoint import load_checkpoint  # noqa: E402
 from seqrec.config import load_config  # noqa: E402
 from seqrec.evaluation import evaluate  # noqa: E402
-from seqrec.online import ModelPolicy, rollout  # noqa: E402
-from online_eval import baseline_policies, simulator_for  # noqa: E402
-from replay_buffer import Pool, ensure_pool  # noqa: E402
-from train_offline import load_model  # noqa: E402
+from seqrec.online import ModelPolicy, baseline_policies, rollout, simulator_for  # noqa: E402
+from seqrec.plots import pyplot, save_png  # noqa: E402
+from seqrec.runs import load_checkpoint  # noqa: E402
 
 
 # ================================================================================================
@@ -188,10 +188,10 @@ def collect_run(run: Run) -> list[dict]:
     if ds.protocol == "loo" or ds.online:
         pool = Pool(Path(cfg.pool.dir))
         ckpt = load_checkpoint(run.run_dir / "best.pt")
-        model = load_model(ckpt, pool)
+        model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
         if ds.protocol == "loo":
             unmasked = evaluate(model, pool, "test", cfg.pool.state_len, cfg.eval.ks, cfg.eval.batch_size,
-                                exclude_seen=False, progress=False)
+                                exclude_seen=False, heads=("ssl",), progress=False)
             rows += test_rows(ds, run.model, run.seed, {"loo-unmasked": unmasked["ssl"]})
         if ds.online:
             sim = simulator_for(cfg)
@@ -213,10 +213,10 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
     rows = []
     for split in ("test", "valid"):
         views = {ds.protocol: evaluate(pop, pool, split, cfg.pool.state_len, cfg.eval.ks, cfg.eval.batch_size,
-                                       cfg.eval.exclude_seen, progress=False)["ssl"]}
+                                       cfg.eval.exclude_seen, heads=("ssl",), progress=False)["ssl"]}
         if ds.protocol == "loo" and split == "test":
             views["loo-unmasked"] = evaluate(pop, pool, split, cfg.pool.state_len, cfg.eval.ks,
-                                             cfg.eval.batch_size, False, progress=False)["ssl"]
+                                             cfg.eval.batch_size, False, heads=("ssl",), progress=False)["ssl"]
         rows += test_rows(ds, "popularity", 0, views, split=split)
     if ds.online:
         sim = simulator_for(cfg)
@@ -289,9 +289,7 @@ def describe_protocol(protocol: str) -> str:
 
 
 def plot_sweeps(summary: pd.DataFrame, png_lambda: Path, png_horizon: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     panels = [(d, p, m) for (d, p) in summary.groupby(["dataset", "protocol"], sort=False).groups
               for m in [HEADLINE[p][0]] if p != "loo-unmasked"]
     for png, sweep in ((png_lambda, "lambda"), (png_horizon, "horizon")):
@@ -323,16 +321,12 @@ def plot_sweeps(summary: pd.DataFrame, png_lambda: Path, png_horizon: Path) -> N
             ax.set(title=f"{dataset} {protocol}", ylabel=metric)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-        plt.close(fig)
+        save_png(fig, png)
 
 
 def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
     """Validation select-metric per epoch (mean over seeds) for GRU4Rec, GRU-SQN and the best full model."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     groups = {}
     for run in runs:
         groups.setdefault((run.dataset.name, run.dataset.protocol), []).append(run)
@@ -347,9 +341,7 @@ def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
         ax.set(title=f"{dataset} {protocol}: validation", xlabel="epoch", ylabel=metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_png(fig, png)
 
 
 # ================================================================================================

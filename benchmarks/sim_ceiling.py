@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seqrec.config import add_config_args, load_config  # noqa: E402
 from seqrec.metrics import rank_of_targets, summarize  # noqa: E402
-from seqrec.simulator import NO_CLICK, SimParams, Simulator, top_k_slates  # noqa: E402
+from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions  # noqa: E402
 
 
 def main() -> None:
@@ -30,32 +30,35 @@ def main() -> None:
     p.add_argument("--replicas", type=int, default=200)
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
-    sim = Simulator(SimParams.from_dict(cfg.sim.to_dict()))
-    k = sim.p.slate_size
+    sim = Simulator.from_config(cfg)
     rng = np.random.default_rng([cfg.sim.seed, 99])           # sessions unseen by the data set's seeds
     users = sim.start_sessions(args.sessions, rng)
-    ranks, purchase = [], []
-    for _ in range(sim.p.max_session_len):
-        active = np.nonzero(~users.done)[0]
-        if len(active) == 0:
-            break
-        sub = users.subset(active)
-        counts = np.zeros((len(active), sim.p.num_items))
+    counts = []
+
+    def replay_then_log(sub: Users, active: np.ndarray) -> np.ndarray:
+        """Count what the logging policy's slate and the user's choice give, over `replicas` replays
+        of this step from the user's true state; then show the real slate."""
+        n = np.zeros((len(active), sim.p.num_items))
         for _ in range(args.replicas):
             ghost = copy.deepcopy(sub)
-            res = sim.step(ghost, top_k_slates(sim.logging_scores(ghost, rng), k), rng)
+            res = sim.step(ghost, sim.logging_slates(ghost, rng), rng)
             hit = res.click != NO_CLICK
-            np.add.at(counts, (np.nonzero(hit)[0], res.click[hit]), 1.0)
-        res = sim.step(sub, top_k_slates(sim.logging_scores(sub, rng), k), rng)
-        users.update(active, sub)
+            np.add.at(n, (np.nonzero(hit)[0], res.click[hit]), 1.0)
+        counts.append(n)
+        return sim.logging_slates(sub, rng)
+
+    higher, ties, purchase = [], [], []
+    for _, _, _, res in run_sessions(sim, users, replay_then_log, rng):
         hit = res.click != NO_CLICK
-        # Ties (items never drawn) are broken in the target's favour, as in metrics.rank_of_targets;
-        # a tiny appeal term breaks most of them the way the logging policy would.
-        scores = torch.from_numpy(counts[hit] + 1e-6 * sim.item_appeal)
-        ranks.append(rank_of_targets(scores, torch.from_numpy(res.click[hit])))
+        # A tiny appeal term breaks ties between items drawn equally often the way the logging policy
+        # would (otherwise they would count as ties, metrics.py).
+        scores = torch.from_numpy(counts[-1][hit] + 1e-6 * sim.item_appeal)
+        h, t = rank_of_targets(scores, torch.from_numpy(res.click[hit]))
+        higher.append(h)
+        ties.append(t)
         purchase.append(torch.from_numpy(res.purchase[hit]))
-    out = summarize(torch.cat(ranks), torch.cat(purchase), cfg.eval.ks)
-    n = sum(len(r) for r in ranks)
+    out = summarize(torch.cat(higher), torch.cat(ties), torch.cat(purchase), cfg.eval.ks)
+    n = sum(len(h) for h in higher)
     print(f"next-click ceiling over {n:,} events of {args.sessions:,} fresh sessions ({args.replicas} replicas):")
     for key, value in out.items():
         print(f"  {key:18s} {value:.4f}")

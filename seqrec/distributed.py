@@ -1,4 +1,6 @@
-"""One process or many: `torchrun --nproc_per_node=N train_offline.py` runs DistributedDataParallel.
+"""Where training runs: one process or many, and on which device.
+
+`torchrun --nproc_per_node=N train_offline.py` runs DistributedDataParallel.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything here is a no-op and the
 program is a plain single process. Each global batch (the same on every rank: the batch order is a
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as torch_dist
+from torch import nn
 
 from seqrec.errors import UserError
 
@@ -21,6 +24,7 @@ from seqrec.errors import UserError
 class Dist:
     rank: int = 0
     world: int = 1
+    local_world: int = 1   # processes on this machine (they share its cores)
 
     @property
     def main(self) -> bool:
@@ -65,9 +69,18 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=torch_dist.get_rank(), world=torch_dist.get_world_size()), device
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return Dist(rank=torch_dist.get_rank(), world=torch_dist.get_world_size(), local_world=local_world), device
 
 
 def teardown() -> None:
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+
+
+def model_device(module) -> torch.device:
+    """Where a module's parameters (or buffers) live; the CPU for anything without tensors."""
+    if isinstance(module, nn.Module):
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            return tensor.device
+    return torch.device("cpu")

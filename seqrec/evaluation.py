@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from seqrec.metrics import KINDS, rank_of_targets_linear, summarize
-from model import HEADS, model_device
+from seqrec.distributed import model_device
+from seqrec.metrics import KINDS, summarize
+from seqrec.streamed import rank_of_targets_linear
 
 
 @torch.no_grad()
-def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool = False,
-             progress: bool = True, heads=HEADS, limit: int | None = None) -> dict[str, dict[str, float]]:
+def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool = False, *,
+             heads: tuple[str, ...], progress: bool = True, limit: int | None = None) -> dict[str, dict[str, float]]:
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
     `limit` events), for each of `heads`.
 
@@ -28,7 +29,7 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
     model.eval()
     device = model_device(model)
     events = pool.events(split)[:limit]
-    ranks = {head: [] for head in heads}
+    ranks = {head: ([], []) for head in heads}
     purchase = []
     chunks = range(0, len(events), batch_size)
     for start in tqdm(chunks, desc=f"evaluating {split}", unit="batch", leave=False, disable=not progress):
@@ -39,12 +40,17 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
         seen = torch.from_numpy(pool.histories(batch)).to(device) if exclude_seen else None
         h = model.last_state(state)
         for head in heads:
-            ranks[head].append(rank_of_targets_linear(*model.score_layer(h, head), target, seen).cpu())
+            higher, ties = rank_of_targets_linear(*model.score_layer(h, head), target, seen)
+            ranks[head][0].append(higher.cpu())
+            ranks[head][1].append(ties.cpu())
         purchase.append(torch.from_numpy(np.ascontiguousarray(w.purchase[:, 0])))
     model.train(was_training)
     is_purchase = torch.cat(purchase) if purchase else torch.zeros(0, dtype=torch.bool)
-    return {head: summarize(torch.cat(r) if r else torch.zeros(0, dtype=torch.long), is_purchase, ks)
-            for head, r in ranks.items()}
+    return {head: summarize(_cat(higher), _cat(ties), is_purchase, ks) for head, (higher, ties) in ranks.items()}
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
 def format_table(results: dict[str, dict[str, float]], ks, title: str) -> str:

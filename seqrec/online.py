@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from model import model_device
-from seqrec.simulator import NO_CLICK, Simulator, Users, top_k_slates
+from seqrec.distributed import model_device
+from seqrec.errors import UserError
+from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions, top_k_slates
 
 Policy = Callable[[np.ndarray, Users], np.ndarray]
 
@@ -44,6 +45,23 @@ def logging_policy(sim: Simulator, seed: int = 0) -> Policy:
 def oracle_policy(sim: Simulator) -> Policy:
     """Greedy oracle: true preferences and interest, maximal immediate expected reward."""
     return lambda histories, users: sim.oracle_scores(users)
+
+
+def simulator_for(cfg) -> Simulator:
+    """The simulator that generated a config's data set; only synthetic data has one."""
+    if cfg.data.source != "synthetic":
+        raise UserError(f"online evaluation needs the simulator's own data (data.source=synthetic), "
+                        f"not '{cfg.data.source}'")
+    return Simulator.from_config(cfg)
+
+
+def baseline_policies(sim: Simulator, pool, seed: int) -> dict:
+    """random, popular (clicks in the pool's training split), logging and the greedy oracle, by name."""
+    train = pool.events("train")
+    counts = np.zeros(sim.p.num_items)
+    np.add.at(counts, pool.item_ids.astype(np.int64)[np.asarray(pool.items[train]) - 1], 1.0)
+    return {"random": random_policy(sim.p.num_items, seed), "popular": popularity_policy(counts),
+            "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim)}
 
 
 class ModelPolicy:
@@ -99,19 +117,16 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
     k, H = sim.p.slate_size, sim.p.max_session_len
     histories = np.full((sessions, H), -1, dtype=np.int64)
     returns, clicks, purchases, shown = (np.zeros(sessions) for _ in range(4))
-    parts = []
-    for t in range(H):
-        active = np.nonzero(~users.done)[0]
-        if len(active) == 0:
-            break
-        sub = users.subset(active)
+
+    def choose(sub: Users, active: np.ndarray) -> np.ndarray:
         slates = top_k_slates(policy(histories[active], sub), k)
         if explore > 0:
             explore_rows = rng.random(len(active)) < explore
-            random_slates = top_k_slates(rng.random((int(explore_rows.sum()), sim.p.num_items)), k)
-            slates[explore_rows] = random_slates
-        res = sim.step(sub, slates, rng)
-        users.update(active, sub)
+            slates[explore_rows] = top_k_slates(rng.random((int(explore_rows.sum()), sim.p.num_items)), k)
+        return slates
+
+    parts = []
+    for t, active, _, res in run_sessions(sim, users, choose, rng):
         hit = res.click != NO_CLICK
         returns[active] += res.reward
         shown[active] += 1

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from seqrec.errors import UserError
-from model import model_device
+from seqrec.distributed import model_device
 
 
 def history_of_user(pool, user: str) -> np.ndarray:

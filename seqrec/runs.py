@@ -1,14 +1,26 @@
-"""One checkpoint dict (model, target, optimizer, step, epoch, config, RNG state), written atomically."""
+"""The run folder (`train.run_dir`): checkpoints, the metrics CSV, the saved config, final.json, the
+curves, and the checks that a checkpoint fits the pool and config it is used with.
+
+A checkpoint is one dict (model, target net, optimizer, step, epoch, batch, config, RNG state; see
+learner.Learner.state), written atomically: a reader, or a run killed mid-write, never sees half of one.
+"""
 from __future__ import annotations
 
+import csv
+import json
+import math
 from pathlib import Path
 
 import torch
 
-from seqrec.atomic import atomic_write
+from seqrec.atomic import atomic_write, atomic_write_text
+from seqrec.config import Config, save_config
 from seqrec.errors import UserError
 
 
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------
 def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
@@ -22,3 +34,82 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a foreign or damaged file: say so in one line
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); retrain or pick another") from None
+
+
+def check_resumable(ckpt: dict, cfg: Config, pool) -> None:
+    """--resume continues the same network on the same items, or a UserError."""
+    if ckpt["num_items"] != pool.num_items or ckpt["config"]["model"] != cfg.model.to_dict():
+        raise UserError("the checkpoint was trained on another pool or model config "
+                        f"(items {ckpt['num_items']} vs {pool.num_items}); use the config it was trained with")
+
+
+def check_trainable(cfg: Config, pool) -> None:
+    """The validation split can select a checkpoint by eval.select_metric, or a UserError."""
+    if pool.meta["splits"]["valid"]["events"] == 0:
+        raise UserError("the validation split is empty; give it a share in data.split, e.g. [0.8, 0.1, 0.1]")
+    if cfg.eval.select_metric.startswith("purchase/") and pool.meta["splits"]["valid"]["purchases"] == 0:
+        raise UserError("the validation split has no purchase events, so eval.select_metric "
+                        f"'{cfg.eval.select_metric}' is undefined; set eval.select_metric=click/NDCG@10")
+
+
+# ------------------------------------------------------------------------------------------------
+# the run folder's files
+# ------------------------------------------------------------------------------------------------
+def start_run(run_dir: Path, cfg: Config, epochs_done: int | None) -> None:
+    """Make the folder and save the resolved config. A fresh run (epochs_done None) starts an empty
+    metrics.csv; a resumed one drops the rows of epochs its checkpoint had not completed (logged,
+    then killed before saving)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = run_dir / "metrics.csv"
+    if epochs_done is None:
+        metrics.unlink(missing_ok=True)
+    elif metrics.exists():
+        rows = read_rows(metrics)
+        keep = [r for r in rows if int(r["epoch"]) <= epochs_done]
+        if len(keep) < len(rows):
+            atomic_write(metrics, lambda tmp: _write_rows(tmp, keep))
+    save_config(cfg, run_dir / "config.yaml")
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One epoch's row of metrics.csv (the header comes with the first row)."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_rows(path: Path) -> list[dict]:
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        [int(r["epoch"]) for r in rows]
+        return rows
+    except (OSError, csv.Error, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is not a metrics file of this project; move it away or train without --resume") from None
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def write_final(run_dir: Path, final: dict) -> None:
+    """final.json: test metrics of the selected head at the top level, both heads, validation."""
+    atomic_write_text(run_dir / "final.json", json.dumps(_json_safe(final), indent=2) + "\n")
+
+
+def plot_curves(run_dir: Path) -> None:
+    from seqrec.plots import plot_training_curves
+    plot_training_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    return None if isinstance(x, float) and math.isnan(x) else x

@@ -23,37 +23,49 @@ interface (`start_sessions`, `step`) lets callers show slates and see what users
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
+
+from seqrec.errors import UserError
 
 NO_CLICK = -1
 
 
 @dataclass(frozen=True)
 class SimParams:
-    seed: int = 0
-    num_sessions: int = 20000
-    num_items: int = 1000
-    num_categories: int = 20
-    dim: int = 8
-    slate_size: int = 10
-    max_session_len: int = 50
-    affinity_weight: float = 2.0
-    leave_utility: float = 1.0
-    exit_prob: float = 0.08
-    exit_prob_after_purchase: float = 0.3
-    buy_bias: float = -4.0
-    buy_affinity_weight: float = 1.0
-    buy_interest_weight: float = 1.2
-    interest_decay: float = 0.8
-    logging_similarity: float = 2.0
-    logging_temperature: float = 0.5
+    """The `sim` section of config.yaml, where every default and its meaning live."""
+    seed: int
+    num_sessions: int
+    num_items: int
+    num_categories: int
+    dim: int
+    slate_size: int
+    max_session_len: int
+    affinity_weight: float
+    leave_utility: float
+    exit_prob: float
+    exit_prob_after_purchase: float
+    buy_bias: float
+    buy_affinity_weight: float
+    buy_interest_weight: float
+    interest_decay: float
+    logging_similarity: float
+    logging_temperature: float
 
     @classmethod
     def from_dict(cls, d: dict) -> "SimParams":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """From the `sim` section as a dict; a key that is not a parameter, or a missing one, is an error."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise UserError(f"unknown simulator parameter 'sim.{unknown[0]}'; the parameters are those of "
+                            f"the sim section of config.yaml")
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise UserError(f"simulator parameter 'sim.{missing[0]}' is missing; start from the sim section of config.yaml")
+        return cls(**d)
 
 
 @dataclass
@@ -87,7 +99,7 @@ class StepResult:
 
 
 class Simulator:
-    def __init__(self, params: SimParams, reward_click: float = 0.2, reward_purchase: float = 1.0):
+    def __init__(self, params: SimParams, reward_click: float, reward_purchase: float):
         self.p = params
         self.reward_click, self.reward_purchase = reward_click, reward_purchase
         rng = np.random.default_rng([params.seed, 0])
@@ -100,6 +112,11 @@ class Simulator:
         self.item_vecs = _unit(self.centres[self.item_category] + 0.5 * rng.normal(size=(N, d)))
         self.item_appeal = rng.normal(0.0, 0.5, size=N)
         self.item_buyability = rng.normal(0.0, 0.7, size=N)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Simulator":
+        """The simulator of a config: its `sim` section, and the rewards of its `data` section."""
+        return cls(SimParams.from_dict(cfg.sim.to_dict()), cfg.data.reward_click, cfg.data.reward_purchase)
 
     # ---------------------------------------------------------------- users and their choices
     def start_sessions(self, n: int, rng: np.random.Generator) -> Users:
@@ -166,6 +183,10 @@ class Simulator:
         noise = rng.gumbel(size=(len(users), self.p.num_items)) * self.p.logging_temperature
         return self.item_appeal + self.p.logging_similarity * similar + noise
 
+    def logging_slates(self, users: Users, rng: np.random.Generator) -> np.ndarray:
+        """The slates the logging policy shows: its k best-scored items. [B, k]"""
+        return top_k_slates(self.logging_scores(users, rng), self.p.slate_size)
+
     def oracle_scores(self, users: Users) -> np.ndarray:
         """Greedy oracle: click weight exp(x_j) times the expected reward of a click on j. [B, N]
 
@@ -184,19 +205,12 @@ class Simulator:
         steps and chunks of sessions, never over events; deterministic in `sim.seed`.
         """
         n = self.p.num_sessions if num_sessions is None else num_sessions
-        k = self.p.slate_size
         parts = []
         for start in range(0, n, chunk):
             rng = np.random.default_rng([self.p.seed, 1, start])
             users = self.start_sessions(min(chunk, n - start), rng)
             session_ids = np.arange(start, start + len(users))
-            for t in range(self.p.max_session_len):
-                active = np.nonzero(~users.done)[0]
-                if len(active) == 0:
-                    break
-                sub = users.subset(active)
-                res = self.step(sub, top_k_slates(self.logging_scores(sub, rng), k), rng)
-                users.update(active, sub)
+            for t, active, _, res in run_sessions(self, users, lambda sub, _: self.logging_slates(sub, rng), rng):
                 hit = res.click != NO_CLICK
                 parts.append(pd.DataFrame({
                     "session_id": session_ids[active[hit]], "item_id": res.click[hit],
@@ -211,6 +225,28 @@ class Simulator:
         log["event"] = np.where(log["purchase"], "purchase", "click")
         log = log.sort_values(["session_id", "step"], kind="stable", ignore_index=True)
         return log[["session_id", "item_id", "timestamp", "event"]]
+
+
+SlateChooser = Callable[[Users, np.ndarray], np.ndarray]
+
+
+def run_sessions(sim: Simulator, users: Users, choose: SlateChooser,
+                 rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray, np.ndarray, StepResult]]:
+    """The session loop, the one every user of the simulator runs: at each step t the users still in
+    session (rows `active` of `users`) are shown `choose(active_users, active)` ([len(active), k] item
+    indices) and respond; stops when every session has ended or after max_session_len steps.
+
+    Yields (t, active, slates, result) after each step; `users` is updated in place.
+    """
+    for t in range(sim.p.max_session_len):
+        active = np.nonzero(~users.done)[0]
+        if len(active) == 0:
+            return
+        sub = users.subset(active)
+        slates = choose(sub, active)
+        result = sim.step(sub, slates, rng)
+        users.update(active, sub)
+        yield t, active, slates, result
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

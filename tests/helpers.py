@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
+from replay_buffer import Pool, split_stats, write_pool
 from seqrec.config import load_config
 from seqrec.preprocess import Prepared
-from replay_buffer import Pool, split_stats, write_pool
+from seqrec.simulator import SimParams, Simulator
 
 
 def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[list[bool]] | None = None,
@@ -43,3 +44,9 @@ def tiny_overrides(tmp: Path) -> list[str]:
     return [f"pool.dir={tmp / 'pool'}", f"train.run_dir={tmp / 'run'}", "sim.num_sessions=400",
             "sim.num_items=60", "sim.num_categories=5", "train.epochs=2", "train.batch_size=64",
             "model.hidden=16", "train.threads=1"]
+
+
+def simulator(**sim) -> Simulator:
+    """The default simulator (config.yaml) with some `sim` parameters changed."""
+    cfg = load_config()
+    return Simulator(SimParams.from_dict({**cfg.sim.to_dict(), **sim}), cfg.data.reward_click, cfg.data.reward_purchase)

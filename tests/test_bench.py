@@ -34,3 +34,18 @@ def test_flop_counts():
     # Naive: (T+1) GRU passes of L steps fwd+bwd and T target passes; CE as above; all-item Q of the
     # T+1 states fwd+bwd (3 (T+1) units) and of the T next states on the target.
     assert bench.naive_step_flops(B=1, L=1, T=1, K=1, H=1, N=1) == (3 * 2 + 1) * 12 + 3 * 4 + 3 * 2 * 4 + 1 * 4
+
+
+def test_every_benchmark_step_is_a_learner_update(monkeypatch):
+    """The benchmark times the step training takes: Learner.update (with gradient clipping) for the
+    fast, naive and sampled steps alike."""
+    from seqrec.learner import Learner
+    calls, clipped = [], []
+    update = Learner.update
+    monkeypatch.setattr(Learner, "update", lambda self, loss: (calls.append(1), update(self, loss)))
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: (clipped.append(1), clip(*a, **k))[1])
+    bench.FIGURES.clear()
+    bench.bench_training(torch, torch.device("cpu"), [300], peak=100.0, steps=3, num_events=20_000)
+    assert len(calls) == (2 + 3) + (2 + 2) + (2 + 3)       # warm-up + timed steps of the fast, naive and sampled step
+    assert len(clipped) == len(calls)

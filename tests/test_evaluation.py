@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from seqrec.evaluation import evaluate
 from helpers import pool_from_sessions
 from model import SeqRecQ
+from seqrec.evaluation import evaluate
 
 # Long sessions (longer than the state) with repeated items, so masking the whole history differs
 # from masking the state alone. Sessions 0-1 train, 2-3 valid, 4-5 test.
@@ -29,10 +29,13 @@ def naive_metrics(model, sessions, purchases, head, state_len, exclude_seen, k=1
             if exclude_seen:
                 for item in history:
                     scores[item] = -math.inf
-            rank = 1 + sum(s > scores[target] for s in scores)
+            t = scores[target]
+            higher = sum(s > t for s in scores)
+            ties = sum(s == t and s != -math.inf for s in scores) - (t != -math.inf)
+            ranks = range(higher + 1, higher + ties + 2)          # each equally likely
             kind = "purchase" if bought else "click"
-            for name, value in ((f"{kind}/HR@{k}", float(rank <= k)),
-                                (f"{kind}/NDCG@{k}", 1 / math.log2(rank + 1) if rank <= k else 0.0)):
+            for name, value in ((f"{kind}/HR@{k}", np.mean([r <= k for r in ranks])),
+                                (f"{kind}/NDCG@{k}", np.mean([1 / math.log2(r + 1) if r <= k else 0.0 for r in ranks]))):
                 sums.setdefault(name, []).append(value)
     return {name: float(np.mean(values)) for name, values in sums.items()}
 

@@ -1,7 +1,9 @@
 """Faults survived: training killed mid-epoch resumes to the same numbers; a pool writer killed
-mid-write never leaves a pool a reader could take; torchrun with 2 processes equals 1 process."""
+mid-write never leaves a pool a reader could take; a corrupt pool is named as such; torchrun with 2
+processes equals 1 process, and the README's torchrun command runs end to end."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import torch
 
 from helpers import tiny_overrides
 from replay_buffer import Pool
+from seqrec.errors import UserError
 from test_train_integration import ROOT, final_metrics, run
 
 
@@ -109,3 +112,52 @@ def test_torchrun_two_processes_equal_one_process_after_one_step(tmp_path):
     loss = [float(r[1].split(",")[3]) for r in rows]
     assert loss[0] == pytest.approx(loss[1], rel=1e-5)
     assert json.loads((multi / "run" / "final.json").read_text())["step"] == 1
+
+
+def torchrun_command() -> list[str]:
+    """`torchrun` as installed beside this Python (what the README runs), else the module it runs."""
+    beside = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    found = beside if os.path.exists(beside) else shutil.which("torchrun")
+    return [found] if found else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def test_readme_torchrun_command_runs_end_to_end(tmp_path):
+    """`torchrun --nproc_per_node=2 train_offline.py` (tiny config, one epoch): rank 0 writes the whole
+    run folder and prints the test metrics and recommendations; rank 1 exits cleanly after training."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no gloo backend")
+    cmd = torchrun_command() + ["--nproc_per_node=2", "train_offline.py"]
+    for o in tiny_overrides(tmp_path) + ["train.epochs=1", "device=cpu"]:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "best.pt", "last.pt", "final.json", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 2          # header + one epoch
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["best_epoch"] == 1 and 0.0 <= final["purchase/NDCG@10"] <= 1.0
+    assert proc.stdout.count("test:") == 1 and "purchase" in proc.stdout.split("test:")[1]
+    assert proc.stdout.count("top-10 for user") == 1                              # rank 0 alone recommends
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_corrupt_pool_is_named_with_the_command_that_rebuilds_it(tmp_path):
+    run("replay_buffer.py", tmp=tmp_path)
+    (tmp_path / "pool" / "items.npy").write_text("not an array\n")
+    proc = run("train_offline.py", tmp=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the pool in") and "unreadable" in line and "items.npy" in line
+    assert "python replay_buffer.py --force" in line
+    assert not (tmp_path / "run").exists()
+    assert "building pool" in run("replay_buffer.py", "--force", tmp=tmp_path).stdout
+    assert Pool(tmp_path / "pool").num_items > 0
+
+
+def test_pool_arrays_that_disagree_are_corrupt(tmp_path):
+    run("replay_buffer.py", tmp=tmp_path)
+    pool_dir = tmp_path / "pool"
+    np.save(pool_dir / "items.npy", np.asarray(np.load(pool_dir / "items.npy"))[:-1])    # one event short
+    with pytest.raises(UserError, match="corrupt .*differ in length.*replay_buffer.py --force"):
+        Pool(pool_dir)

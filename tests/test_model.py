@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from model import SeqRecQ, compute_losses, next_state_values
+from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
 from seqrec.config import load_config
-from model import SeqRecQ, argmax_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
-from train_offline import Batch, compute_losses, next_state_values
 
 
 def test_one_pass_window_states_equal_encoding_each_state_apart():
@@ -73,7 +73,7 @@ def test_multi_step_loss_matches_a_loop():
 def test_next_state_values_double_and_max(with_candidates):
     """Double: the target net's Q at the online net's argmax; max: the target's max. Padding never wins."""
     torch.manual_seed(0)
-    online, target = SeqRecQ(num_items=10, hidden=8), SeqRecQ(num_items=10, hidden=8)
+    online, target = SeqRecQ(num_items=10, hidden=8, dropout=0.0, ssl_steps=1), SeqRecQ(num_items=10, hidden=8, dropout=0.0, ssl_steps=1)
     with torch.no_grad():
         online.q_head.bias[0] = 100.0                                    # padding column: must be skipped
     states, target_states = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
@@ -85,18 +85,6 @@ def test_next_state_values_double_and_max(with_candidates):
                                expected_double)
     torch.testing.assert_close(next_state_values(online, target, states, target_states, "max", given),
                                target_q.max(-1).values)
-
-
-@pytest.mark.parametrize("chunk", [1, 3, 16, 100])
-def test_streamed_argmax_equals_the_argmax_of_the_full_scores(chunk):
-    g = torch.Generator().manual_seed(chunk)
-    features = torch.randn(5, 6, 4, generator=g, dtype=torch.float64)
-    weight, bias = torch.randn(41, 4, generator=g, dtype=torch.float64), torch.randn(41, generator=g, dtype=torch.float64)
-    bias[0] = 1e9                                                        # padding: never the argmax
-    weight[17], bias[17] = weight[30], bias[30]                          # exact ties go to the lowest id
-    scores = features @ weight.T + bias
-    expected = scores[..., 1:].argmax(-1) + 1
-    torch.testing.assert_close(argmax_linear(features, weight, bias, chunk=chunk), expected)
 
 
 def test_training_step_is_finite_and_trains_every_part():
@@ -143,7 +131,6 @@ def test_candidate_scores_equal_the_full_scores_at_those_items():
 
 
 def test_candidate_items_cover_the_batch_and_are_reproducible():
-    from train_offline import candidate_items
     actions = torch.tensor([[3, 0, 9], [9, 4, 0]])
     cand = candidate_items(actions, negatives=6, num_items=50, seed=1, step=7)
     assert {3, 4, 9} <= set(cand.tolist()) and 0 not in cand.tolist()
@@ -163,7 +150,6 @@ def test_sampled_loss_is_the_softmax_over_the_candidates(corrected):
     batch = Batch(state=torch.tensor([[0, 5, 6], [7, 8, 9]]), actions=torch.tensor([[11, 12], [13, 0]]),
                   rewards=torch.tensor([[0.2, 0.2], [1.0, 0.0]]), dones=torch.tensor([[False, False], [True, False]]),
                   valid=torch.tensor([[True, True], [True, False]]))
-    from train_offline import candidate_items
     cand = candidate_items(batch.actions, 4, 40, cfg.train.seed, step=3)
     log_q = -torch.rand(41) * 3 if corrected else torch.zeros(41)
     _, stats = compute_losses(model, model, batch, cfg.train, step=3, log_inclusion=log_q if corrected else None)
@@ -179,7 +165,6 @@ def test_sampled_loss_is_the_softmax_over_the_candidates(corrected):
 
 def test_candidate_inclusion_probabilities_match_sampling():
     """P(item in a step's candidates), by formula, against drawing batches at the training frequencies."""
-    from train_offline import candidate_items, candidate_log_inclusion
     counts = torch.tensor([0, 50, 20, 10, 5, 5, 3, 3, 2, 1, 1]).numpy()     # index 0: padding
     freq = torch.tensor(counts / counts.sum(), dtype=torch.float64)
     g = torch.Generator().manual_seed(0)

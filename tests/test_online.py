@@ -2,10 +2,10 @@
 import numpy as np
 import torch
 
+from helpers import simulator
 from seqrec.online import ModelPolicy, oracle_policy, random_policy, rollout
-from seqrec.simulator import SimParams, Simulator
 
-SIM = Simulator(SimParams(num_items=40, num_categories=4, max_session_len=15))
+SIM = simulator(num_items=40, num_categories=4, max_session_len=15)
 
 
 def test_same_seed_same_users_and_outcome():

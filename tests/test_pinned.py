@@ -10,10 +10,10 @@ import hashlib
 import numpy as np
 import pytest
 
+from replay_buffer import build_pool
 from seqrec.config import load_config
 from seqrec.online import logging_policy, oracle_policy, random_policy, rollout
-from replay_buffer import build_pool
-from seqrec.simulator import SimParams, Simulator
+from seqrec.simulator import Simulator
 
 DEFAULT_POOL = "ee77472897adc9bb44cc586dd58073b5f7959181c3a009c61b334c28b120269b"
 ROLLOUTS = {  # 300 users, seed 3, 20% random slates: summed return, clicks, purchases, slates, log digest
@@ -41,7 +41,7 @@ def test_default_pool_is_unchanged(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(ROLLOUTS))
 def test_rollouts_are_unchanged(name):
-    sim = Simulator(SimParams.from_dict(load_config().sim.to_dict()))
+    sim = Simulator.from_config(load_config())
     policy = {"logging": lambda: logging_policy(sim, 3), "oracle": lambda: oracle_policy(sim),
               "random": lambda: random_policy(sim.p.num_items, 3)}[name]()
     r = rollout(sim, policy, 300, seed=3, explore=0.2, record=True)

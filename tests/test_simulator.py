@@ -2,22 +2,24 @@
 import numpy as np
 import pytest
 
-from seqrec.simulator import NO_CLICK, SimParams, Simulator, top_k_slates
+from helpers import simulator
+from seqrec.errors import UserError
+from seqrec.simulator import NO_CLICK, SimParams, top_k_slates
 
-SMALL = SimParams(num_sessions=300, num_items=80, num_categories=6, max_session_len=20)
+SMALL = dict(num_sessions=300, num_items=80, num_categories=6, max_session_len=20)
 
 
 def test_same_seed_same_log_other_seed_other_log():
-    a = Simulator(SMALL).generate_log()
-    b = Simulator(SMALL).generate_log()
-    c = Simulator(SimParams(**{**SMALL.__dict__, "seed": 1})).generate_log()
+    a = simulator(**SMALL).generate_log()
+    b = simulator(**SMALL).generate_log()
+    c = simulator(**SMALL, seed=1).generate_log()
     assert a.equals(b) and not a.equals(c)
     assert set(a["event"]) == {"click", "purchase"}
     assert a.groupby("session_id")["timestamp"].apply(lambda t: t.is_monotonic_increasing).all()
 
 
 def test_step_interface():
-    sim = Simulator(SMALL)
+    sim = simulator(**SMALL)
     rng = np.random.default_rng(0)
     users = sim.start_sessions(50, rng)
     users.done[:5] = True                              # already finished: must be left alone
@@ -33,7 +35,7 @@ def test_step_interface():
 
 
 def test_interest_builds_purchase_probability_and_purchases_reset_it():
-    sim = Simulator(SMALL)
+    sim = simulator(**SMALL)
     rng = np.random.default_rng(0)
     users = sim.start_sessions(1, rng)
     item = np.array([[7]])
@@ -44,7 +46,7 @@ def test_interest_builds_purchase_probability_and_purchases_reset_it():
 
 def test_oracle_beats_random_slates():
     """Online return per session: the greedy oracle must beat random slates by a clear margin."""
-    sim = Simulator(SimParams(num_items=300, num_categories=10))
+    sim = simulator(num_items=300, num_categories=10)
 
     def run(policy, n=3000, seed=3):
         rng = np.random.default_rng(seed)
@@ -57,3 +59,14 @@ def test_oracle_beats_random_slates():
     oracle = run(lambda u, rng: sim.oracle_scores(u))
     random = run(lambda u, rng: rng.random((len(u), sim.p.num_items)))
     assert oracle > 1.5 * random
+
+
+def test_parameters_come_from_the_config_only():
+    """SimParams repeats no default: a missing or unknown parameter is an error, not silently filled or dropped."""
+    params = simulator().p.__dict__
+    with pytest.raises(UserError, match="unknown simulator parameter 'sim.num_item'"):
+        SimParams.from_dict({**params, "num_item": 5})
+    with pytest.raises(UserError, match="'sim.dim' is missing"):
+        SimParams.from_dict({k: v for k, v in params.items() if k != "dim"})
+    with pytest.raises(TypeError):
+        SimParams()

@@ -1,9 +1,10 @@
-"""The streamed linear + cross-entropy against the unstreamed one: values and all three gradients."""
+"""The streamed kernels against the unstreamed computations: cross-entropy (values and all three
+gradients) and argmax here; ranking in test_metrics.py."""
 import pytest
 import torch
 from torch.nn import functional as F
 
-from seqrec.linear_ce import linear_cross_entropy
+from seqrec.streamed import argmax_linear, chunked_logits, linear_cross_entropy
 
 
 @pytest.mark.parametrize("rows,hidden,outputs,chunk", [(7, 4, 13, 5), (5, 3, 8, 8), (6, 8, 9, 64), (1, 2, 1, 3),
@@ -36,3 +37,24 @@ def test_repeated_targets_accumulate_and_large_logits_stay_finite():
     got = linear_cross_entropy(x, w, b, targets, chunk=2)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(torch.autograd.grad(got.sum(), w)[0], torch.autograd.grad(expected.sum(), w)[0])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 16, 100])
+def test_streamed_argmax_equals_the_argmax_of_the_full_scores(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    features = torch.randn(5, 6, 4, generator=g, dtype=torch.float64)
+    weight, bias = torch.randn(41, 4, generator=g, dtype=torch.float64), torch.randn(41, generator=g, dtype=torch.float64)
+    bias[0] = 1e9                                                        # padding: never the argmax
+    weight[17], bias[17] = weight[30], bias[30]                          # exact ties go to the lowest id
+    scores = features @ weight.T + bias
+    expected = scores[..., 1:].argmax(-1) + 1
+    torch.testing.assert_close(argmax_linear(features, weight, bias, chunk=chunk), expected)
+
+
+@pytest.mark.parametrize("chunk,first", [(1, 0), (4, 1), (5, 0), (64, 1)])
+def test_chunked_logits_cover_every_item_once(chunk, first):
+    g = torch.Generator().manual_seed(chunk)
+    x, w, b = torch.randn(3, 4, generator=g), torch.randn(13, 4, generator=g), torch.randn(13, generator=g)
+    blocks = [(start, block.clone()) for start, block in chunked_logits(x, w, b, chunk, first)]
+    assert [s for s, _ in blocks] == list(range(first, 13, chunk))
+    torch.testing.assert_close(torch.cat([blk for _, blk in blocks], 1), F.linear(x, w, b)[:, first:])
