@@ -238,10 +238,10 @@ def bench_eval(torch, device, n_items: int, peak: float, queries: int) -> None:
         model = SeqRecQ.from_config(cfg.model.to_dict(), N).to(device)
         n = pool.meta["splits"]["valid"]["events"]
         for heads in (HEADS[:1], HEADS):
-            evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, heads=heads, progress=False, limit=2048)
+            evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, False, heads=heads, progress=False, limit=2048)
             sync(torch, device)
             t0 = time.perf_counter()
-            evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, heads=heads, progress=False, limit=queries)
+            evaluate(model, pool, "valid", 10, [5, 10, 20], 1024, False, heads=heads, progress=False, limit=queries)
             sync(torch, device)
             rate = min(queries, n) / (time.perf_counter() - t0)
             tag = f"{N // 1000}k"

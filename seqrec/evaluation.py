@@ -18,7 +18,7 @@ from seqrec.streamed import rank_of_targets_linear
 
 
 @torch.no_grad()
-def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool = False, *,
+def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool, *,
              heads: tuple[str, ...], progress: bool = True, limit: int | None = None) -> dict[str, dict[str, float]]:
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
     `limit` events), for each of `heads`.

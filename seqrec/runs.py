@@ -82,13 +82,15 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics.csv this project wrote (each with an integer `epoch`), or a UserError."""
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
-        [int(r["epoch"]) for r in rows]
-        return rows
+        for row in rows:
+            int(row["epoch"])
     except (OSError, csv.Error, KeyError, TypeError, ValueError, UnicodeDecodeError):
         raise UserError(f"{path} is not a metrics file of this project; move it away or train without --resume") from None
+    return rows
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:

@@ -179,3 +179,17 @@ def test_compare_quick_writes_the_summary(tmp_path):
         assert key in keys, key
     for name in ("results.md", "lambda.png", "horizon.png", "curves.png"):
         assert (out / name).is_file(), name
+
+
+def test_compare_baselines_only_trains_nothing(tmp_path):
+    out = tmp_path / "baselines"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "simulated", "--baselines-only",
+           "--out", str(out), "--runs", str(tmp_path / "runs")]
+    for o in tiny_overrides(tmp_path) + ["online.sessions=100"]:
+        if not o.startswith(("train.run_dir", "train.threads")):
+            cmd += ["--set", o]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = {r["model"] for r in csv.DictReader((out / "summary.csv").open())}
+    assert models == {"popularity", "random", "popular", "logging", "oracle"}
+    assert not (tmp_path / "runs").exists()
