@@ -10,6 +10,8 @@ wherever items are ranked or maximised over. The model knows nothing of files or
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -63,17 +65,18 @@ class SeqRecQ(nn.Module):
         return model.eval()
 
     def forward(self, state: torch.Tensor, actions: torch.Tensor, candidates: torch.Tensor | None = None,
-                log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                log_inclusion: torch.Tensor | None = None,
+                with_q: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Everything the training loss differentiates, in one call (what DistributedDataParallel wraps).
 
         state [B, L], actions [B, T] -> states s_t..s_{t+T} [B, T+1, H], the per-sample cross-entropy
         [B, K] of s_t's K self-supervised heads against a_t..a_{t+K-1} (over all items, or over
         `candidates` [C], logQ-corrected by `log_inclusion` [N+1]), and Q(s_{t+k}, a_{t+k}) of the taken
-        actions [B, T].
+        actions [B, T] (None without `with_q`).
         """
         states = self.window_states(state, actions)
         ce = self.ssl.cross_entropy(states[:, 0], actions[:, :self.ssl.steps], candidates, log_inclusion)
-        return states, ce, self.q_of(states[:, :-1], actions)
+        return states, ce, self.q_of(states[:, :-1], actions) if with_q else None
 
     def window_states(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The states s_t .. s_{t+T} of a window, from ONE pass of the GRU over state items + actions.
@@ -149,7 +152,8 @@ def next_state_values(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, t
 def compute_losses(model, target_net: SeqRecQ, b: Batch, t, dist: Dist = SINGLE, step: int = 0,
                    log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """CE of the K self-supervised steps + alpha * TD(lambda) loss of the Q head on one batch; `t` is
-    the config's `train` section. Returns (loss, stats for the log).
+    the config's `train` section. Returns (loss, stats for the log). With alpha = 0 the Q head, the
+    target network and the bootstrap's argmax are skipped altogether (q_mean is then NaN).
 
     With `train.negatives` > 0 both score a shared candidate set instead of all items (sampled
     softmax, logQ-corrected by `log_inclusion` [N+1] when given; the bootstrap max runs over the
@@ -159,18 +163,21 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch, t, dist: Dist = SINGLE,
     the number of ranks, so DistributedDataParallel's gradient average is the single-process gradient.
     """
     net = getattr(model, "module", model)                      # the network behind a DDP wrapper
+    with_td = t.alpha > 0                                      # alpha = 0: no Q head, target pass or argmax at all
     cand = candidate_items(b.actions, t.negatives, net.num_items, t.seed, step) if t.negatives else None
-    states, ssl_ce, q_taken = model(b.state, b.actions, cand, log_inclusion)  # [B, T+1, H], [B, K], [B, T]
+    states, ssl_ce, q_taken = model(b.state, b.actions, cand, log_inclusion, with_q=with_td)  # [B, T+1, H], [B, K], [B, T]
     K = ssl_ce.shape[1]
-    valid = b.valid.to(q_taken.dtype)
     ce = multi_step_loss(ssl_ce, b.valid[:, :K],
-                         torch.tensor(t.ssl_weights[:K], dtype=q_taken.dtype, device=q_taken.device),
-                         counts=dist.sum(valid[:, :K].sum(0)))
+                         torch.tensor(t.ssl_weights[:K], dtype=ssl_ce.dtype, device=ssl_ce.device),
+                         counts=dist.sum(b.valid[:, :K].to(ssl_ce.dtype).sum(0)))
+    if not with_td:
+        return ce * dist.world, {"loss": ce.item(), "ce": ce.item(), "td": 0.0, "q_mean": math.nan}
     with torch.no_grad():                                      # over all items, or over the candidates
         target_states = target_net.window_states(b.state, b.actions)[:, 1:]
         next_v = next_state_values(net, target_net, states[:, 1:], target_states, t.value, cand)  # V(s_{t+k+1})
         returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
     td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
+    valid = b.valid.to(q_taken.dtype)
     count = dist.sum(valid.sum()).clamp(min=1.0)
     td = (td_fn(q_taken, returns, reduction="none") * valid).sum() / count
 

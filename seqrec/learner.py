@@ -43,7 +43,9 @@ class Learner:
         model = net
         if dist.world > 1:
             device = torch.device(device)
-            model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+            # alpha = 0 leaves the Q head out of the loss: DDP must not wait for its gradients
+            model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None,
+                                                              find_unused_parameters=t.alpha == 0)
         return cls(model, copy.deepcopy(net).eval(), opt, t)
 
     @property

@@ -174,3 +174,27 @@ def test_candidate_inclusion_probabilities_match_sampling():
         hits[candidate_items(actions, negatives=2, num_items=10, seed=5, step=step)] += 1
     expected = candidate_log_inclusion(counts, actions_per_step=6, negatives=2).exp()
     torch.testing.assert_close(hits[1:] / trials, expected[1:], atol=0.025, rtol=0)
+
+
+def test_alpha_zero_skips_the_q_head_target_net_and_argmax():
+    """With no TD term nothing of the Q side runs: the loss is the self-supervised CE alone."""
+    cfg = load_config(overrides=["pool.horizon=3", "model.ssl_steps=2", "train.alpha=0.0"])
+    torch.manual_seed(0)
+    model = SeqRecQ(num_items=12, hidden=8, dropout=0.0, ssl_steps=2)
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the target net's {name} was used with alpha = 0")
+    model.greedy_items = lambda *a, **k: pytest.fail("argmax with alpha = 0")
+    batch = Batch(state=torch.tensor([[0, 1, 2], [3, 4, 5]]), actions=torch.tensor([[6, 7, 0], [8, 9, 10]]),
+                  rewards=torch.tensor([[0.2, 0.2, 0], [1.0, 0.2, 0.2]]),
+                  dones=torch.tensor([[False, True, False], [False, False, False]]),
+                  valid=torch.tensor([[True, True, False], [True, True, True]]))
+    loss, stats = compute_losses(model, Untouchable(), batch, cfg.train)
+    loss.backward()
+    assert stats["td"] == 0.0 and loss.item() == pytest.approx(stats["ce"])
+    assert model.q_head.weight.grad is None
+    del model.greedy_items
+    with_td, _ = compute_losses(model, model, batch, load_config(overrides=["pool.horizon=3", "model.ssl_steps=2",
+                                                                              "train.alpha=1.0"]).train)
+    assert with_td.item() > loss.item()                 # the same CE plus a positive TD term
