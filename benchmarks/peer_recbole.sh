@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One training epoch of RecBole 1.2.1's GRU4Rec and SASRec beside ours, on the same data and settings
+# (MovieLens leave-one-out, every training prefix a sample, histories of 50 items, hidden 64, batch
+# 512, cross-entropy over all items, 2 threads, one run after the other), and the epoch-time ratios.
+#
+#   benchmarks/peer_recbole.sh            # MovieLens-100K
+#   benchmarks/peer_recbole.sh 1m         # MovieLens-1M
+#
+# RecBole is never a dependency of this project: it gets a virtual environment of its own
+# (data/venv-recbole, built once, a few minutes). On today's stack it needs numpy<2, setuptools with
+# pkg_resources (<80), scipy<1.14, and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 to read its own checkpoints.
+# Our side is `python train_offline.py` with the gru4rec overrides of benchmarks/compare.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+which=${1:-100k}
+case "$which" in 100k|1m) ;; *) echo "error: the data set is 100k or 1m, not '$which'" >&2; exit 2 ;; esac
+venv=data/venv-recbole
+export OMP_NUM_THREADS=2 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import recbole" 2>/dev/null; then
+  echo "building $venv with RecBole 1.2.1 (once) ..."
+  python -m venv "$venv"
+  "$venv/bin/pip" install -q torch==2.13.0 "numpy<2" "setuptools<80" "scipy<1.14" recbole==1.2.1
+fi
+
+# ---- ours: one epoch of the gru4rec configuration (the pool, and the MovieLens file, are made first)
+config=configs/movielens-loo.yaml
+[ "$which" = 1m ] && config=configs/movielens-1m-loo.yaml
+ours=(python train_offline.py --config "$config" --set pool.horizon=1 --set model.ssl_steps=1 --set train.alpha=0.0
+      --set pool.state_len=50 --set train.batch_size=512 --set train.epochs=1 --set train.threads=2
+      --set "train.run_dir=runs/peer-recbole-$which")
+python replay_buffer.py --config "$config" > /dev/null
+"${ours[@]}" > /dev/null
+our_seconds=$(python - "$which" <<'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(f"runs/peer-recbole-{sys.argv[1]}/metrics.csv")))
+print(rows[-1]["seconds"])
+EOF
+)
+inter=data/downloads/ml-$which.inter
+
+# ---- RecBole: its own data pipeline on the same file, then one timed training epoch per model
+"$venv/bin/python" -W ignore - "$inter" "$our_seconds" <<'EOF'
+import logging, os, shutil, sys, tempfile, time
+
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, get_trainer, init_seed
+
+inter, ours = sys.argv[1], float(sys.argv[2])
+torch.set_num_threads(2)
+logging.disable(logging.WARNING)
+name = os.path.basename(inter)[:-len(".inter")]
+root = tempfile.mkdtemp()
+os.makedirs(os.path.join(root, name))
+shutil.copy(inter, os.path.join(root, name, name + ".inter"))
+settings = {
+    "data_path": root, "checkpoint_dir": os.path.join(root, "saved"), "use_gpu": False, "seed": 0,
+    "load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"]}, "MAX_ITEM_LIST_LENGTH": 50,
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+    "train_neg_sample_args": None, "loss_type": "CE", "train_batch_size": 512, "epochs": 1,
+    "embedding_size": 64, "hidden_size": 64, "n_layers": 2, "n_heads": 2, "inner_size": 256,
+    "show_progress": False, "state": "ERROR",
+}
+print(f"one training epoch on {name}, 2 threads (ours: gru4rec configuration, {ours:.1f} s)")
+for model_name in ("GRU4Rec", "SASRec"):
+    cfg = Config(model=model_name, dataset=name, config_dict=settings)
+    if model_name == "GRU4Rec":
+        cfg["n_layers"] = 1                     # RecBole's GRU4Rec default; 2 is SASRec's block count
+    init_seed(cfg["seed"], cfg["reproducibility"])
+    train_data, _, _ = data_preparation(cfg, create_dataset(cfg))
+    model = get_model(cfg["model"])(cfg, train_data.dataset)
+    trainer = get_trainer(cfg["MODEL_TYPE"], cfg["model"])(cfg, model)
+    start = time.perf_counter()
+    trainer._train_epoch(train_data, epoch_idx=0, show_progress=False)
+    seconds = time.perf_counter() - start
+    print(f"  RecBole {model_name:8s} {seconds:7.1f} s   ours is {seconds / ours:.2f}x faster")
+EOF
