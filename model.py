@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from seqrec.batches import Batch, candidate_items
+from seqrec.config import load_config
 from seqrec.distributed import SINGLE, Dist
 from seqrec.errors import UserError
 from seqrec.streamed import argmax_linear
@@ -39,19 +40,74 @@ class GRUStateEncoder(nn.Module):
         return self.drop(out)
 
 
-class SeqRecQ(nn.Module):
-    """GRU encoder + K-step self-supervised heads + Q head over all items."""
+class SASRecStateEncoder(nn.Module):
+    """SASRec (Kang and McAuley, 2018): item plus learned position embeddings, then blocks of causal
+    self-attention, each position attending to itself and at most max_len - 1 earlier items. Defaults as
+    RecBole's SASRec at hidden 64: 2 blocks, 2 heads, feed-forward 4 x hidden, GELU, N(0, 0.02) init.
 
-    def __init__(self, num_items: int, *, hidden: int, dropout: float, ssl_steps: int):
+    Left padding (item 0) is never attended to, and positions count from a window's first real item,
+    so a state depends only on the items before it, not on how much padding precedes them.
+    """
+
+    def __init__(self, num_items: int, hidden: int, dropout: float, max_len: int, layers: int, heads: int):
+        super().__init__()
+        self.max_len, self.heads = max_len, heads
+        self.embed = nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        self.positions = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.drop = nn.Dropout(dropout)
+        block = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=4 * hidden, dropout=dropout,
+                                           activation="gelu", batch_first=True, layer_norm_eps=1e-12)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+        with torch.no_grad():
+            self.embed.weight[0].zero_()
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B, W] (left-padded with 0) -> states [B, W, H]; output w depends on items[:, :w+1] only."""
+        B, W = items.shape
+        pad = items == 0
+        leading = (~pad).int().cumsum(1) == 0                          # [B, W] padding before the first item
+        pos = (torch.arange(W, device=items.device) - leading.sum(1, keepdim=True)).clamp(min=0) % self.max_len
+        x = self.drop(self.norm(self.embed(items) + self.positions(pos)))
+        return self.blocks(x, mask=self._attention_mask(pad))
+
+    def _attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
+        """[B * heads, W, W] additive mask: query i sees key j <= i within max_len, never padding keys
+        (but always itself, so a padding query still has a finite output)."""
+        W = pad.shape[1]
+        i = torch.arange(W, device=pad.device)
+        allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.max_len)      # [W, W]
+        allowed = (allowed[None] & ~pad[:, None, :]) | torch.eye(W, dtype=torch.bool, device=pad.device)[None]
+        mask = torch.zeros(allowed.shape, device=pad.device).masked_fill(~allowed, float("-inf"))
+        return mask.repeat_interleave(self.heads, dim=0)
+
+
+def state_encoder(num_items: int, model: dict) -> nn.Module:
+    """The encoder named by model.encoder, built from the config's `model` section."""
+    if model["encoder"] == "sasrec":
+        return SASRecStateEncoder(num_items, model["hidden"], model["dropout"], model["max_len"], model["layers"],
+                                  model["heads"])
+    return GRUStateEncoder(num_items, model["hidden"], model["dropout"])
+
+
+class SeqRecQ(nn.Module):
+    """State encoder (GRU or SASRec) + K-step self-supervised heads + Q head over all items."""
+
+    def __init__(self, num_items: int, *, hidden: int, dropout: float, ssl_steps: int,
+                 encoder: nn.Module | None = None):
         super().__init__()
         self.num_items = num_items
-        self.encoder = GRUStateEncoder(num_items, hidden, dropout)
+        self.encoder = encoder if encoder is not None else GRUStateEncoder(num_items, hidden, dropout)
         self.ssl = MultiStepHeads(hidden, num_items, ssl_steps)
         self.q_head = nn.Linear(hidden, num_items + 1)
 
     @classmethod
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
-        return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"])
+        return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"],
+                   encoder=state_encoder(num_items, model))
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, num_items: int) -> "SeqRecQ":
@@ -60,7 +116,8 @@ class SeqRecQ(nn.Module):
         if ckpt["num_items"] != num_items:
             raise UserError(f"the checkpoint scores {ckpt['num_items']} items but the pool has {num_items}; "
                             "use the data config the model was trained with")
-        model = cls.from_config(ckpt["config"]["model"], ckpt["num_items"])
+        # Keys added to config.yaml after the checkpoint was made take their defaults.
+        model = cls.from_config(load_config(base=ckpt["config"]).model.to_dict(), ckpt["num_items"])
         model.load_state_dict(ckpt["model"])
         return model.eval()
 

@@ -23,6 +23,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "data.source": ("synthetic", "csv", "retailrocket", "yoochoose", "movielens", "recbole"),
     "data.movielens": ("100k", "1m"),
+    "model.encoder": ("gru", "sasrec"),
     "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),
     "train.value": ("double", "max"),
@@ -193,7 +194,8 @@ ABOVE_0 = (0, None, False)
 SHARE = (0, 1, True)
 RANGES = {
     **{key: AT_LEAST_1 for key in (
-        "pool.state_len", "pool.horizon", "model.hidden", "model.ssl_steps", "train.epochs", "train.batch_size",
+        "pool.state_len", "pool.horizon", "model.hidden", "model.ssl_steps", "model.max_len", "model.layers",
+        "model.heads", "train.epochs", "train.batch_size",
         "train.target_every", "eval.batch_size", "data.min_session_len", "data.min_item_count", "online.sessions",
         "online.round_sessions", "online.round_epochs", "recommend.k", "sim.num_sessions", "sim.num_items",
         "sim.num_categories", "sim.dim", "sim.slate_size", "sim.max_session_len")},
@@ -225,6 +227,8 @@ def _validate(tree: dict) -> None:
         raise UserError(f"data.split needs three non-negative shares summing to 1 (train > 0), got {split}")
     if model["dropout"] >= 1:
         raise UserError(f"model.dropout must be below 1 (1 drops everything), got {model['dropout']}")
+    if model["hidden"] % model["heads"]:
+        raise UserError(f"model.heads ({model['heads']}) must divide model.hidden ({model['hidden']})")
     if model["ssl_steps"] > pool["horizon"]:
         raise UserError(f"model.ssl_steps ({model['ssl_steps']}) must not exceed pool.horizon ({pool['horizon']})")
     if len(train["ssl_weights"]) < model["ssl_steps"]:

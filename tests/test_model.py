@@ -198,3 +198,48 @@ def test_alpha_zero_skips_the_q_head_target_net_and_argmax():
     with_td, _ = compute_losses(model, model, batch, load_config(overrides=["pool.horizon=3", "model.ssl_steps=2",
                                                                               "train.alpha=1.0"]).train)
     assert with_td.item() > loss.item()                 # the same CE plus a positive TD term
+
+
+def sasrec(num_items=30, **overrides):
+    model = {**load_config().model.to_dict(), "encoder": "sasrec", "hidden": 8, "dropout": 0.0, "ssl_steps": 2,
+             **overrides}
+    return SeqRecQ.from_config(model, num_items).eval()
+
+
+def test_sasrec_window_states_equal_encoding_each_state_apart():
+    torch.manual_seed(0)
+    model = sasrec()
+    L, T = 4, 3
+    state = torch.tensor([[0, 0, 0, 0], [0, 0, 5, 6], [1, 2, 3, 4], [0, 7, 8, 9]])
+    actions = torch.randint(1, 31, (4, T))
+    together = model.window_states(state, actions)
+    window = torch.cat([state, actions], 1)
+    assert torch.isfinite(together).all()                            # an all-padding state too
+    for k in range(T + 1):
+        torch.testing.assert_close(together[:, k], model.last_state(window[:, :L + k]))
+
+
+def test_sasrec_ignores_padding_and_sees_at_most_max_len_items():
+    torch.manual_seed(1)
+    model = sasrec(max_len=3, layers=1)
+    torch.testing.assert_close(model.last_state(torch.tensor([[5, 6, 7]])), model.last_state(torch.tensor([[0, 0, 5, 6, 7]])))
+    # One block with max_len 3: the last state sees the last 3 items, and only them.
+    last = model.last_state(torch.tensor([[1, 2, 9, 5, 6, 7]]))
+    torch.testing.assert_close(last, model.last_state(torch.tensor([[3, 4, 8, 5, 6, 7]])))
+    assert not torch.allclose(last, model.last_state(torch.tensor([[1, 2, 9, 4, 6, 7]])))
+
+
+def test_sasrec_training_step_is_finite_and_trains_every_part():
+    cfg = load_config(overrides=["pool.horizon=3", "model.ssl_steps=3", "model.encoder=sasrec"])
+    torch.manual_seed(0)
+    model = SeqRecQ.from_config({**cfg.model.to_dict(), "hidden": 8}, 12).train()
+    target = SeqRecQ.from_config({**cfg.model.to_dict(), "hidden": 8}, 12).eval()
+    batch = Batch(state=torch.tensor([[0, 0, 3], [4, 5, 6]]), actions=torch.tensor([[7, 0, 0], [8, 9, 10]]),
+                  rewards=torch.tensor([[1.0, 0, 0], [0.2, 0.2, 1.0]]),
+                  dones=torch.tensor([[True, False, False], [False, False, False]]),
+                  valid=torch.tensor([[True, False, False], [True, True, True]]))
+    loss, _ = compute_losses(model, target, batch, cfg.train)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
