@@ -48,11 +48,12 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, get_trainer, init_seed
 
-inter, ours = sys.argv[1], float(sys.argv[2])
+inter, ours = os.path.abspath(sys.argv[1]), float(sys.argv[2])
 torch.set_num_threads(2)
 logging.disable(logging.WARNING)
 name = os.path.basename(inter)[:-len(".inter")]
 root = tempfile.mkdtemp()
+os.chdir(root)                                  # RecBole writes log/ and log_tensorboard/ where it runs
 os.makedirs(os.path.join(root, name))
 shutil.copy(inter, os.path.join(root, name, name + ".inter"))
 settings = {
@@ -76,4 +77,5 @@ for model_name in ("GRU4Rec", "SASRec"):
     trainer._train_epoch(train_data, epoch_idx=0, show_progress=False)
     seconds = time.perf_counter() - start
     print(f"  RecBole {model_name:8s} {seconds:7.1f} s   ours is {seconds / ours:.2f}x faster")
+shutil.rmtree(root, ignore_errors=True)
 EOF
