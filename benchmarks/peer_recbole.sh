@@ -30,7 +30,7 @@ ours=(python train_offline.py --config "$config" --set pool.horizon=1 --set mode
       --set pool.state_len=50 --set train.batch_size=512 --set train.epochs=1 --set train.threads=2
       --set "train.run_dir=runs/peer-recbole-$which")
 python replay_buffer.py --config "$config" > /dev/null
-"${ours[@]}" > /dev/null
+"${ours[@]}" > /dev/null 2>&1 || { echo "error: our training failed; run it to see why: ${ours[*]}" >&2; exit 1; }
 our_seconds=$(python - "$which" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(f"runs/peer-recbole-{sys.argv[1]}/metrics.csv")))
