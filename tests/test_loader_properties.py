@@ -8,7 +8,6 @@ import csv
 import os
 import io
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -1,7 +1,6 @@
 """The encoder's one-pass window states, the heads' sizes and losses, the TD pieces of the training step."""
 import pytest
 import torch
-from torch.nn import functional as F
 
 from model import SeqRecQ, compute_losses, next_state_values
 from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
