@@ -67,7 +67,7 @@ class SASRecStateEncoder(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, W] (left-padded with 0) -> states [B, W, H]; output w depends on items[:, :w+1] only."""
-        B, W = items.shape
+        W = items.shape[1]
         pad = items == 0
         leading = (~pad).int().cumsum(1) == 0                          # [B, W] padding before the first item
         pos = (torch.arange(W, device=items.device) - leading.sum(1, keepdim=True)).clamp(min=0) % self.max_len
