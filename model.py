@@ -16,28 +16,68 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqrec.batches import Batch, candidate_items
+from seqrec.batches import Batch, Chunk, candidate_items
 from seqrec.config import load_config
 from seqrec.distributed import SINGLE, Dist
 from seqrec.errors import UserError
 from seqrec.streamed import argmax_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
-from td_lambda import lambda_returns
+from td_lambda import lambda_returns, sliding_lambda_returns
 
 HEADS = ("ssl", "q")
 
 
+def ahead(count: int, steps: int, device=None) -> torch.Tensor:
+    """Index [count, steps] of the `steps` positions from each of positions 0..count-1: row j is
+    j, j+1, ..., j+steps-1. Turns per-session arrays [B, W] into windows [B, count, steps]."""
+    return torch.arange(count, device=device)[:, None] + torch.arange(steps, device=device)
+
+
 class GRUStateEncoder(nn.Module):
+    """GRU4Rec's state: a GRU over item embeddings. The state of the empty history, s_0, is the GRU's
+    output after reading one padding item from h = 0; left padding beyond that is not read, so a state
+    depends only on the items before it, not on how much padding precedes them (as for SASRec)."""
+
     def __init__(self, num_items: int, hidden: int, dropout: float):
         super().__init__()
         self.embed = nn.Embedding(num_items + 1, hidden, padding_idx=0)
         self.gru = nn.GRU(hidden, hidden, batch_first=True)
         self.drop = nn.Dropout(dropout)
 
+    def empty_state(self) -> torch.Tensor:
+        """s_0 [H]: the output after reading one padding item (a zero embedding) from h = 0."""
+        x = torch.zeros(1, 1, self.gru.input_size, device=self.embed.weight.device, dtype=self.embed.weight.dtype)
+        return self.gru(x)[0][0, 0]
+
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        """items [B, W] -> states [B, W, H]; output w is the state after reading items[:, :w+1]."""
-        out, _ = self.gru(self.drop(self.embed(items)))
-        return self.drop(out)
+        """items [B, W] (left-padded with 0) -> states [B, W, H]; output w is the state after reading
+        items[:, :w+1], s_0 at padding positions."""
+        B, W = items.shape
+        lead = ((items != 0).int().cumsum(1) == 0).sum(1, keepdim=True)          # [B, 1] leading padding
+        cols = torch.arange(W, device=items.device)
+        shifted = items.gather(1, (cols + lead) % W)                              # real items first
+        s0 = self.empty_state()
+        out, _ = self.gru(self.drop(self.embed(shifted)), s0.expand(1, B, -1).contiguous())
+        out = out.gather(1, ((cols - lead) % W)[..., None].expand(-1, -1, out.shape[-1]))  # back in place
+        return self.drop(torch.where((cols < lead)[..., None], s0, out))
+
+    # ------------------------------------------------------------- the session path: chunk by chunk
+    def start(self, lanes: int) -> torch.Tensor:
+        """What a lane carries into its first chunk: s_0. [lanes, H]"""
+        return self.empty_state().expand(lanes, -1)
+
+    def restart(self, carry: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        """carry [B, H] with the lanes where `fresh` [B] (a new session begins) set back to s_0."""
+        return torch.where(fresh[:, None], self.empty_state(), carry)
+
+    def read(self, items: torch.Tensor, carry: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Continue each lane's session by `items` [B, W] (right-padded) from `carry` [B, H] (its state
+        before items[:, 0]) -> (states [B, W+1, H]: state before items[:, 0], then after each item;
+        the carry for the next chunk, the state after the first `keep` items, detached: gradients
+        stop at chunk boundaries)."""
+        out, _ = self.gru(self.drop(self.embed(items)), carry[None].contiguous())
+        raw = torch.cat([carry[:, None], out], dim=1)
+        return self.drop(raw), raw[:, keep].detach()
 
 
 class SASRecStateEncoder(nn.Module):
@@ -46,7 +86,8 @@ class SASRecStateEncoder(nn.Module):
     RecBole's SASRec at hidden 64: 2 blocks, 2 heads, feed-forward 4 x hidden, GELU, N(0, 0.02) init.
 
     Left padding (item 0) is never attended to, and positions count from a window's first real item,
-    so a state depends only on the items before it, not on how much padding precedes them.
+    so a state depends only on the items before it, not on how much padding precedes them. A position
+    index is the item's place in its session modulo max_len.
     """
 
     def __init__(self, num_items: int, hidden: int, dropout: float, max_len: int, layers: int, heads: int):
@@ -67,12 +108,14 @@ class SASRecStateEncoder(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, W] (left-padded with 0) -> states [B, W, H]; output w depends on items[:, :w+1] only."""
-        W = items.shape[1]
-        pad = items == 0
-        leading = (~pad).int().cumsum(1) == 0                          # [B, W] padding before the first item
-        pos = (torch.arange(W, device=items.device) - leading.sum(1, keepdim=True)).clamp(min=0) % self.max_len
+        leading = ((items != 0).int().cumsum(1) == 0).sum(1, keepdim=True)     # [B, 1] padding before the first item
+        return self._encode(items, torch.arange(items.shape[1], device=items.device) - leading)
+
+    def _encode(self, items: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """items [B, W], index [B, W] each item's place in its session (< 0: padding) -> states [B, W, H]."""
+        pos = index.clamp(min=0) % self.max_len
         x = self.drop(self.norm(self.embed(items) + self.positions(pos)))
-        return self.blocks(x, mask=self._attention_mask(pad))
+        return self.blocks(x, mask=self._attention_mask(items == 0))
 
     def _attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
         """[B * heads, W, W] additive mask: query i sees key j <= i within max_len, never padding keys
@@ -83,6 +126,31 @@ class SASRecStateEncoder(nn.Module):
         allowed = (allowed[None] & ~pad[:, None, :]) | torch.eye(W, dtype=torch.bool, device=pad.device)[None]
         mask = torch.zeros(allowed.shape, device=pad.device).masked_fill(~allowed, float("-inf"))
         return mask.repeat_interleave(self.heads, dim=0)
+
+    # ------------------------------------------------------------- the session path: chunk by chunk
+    # A lane carries the max_len items before its chunk (left-padded with 0) and the chunk's place in
+    # its session: attention reaches max_len - 1 items back, so that is all the past a state needs.
+    def start(self, lanes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a lane carries into its first chunk: (context [lanes, max_len] of padding, place 0 [lanes])."""
+        device = self.embed.weight.device
+        return (torch.zeros(lanes, self.max_len, dtype=torch.long, device=device),
+                torch.zeros(lanes, dtype=torch.long, device=device))
+
+    def restart(self, carry, fresh: torch.Tensor):
+        """carry with the lanes where `fresh` [B] (a new session begins) set back to the start."""
+        context, place = carry
+        return context.masked_fill(fresh[:, None], 0), place.masked_fill(fresh, 0)
+
+    def read(self, items: torch.Tensor, carry, keep: int):
+        """As GRUStateEncoder.read: items [B, W] continue each lane's session after `carry` ->
+        (states [B, W+1, H], the carry after the first `keep` items). The context is re-encoded, so
+        gradients reach its embeddings but not earlier chunks' computations."""
+        context, place = carry
+        M = context.shape[1]
+        both = torch.cat([context, items], dim=1)                                   # [B, M + W]
+        index = place[:, None] + torch.arange(-M, items.shape[1], device=items.device)
+        states = self._encode(both, index.masked_fill(both == 0, -1))[:, M - 1:]
+        return states, (both[:, keep:keep + M], place + keep)
 
 
 def state_encoder(num_items: int, model: dict) -> nn.Module:
@@ -121,16 +189,27 @@ class SeqRecQ(nn.Module):
         model.load_state_dict(ckpt["model"])
         return model.eval()
 
-    def forward(self, state: torch.Tensor, actions: torch.Tensor, candidates: torch.Tensor | None = None,
-                log_inclusion: torch.Tensor | None = None,
-                with_q: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def forward(self, state: torch.Tensor | None, actions: torch.Tensor, candidates: torch.Tensor | None = None,
+                log_inclusion: torch.Tensor | None = None, with_q: bool = True, carry=None,
+                trained: torch.Tensor | None = None):
         """Everything the training loss differentiates, in one call (what DistributedDataParallel wraps).
 
-        state [B, L], actions [B, T] -> states s_t..s_{t+T} [B, T+1, H], the per-sample cross-entropy
-        [B, K] of s_t's K self-supervised heads against a_t..a_{t+K-1} (over all items, or over
-        `candidates` [C], logQ-corrected by `log_inclusion` [N+1]), and Q(s_{t+k}, a_{t+k}) of the taken
-        actions [B, T] (None without `with_q`).
+        Window path: state [B, L], actions [B, T] -> (states s_t..s_{t+T} [B, T+1, H], the per-sample
+        cross-entropy [B, K] of s_t's K self-supervised heads against a_t..a_{t+K-1} (over all items,
+        or over `candidates` [C], logQ-corrected by `log_inclusion` [N+1]), Q(s_{t+k}, a_{t+k}) of the
+        taken actions [B, T] (None without `with_q`)).
+
+        Session path (`carry` given, `state` unused): actions [B, W] are each lane's next items, of
+        which the first C are trained where `trained` [B, C] is True -> (states s_p..s_{p+W} [B, W+1, H],
+        cross-entropy [n, K] of each trained s_{p+j} against a_{p+j}..a_{p+j+K-1} (n trained positions,
+        row-major), Q(s_{p+j}, a_{p+j}) [B, W] or None, the encoder's carry after the C items).
         """
+        if carry is not None:
+            C = trained.shape[1]
+            states, next_carry = self.encoder.read(actions, carry, C)
+            targets = actions[:, ahead(C, self.ssl.steps, actions.device)][trained]          # [n, K]
+            ce = self.ssl.cross_entropy(states[:, :C][trained], targets, candidates, log_inclusion)
+            return states, ce, self.q_of(states[:, :-1], actions) if with_q else None, next_carry
         states = self.window_states(state, actions)
         ce = self.ssl.cross_entropy(states[:, 0], actions[:, :self.ssl.steps], candidates, log_inclusion)
         return states, ce, self.q_of(states[:, :-1], actions) if with_q else None
@@ -206,11 +285,17 @@ def next_state_values(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, t
     return target_net.q_of(target_states, net.greedy_items(states, candidates))
 
 
-def compute_losses(model, target_net: SeqRecQ, b: Batch, t, dist: Dist = SINGLE, step: int = 0,
+def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist = SINGLE, step: int = 0,
                    log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """CE of the K self-supervised steps + alpha * TD(lambda) loss of the Q head on one batch; `t` is
     the config's `train` section. Returns (loss, stats for the log). With alpha = 0 the Q head, the
     target network and the bootstrap's argmax are skipped altogether (q_mean is then NaN).
+
+    A `Batch` holds T-step windows (the window path): each sample's TD loss covers its T steps, each
+    against its lambda-return truncated at the window's end. A `Chunk` holds each lane's next events
+    (the session path): each trained event's TD loss is Q(s_p, a_p) against the lambda-return of
+    the T steps from p on, so every transition is trained once per epoch; the encoders' carries after
+    the chunk are left in `b.next_carry`.
 
     With `train.negatives` > 0 both score a shared candidate set instead of all items (sampled
     softmax, logQ-corrected by `log_inclusion` [N+1] when given; the bootstrap max runs over the
@@ -221,20 +306,42 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch, t, dist: Dist = SINGLE,
     """
     net = getattr(model, "module", model)                      # the network behind a DDP wrapper
     with_td = t.alpha > 0                                      # alpha = 0: no Q head, target pass or argmax at all
-    cand = candidate_items(b.actions, t.negatives, net.num_items, t.seed, step) if t.negatives else None
-    states, ssl_ce, q_taken = model(b.state, b.actions, cand, log_inclusion, with_q=with_td)  # [B, T+1, H], [B, K], [B, T]
+    chunked = isinstance(b, Chunk)
+    actions = b.items if chunked else b.actions
+    cand = candidate_items(actions, t.negatives, net.num_items, t.seed, step) if t.negatives else None
+    if chunked:
+        C = b.train_len
+        trained = b.valid[:, :C]                              # padding past a session's end costs no CE
+        states, ssl_ce, q_all, next_carry = model(None, actions, cand, log_inclusion, with_q=with_td,
+                                                  carry=b.carry[0], trained=trained)   # [B, W+1, H], [n, K], [B, W]
+        ssl_valid = b.valid[:, ahead(C, ssl_ce.shape[-1], actions.device)][trained]    # [n, K]
+        b.next_carry = (next_carry, b.carry[1])
+    else:
+        states, ssl_ce, q_all = model(b.state, actions, cand, log_inclusion, with_q=with_td)  # [B, T+1, H], [B, K], [B, T]
+        ssl_valid = b.valid[:, :ssl_ce.shape[1]]
     K = ssl_ce.shape[1]
-    ce = multi_step_loss(ssl_ce, b.valid[:, :K],
-                         torch.tensor(t.ssl_weights[:K], dtype=ssl_ce.dtype, device=ssl_ce.device),
-                         counts=dist.sum(b.valid[:, :K].to(ssl_ce.dtype).sum(0)))
+    ce = multi_step_loss(ssl_ce, ssl_valid, torch.tensor(t.ssl_weights[:K], dtype=ssl_ce.dtype, device=ssl_ce.device),
+                         counts=dist.sum(ssl_valid.to(ssl_ce.dtype).sum(0)))
     if not with_td:
         return ce * dist.world, {"loss": ce.item(), "ce": ce.item(), "td": 0.0, "q_mean": math.nan}
     with torch.no_grad():                                      # over all items, or over the candidates
-        target_states = target_net.window_states(b.state, b.actions)[:, 1:]
-        next_v = next_state_values(net, target_net, states[:, 1:], target_states, t.value, cand)  # V(s_{t+k+1})
-        returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
+        if chunked:
+            target_states, target_carry = target_net.encoder.read(actions, b.carry[1], C)
+            b.next_carry = (next_carry, target_carry)
+            # V(s_{p+i+1}) after every read position i inside a session, then the T-step window from each p
+            inside = b.valid
+            next_v = torch.zeros_like(b.rewards)                                                          # [B, W]
+            next_v[inside] = next_state_values(net, target_net, states[:, 1:][inside], target_states[:, 1:][inside],
+                                               t.value, cand)
+            returns = sliding_lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam,
+                                             actions.shape[1] - C + 1)                                   # [B, C]
+            q_taken, valid = q_all[:, :C], b.valid[:, :C].to(q_all.dtype)
+        else:
+            target_states = target_net.window_states(b.state, actions)[:, 1:]
+            next_v = next_state_values(net, target_net, states[:, 1:], target_states, t.value, cand)  # V(s_{t+k+1})
+            returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
+            q_taken, valid = q_all, b.valid.to(q_all.dtype)
     td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
-    valid = b.valid.to(q_taken.dtype)
     count = dist.sum(valid.sum()).clamp(min=1.0)
     td = (td_fn(q_taken, returns, reduction="none") * valid).sum() / count
 

@@ -124,6 +124,31 @@ class Pool:
             purchase=inside[:, step] & self.purchase[safe[:, step]],
             dones=pos[:, step] == end - 1, valid=inside[:, step])
 
+    def spans(self, sessions: np.ndarray, starts: np.ndarray, width: int, training: bool = False) -> Windows:
+        """The session path's chunks: `width` consecutive events of each session from its event
+        `starts` [B] on (sessions [B]; -1 = an idle lane). Vectorized like `windows`. Returns Windows
+        whose `actions`, `rewards`, `purchase`, `dones`, `valid` are [B, width] (0/False past the end)
+        and whose `state` is empty [B, 0]."""
+        sessions = np.asarray(sessions, dtype=np.int64)
+        idle = sessions < 0
+        first = np.where(idle, 0, self.offsets[np.maximum(sessions, 0)])
+        end = np.where(idle, 0, (self.train_ends if training else self.offsets[1:])[np.maximum(sessions, 0)])
+        pos = (first + np.asarray(starts, dtype=np.int64))[:, None] + np.arange(width)        # [B, W]
+        inside = pos < end[:, None]
+        safe = np.clip(pos, 0, len(self.items) - 1)
+        return Windows(state=np.zeros((len(sessions), 0), dtype=np.int64),
+                       actions=np.where(inside, self.items[safe], 0).astype(np.int64),
+                       rewards=np.where(inside, self.rewards[safe], 0).astype(np.float32),
+                       purchase=inside & self.purchase[safe], dones=pos == end[:, None] - 1, valid=inside)
+
+    def session_of(self, events: np.ndarray) -> np.ndarray:
+        """The session of each event: events [n] -> [n] int64."""
+        return np.searchsorted(self.offsets, np.asarray(events, dtype=np.int64), side="right") - 1
+
+    def train_lengths(self) -> np.ndarray:
+        """Training events of each session [S] (a prefix of the session; 0 outside the training split)."""
+        return np.bincount(self.session_of(self.events("train")), minlength=self.num_sessions)
+
     def histories(self, events: np.ndarray) -> np.ndarray:
         """Every item before each event in its session (not only the last `state_len`), what
         "already seen" means when ranking. events [B] -> [B, S] int64, left-aligned, 0-padded; S is

@@ -30,3 +30,18 @@ def lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, dones: torc
         next_return = rewards[:, k] + discount[:, k] * blended
         returns[:, k] = next_return
     return returns
+
+
+def sliding_lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
+                           gamma: float, lam: float, horizon: int) -> torch.Tensor:
+    """G^lambda_0 of the `horizon`-step window from each position of a stretch of a session.
+
+    rewards, next_values (V after each step), dones: [B, W] for consecutive steps p .. p+W-1 ->
+    [B, W - horizon + 1]: entry j is the lambda-return of steps j .. j+horizon-1, truncated there as
+    `lambda_returns` truncates a window (the session path's TD target, one per transition).
+    """
+    win = torch.arange(rewards.shape[1] - horizon + 1, device=rewards.device)[:, None] + torch.arange(
+        horizon, device=rewards.device)                                                  # [W-T+1, T]
+    B, J = rewards.shape[0], win.shape[0]
+    windows = (x[:, win].flatten(0, 1) for x in (rewards, next_values, dones))          # [B*J, T] each
+    return lambda_returns(*windows, gamma, lam)[:, 0].view(B, J)

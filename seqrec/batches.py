@@ -2,6 +2,7 @@
 candidate items of a sampled step (sampled softmax over a large catalogue)."""
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,3 +55,56 @@ def candidate_log_inclusion(item_counts: np.ndarray, actions_per_step: int, nega
     freq = counts / max(counts.sum(), 1.0)
     miss = (1.0 - freq) ** actions_per_step * (1.0 - 1.0 / (len(counts) - 1)) ** negatives
     return torch.from_numpy(np.log1p(-miss)).float()
+
+
+# ------------------------------------------------------------------------------------------------
+# The session path (pool.state_len = 0): lanes read sessions chunk by chunk
+# ------------------------------------------------------------------------------------------------
+def lane_schedule(lengths: np.ndarray, lanes: int, chunk: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which session each lane reads at each step, and from which of its events: GRU4Rec's
+    session-parallel batches, `chunk` events per lane and step. Sessions (of `lengths` [S] events; 0 =
+    skipped) come in a (seed, epoch) order, each to the lane that frees up first, which reads it chunk
+    after chunk in consecutive steps, carrying its state. A pure function, so a resumed run replays it.
+
+    Returns (session [steps, lanes], start [steps, lanes]): session -1 is an idle lane.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.random.default_rng([seed, 200, epoch]).permutation(len(lengths))
+    order = order[lengths[order] > 0]
+    chunks = -(-lengths[order] // chunk)                         # chunks of each session, in order
+    lane_of, first_step = np.zeros(len(order), dtype=np.int64), np.zeros(len(order), dtype=np.int64)
+    busy = [(0, lane) for lane in range(lanes)]                  # (step the lane frees up, lane): a heap
+    for i, n in enumerate(chunks.tolist()):
+        free, lane = heapq.heappop(busy)
+        lane_of[i], first_step[i] = lane, free
+        heapq.heappush(busy, (free + n, lane))
+    steps = max(free for free, _ in busy) if len(order) else 0
+    session = np.full((steps, lanes), -1, dtype=np.int64)
+    start = np.zeros((steps, lanes), dtype=np.int64)
+    k = np.repeat(np.arange(len(order)), chunks)                 # one row per (session, chunk)
+    nth = np.arange(len(k)) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    session[first_step[k] + nth, lane_of[k]] = order[k]
+    start[first_step[k] + nth, lane_of[k]] = nth * chunk
+    return session, start
+
+
+@dataclass
+class Chunk:
+    """One step of the session path: each lane's next events, as tensors on the training device.
+
+    A lane trains the first `train_len` of its `width` = train_len + T - 1 events (the rest is the
+    look-ahead of their T-step returns); `carry` is what the encoders carry into the chunk (online,
+    target), and the loss leaves the carries after the trained events in `next_carry`.
+    """
+    items: torch.Tensor    # [B, W] a_p .. a_{p+W-1}, p the lane's start; 0 past the session's end
+    rewards: torch.Tensor  # [B, W]
+    dones: torch.Tensor    # [B, W] the session's last event
+    valid: torch.Tensor    # [B, W] inside the session
+    train_len: int
+    carry: tuple
+    next_carry: tuple | None = None
+
+    @classmethod
+    def from_spans(cls, w, train_len: int, carry: tuple, device: torch.device | str = "cpu") -> "Chunk":
+        return cls(*(torch.from_numpy(np.ascontiguousarray(getattr(w, f))).to(device, non_blocking=True)
+                     for f in ("actions", "rewards", "dones", "valid")), train_len=train_len, carry=carry)

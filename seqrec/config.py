@@ -194,13 +194,13 @@ ABOVE_0 = (0, None, False)
 SHARE = (0, 1, True)
 RANGES = {
     **{key: AT_LEAST_1 for key in (
-        "pool.state_len", "pool.horizon", "model.hidden", "model.ssl_steps", "model.max_len", "model.layers",
-        "model.heads", "train.epochs", "train.batch_size",
+        "pool.horizon", "model.hidden", "model.ssl_steps", "model.max_len", "model.layers",
+        "model.heads", "train.epochs", "train.batch_size", "train.chunk_len",
         "train.target_every", "eval.batch_size", "data.min_session_len", "data.min_item_count", "online.sessions",
         "online.round_sessions", "online.round_epochs", "recommend.k", "sim.num_sessions", "sim.num_items",
         "sim.num_categories", "sim.dim", "sim.slate_size", "sim.max_session_len")},
     **{key: AT_LEAST_0 for key in (
-        "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.threads",
+        "pool.state_len", "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.threads",
         "train.checkpoint_every", "train.max_steps", "data.max_sessions", "online.rounds",
         "sim.logging_temperature")},
     **{key: SHARE for key in (

@@ -1,7 +1,7 @@
 """Event-level evaluation as in SQN, vectorized and full-ranking.
 
 Every event of every session of a split is a query: the state is the `state_len` items before it (in
-its session), the target is the event's item, and all items are ranked. HR@k and NDCG@k are reported
+its session), or with state_len 0 all of them (each session read once, in chunks), the target is the event's item, and all items are ranked. HR@k and NDCG@k are reported
 for click events and purchase events apart, for both heads in one pass. With `exclude_seen`, every
 item earlier in the query's session (not only those in the state) is masked, as RecBole masks a
 user's history.
@@ -16,14 +16,17 @@ from seqrec.distributed import model_device
 from seqrec.metrics import KINDS, summarize
 from seqrec.streamed import rank_of_targets_linear
 
+EVAL_CHUNK = 64   # session path: items per encoder call (any value gives the same states; memory vs calls)
+
 
 @torch.no_grad()
 def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool, *,
              heads: tuple[str, ...], progress: bool = True, limit: int | None = None) -> dict[str, dict[str, float]]:
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
-    `limit` events), for each of `heads`.
+    `limit` events), for each of `heads`. state_len 0: the state is the whole session so far.
 
-    `model` needs `last_state(state [B, L]) -> [B, H]` and `score_layer(states, head)` (see model.py).
+    `model` needs `last_state(state [B, L]) -> [B, H]` (window path) or an `encoder` with
+    `start`/`read` (session path), and `score_layer(states, head)` (see model.py).
     """
     was_training = model.training
     model.eval()
@@ -31,22 +34,57 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
     events = pool.events(split)[:limit]
     ranks = {head: ([], []) for head in heads}
     purchase = []
-    chunks = range(0, len(events), batch_size)
-    for start in tqdm(chunks, desc=f"evaluating {split}", unit="batch", leave=False, disable=not progress):
-        batch = events[start:start + batch_size]
-        w = pool.windows(batch, state_len, 1)
-        state = torch.from_numpy(w.state).to(device)
-        target = torch.from_numpy(w.actions[:, 0]).to(device)
+    states = (session_query_states(model.encoder, pool, events, batch_size, device) if state_len == 0 else
+              window_query_states(model, pool, events, state_len, batch_size, device))
+    bar = tqdm(total=len(events), desc=f"evaluating {split}", unit="query", leave=False, disable=not progress)
+    for batch, h in states:
+        target = torch.from_numpy(np.asarray(pool.items[batch], dtype=np.int64)).to(device)
         seen = torch.from_numpy(pool.histories(batch)).to(device) if exclude_seen else None
-        h = model.last_state(state)
         for head in heads:
             higher, ties = rank_of_targets_linear(*model.score_layer(h, head), target, seen)
             ranks[head][0].append(higher.cpu())
             ranks[head][1].append(ties.cpu())
-        purchase.append(torch.from_numpy(np.ascontiguousarray(w.purchase[:, 0])))
+        purchase.append(torch.from_numpy(np.asarray(pool.purchase[batch], dtype=bool)))
+        bar.update(len(batch))
+    bar.close()
     model.train(was_training)
     is_purchase = torch.cat(purchase) if purchase else torch.zeros(0, dtype=torch.bool)
     return {head: summarize(_cat(higher), _cat(ties), is_purchase, ks) for head, (higher, ties) in ranks.items()}
+
+
+def window_query_states(model, pool, events: np.ndarray, state_len: int, batch_size: int, device):
+    """Yields (events [b], their states [b, H]): each from the `state_len` items before it."""
+    for start in range(0, len(events), batch_size):
+        batch = events[start:start + batch_size]
+        yield batch, model.last_state(torch.from_numpy(pool.windows(batch, state_len, 1).state).to(device))
+
+
+def session_query_states(encoder, pool, events: np.ndarray, batch_size: int, device, chunk: int = EVAL_CHUNK):
+    """Yields (events [b], their states [b, H]) with b <= batch_size, reading each session once: sessions
+    sorted by how far they must be read, `batch_size` at a time, `chunk` items per encoder call with
+    the encoder's carry in between; every query's state s_p (after the p items before it) is picked
+    on the way."""
+    events = np.asarray(events, dtype=np.int64)
+    session = pool.session_of(events)
+    place = events - np.asarray(pool.offsets)[session]                      # p: items read before the query
+    sessions, inverse = np.unique(session, return_inverse=True)
+    reach = np.zeros(len(sessions), dtype=np.int64)
+    np.maximum.at(reach, inverse, place)                                   # read this far in each session
+    order = np.argsort(-reach, kind="stable")
+    for first in range(0, len(order), batch_size):
+        lanes = order[first:first + batch_size]                           # indices into `sessions`
+        lane_of = np.full(len(sessions), -1)
+        lane_of[lanes] = np.arange(len(lanes))
+        mine = np.flatnonzero(lane_of[inverse] >= 0)                      # this batch's queries
+        carry = encoder.start(len(lanes))
+        for c0 in range(0, int(reach[lanes].max()) + 1, chunk):
+            here = mine[(place[mine] >= c0) & (place[mine] < c0 + chunk)]
+            span = pool.spans(sessions[lanes], np.full(len(lanes), c0), chunk)
+            states, carry = encoder.read(torch.from_numpy(span.actions).to(device), carry, chunk)
+            lane = torch.from_numpy(lane_of[inverse[here]]).to(device)
+            picked = states[lane, torch.from_numpy(place[here] - c0).to(device)]
+            for part in range(0, len(here), batch_size):
+                yield events[here[part:part + batch_size]], picked[part:part + batch_size]
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:

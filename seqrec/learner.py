@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
-from seqrec.batches import Batch, candidate_log_inclusion, epoch_order
+from seqrec.batches import Batch, Chunk, candidate_log_inclusion, epoch_order, lane_schedule
 from seqrec.distributed import SINGLE, Dist, model_device
 
 
@@ -33,6 +34,7 @@ class Learner:
     epoch: int = 0
     batch: int = 0
     sums: dict = field(default_factory=dict)
+    carry: tuple | None = None            # session path: the encoders' (online, target) state per lane
 
     @classmethod
     def create(cls, net: torch.nn.Module, cfg, device: torch.device | str = "cpu", dist: Dist = SINGLE) -> "Learner":
@@ -67,7 +69,7 @@ class Learner:
         return {"model": self.net.state_dict(), "target": self.target_net.state_dict(),
                 "optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
                 "sums": self.sums, "best": best, "config": cfg.to_dict(), "num_items": pool.num_items,
-                "pool_hash": pool.meta["config_hash"], "rng": torch.get_rng_state()}
+                "pool_hash": pool.meta["config_hash"], "rng": torch.get_rng_state(), "carry": self.carry}
 
     def restore(self, ckpt: dict) -> None:
         self.net.load_state_dict(ckpt["model"])
@@ -75,6 +77,7 @@ class Learner:
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.epoch, self.batch, self.sums = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["sums"]
         torch.set_rng_state(ckpt["rng"])
+        self.carry = ckpt.get("carry")
 
 
 @torch.no_grad()
@@ -92,35 +95,84 @@ def train_epoch(learner: Learner, pool, cfg, loss_fn, dist: Dist = SINGLE, on_st
     """Train epoch `learner.epoch` from batch `learner.batch` on, in the (seed, epoch) order; each rank
     takes its shard of every global batch. Returns False if `train.max_steps` stopped it early.
 
+    Window path (pool.state_len > 0): batches of train.batch_size windows. Session path (0): steps
+    of session-parallel lanes, train.chunk_len events each, carrying the encoders' state from one
+    step to the next (in `learner.carry`, so a resumed run continues exactly).
     `on_step(learner)` runs after every step (checkpointing).
     """
-    t, L, T = cfg.train, cfg.pool.state_len, cfg.pool.horizon
+    t = cfg.train
     device = model_device(learner.net)
     learner.model.train()
-    train_events = pool.events("train")
-    order = train_events[epoch_order(len(train_events), t.seed, learner.epoch)]
-    batches = math.ceil(len(order) / t.batch_size)
+    batches, batch_at = (session_steps if cfg.pool.state_len == 0 else window_batches)(learner, pool, cfg, dist, device)
     log_inclusion = None
     if t.negatives:                                   # sampled softmax: each item's chance to be a candidate
-        counts = np.bincount(np.asarray(pool.items[train_events]), minlength=pool.num_items + 1)
-        log_inclusion = candidate_log_inclusion(counts, math.ceil(t.batch_size / dist.world) * T, t.negatives).to(device)
+        counts = np.bincount(np.asarray(pool.items[pool.events("train")]), minlength=pool.num_items + 1)
+        log_inclusion = candidate_log_inclusion(counts, actions_per_step(cfg, dist), t.negatives).to(device)
     bar = tqdm(range(learner.batch, batches), desc=label or f"epoch {learner.epoch + 1}/{t.epochs}", unit="batch",
                leave=False, disable=not (progress and dist.main))
     for i in bar:
         if t.max_steps and learner.step >= t.max_steps:
             return False
-        shard = dist.shard(order[i * t.batch_size:(i + 1) * t.batch_size])
-        batch = Batch.from_windows(pool.windows(shard, L, T, training=True), device)
+        batch = batch_at(i)
         loss, stats = loss_fn(learner.model, learner.target_net, batch, t, dist, learner.step, log_inclusion)
         learner.update(loss)
         learner.batch = i + 1
+        if isinstance(batch, Chunk):
+            learner.carry = batch.next_carry
         for k, v in stats.items():
             learner.sums[k] = learner.sums.get(k, 0.0) + v
         if i % 20 == 0:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", td=f"{stats['td']:.3f}")
         if on_step is not None:
             on_step(learner)
+    learner.carry = None
     return True
+
+
+def lanes(cfg, dist: Dist = SINGLE) -> int:
+    """Session-parallel lanes of the session path: train.batch_size events per step in all."""
+    return max(cfg.train.batch_size // cfg.train.chunk_len, dist.world)
+
+
+def actions_per_step(cfg, dist: Dist = SINGLE) -> int:
+    """Actions a rank's step reads (its candidates under sampled softmax): T per window, or each
+    lane's chunk plus look-ahead."""
+    T = cfg.pool.horizon
+    if cfg.pool.state_len == 0:
+        return math.ceil(lanes(cfg, dist) / dist.world) * (cfg.train.chunk_len + T - 1)
+    return math.ceil(cfg.train.batch_size / dist.world) * T
+
+
+def window_batches(learner: Learner, pool, cfg, dist: Dist, device):
+    """(number of batches, batch i -> Batch) of the window path's epoch `learner.epoch`."""
+    t = cfg.train
+    train_events = pool.events("train")
+    order = train_events[epoch_order(len(train_events), t.seed, learner.epoch)]
+
+    def batch_at(i: int) -> Batch:
+        shard = dist.shard(order[i * t.batch_size:(i + 1) * t.batch_size])
+        return Batch.from_windows(pool.windows(shard, cfg.pool.state_len, cfg.pool.horizon, training=True), device)
+    return math.ceil(len(order) / t.batch_size), batch_at
+
+
+def session_steps(learner: Learner, pool, cfg, dist: Dist, device):
+    """(number of steps, step i -> Chunk) of the session path's epoch `learner.epoch`: this rank's
+    lanes of lane_schedule, each reading train.chunk_len events plus T - 1 of look-ahead."""
+    t, C = cfg.train, cfg.train.chunk_len
+    width = lanes(cfg, dist)
+    session, start = lane_schedule(pool.train_lengths(), width, C, t.seed, learner.epoch)
+    mine = dist.shard(np.arange(width))
+    encoders = learner.net.encoder, learner.target_net.encoder
+    if learner.carry is None:
+        learner.carry = tuple(enc.start(len(mine)) for enc in encoders)
+    learner.carry = tree_map(lambda x: x.to(device), learner.carry)      # a resumed carry comes from the CPU
+
+    def step_at(i: int) -> Chunk:
+        fresh = torch.from_numpy(start[i, mine] == 0).to(device)
+        carry = tuple(enc.restart(c, fresh) for enc, c in zip(encoders, learner.carry))
+        spans = pool.spans(session[i, mine], start[i, mine], C + cfg.pool.horizon - 1, training=True)
+        return Chunk.from_spans(spans, C, carry, device)
+    return len(session), step_at
 
 
 def epoch_means(learner: Learner, dist: Dist = SINGLE) -> dict:

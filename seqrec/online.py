@@ -65,8 +65,8 @@ def baseline_policies(sim: Simulator, pool, seed: int) -> dict:
 
 
 class ModelPolicy:
-    """A trained model as a policy: the last `state_len` clicks, mapped to the pool's item ids, ranked by
-    `head`. Simulator items the pool never saw (filtered out) get -inf."""
+    """A trained model as a policy: the last `state_len` clicks (0: all of them), mapped to the pool's
+    item ids, ranked by `head`. Simulator items the pool never saw (filtered out) get -inf."""
 
     def __init__(self, model, pool_item_ids: np.ndarray, num_items: int, state_len: int, head: str):
         self.model, self.state_len, self.head, self.num_items = model.eval(), state_len, head, num_items
@@ -76,7 +76,8 @@ class ModelPolicy:
 
     @torch.no_grad()
     def __call__(self, histories: np.ndarray, users: Users) -> np.ndarray:
-        recent = histories[:, -self.state_len:]
+        width = self.state_len or max(int((histories >= 0).sum(1).max(initial=0)), 1)
+        recent = histories[:, -width:]
         state = np.where(recent >= 0, self.sim_to_pool[np.maximum(recent, 0)], 0)
         state = torch.from_numpy(state).to(model_device(self.model))
         scores = self.model.scores(self.model.last_state(state), self.head).cpu().numpy()

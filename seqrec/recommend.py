@@ -44,9 +44,11 @@ def mask_seen(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def top_k(model, history: np.ndarray, state_len: int, k: int, head: str, exclude_seen: bool):
-    """(internal item ids [k], scores [k]) for a history of internal ids; shorter ones are left-padded."""
+    """(internal item ids [k], scores [k]) for a history of internal ids: its last `state_len` items
+    (left-padded if fewer), or all of them with state_len 0."""
     model.eval()
     device = model_device(model)
+    state_len = state_len or max(len(history), 1)
     state = np.zeros(state_len, dtype=np.int64)
     tail = history[-state_len:]
     state[state_len - len(tail):] = tail
