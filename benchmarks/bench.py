@@ -155,6 +155,47 @@ def naive_step_flops(B: int, L: int, T: int, K: int, H: int, N: int) -> float:
     return (3 * (T + 1) + T) * gru + 3 * K * heads + 3 * (T + 1) * heads + T * heads
 
 
+def session_step_flops(chunk, K: int, H: int, N: int) -> float:
+    """Matmul FLOPs of one session-path step (a seqrec.batches.Chunk): the GRU over every lane's
+    chunk plus look-ahead (online fwd+bwd, target fwd), the K-step CE of the trained events (fwd+bwd)
+    and the all-item argmax at every position inside a session."""
+    lanes, W = chunk.items.shape
+    gru = 12 * H * H * lanes * W
+    heads = 2 * H * (N + 1)
+    trained, inside = int(chunk.valid[:, :chunk.train_len].sum()), int(chunk.valid.sum())
+    return 3 * gru + gru + 3 * K * heads * trained + heads * inside
+
+
+def session_samples_per_s(torch, device, cfg, pool, steps: int, K: int = 3) -> tuple[float, float]:
+    """(trained events/s, GFLOP/s) of the session path's step (lanes, Learner.update on
+    model.compute_losses), over `steps` steps after 2 of warm-up."""
+    from model import SeqRecQ, compute_losses
+    from seqrec.distributed import SINGLE
+    from seqrec.learner import Learner, session_steps
+    torch.manual_seed(0)
+    learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), pool.num_items), cfg, device)
+    count, step_at = session_steps(learner, pool, cfg, SINGLE, device)
+    done = {"events": 0, "flops": 0.0}
+
+    def step(i: int, timed: bool) -> None:
+        chunk = step_at(i % count)
+        learner.update(compute_losses(learner.model, learner.target_net, chunk, cfg.train)[0])
+        learner.carry = chunk.next_carry
+        if timed:
+            done["events"] += int(chunk.valid[:, :chunk.train_len].sum())
+            done["flops"] += session_step_flops(chunk, K, cfg.model.hidden, pool.num_items)
+
+    for i in range(2):
+        step(i, False)
+    sync(torch, device)
+    t0 = time.perf_counter()
+    for i in range(2, 2 + steps):
+        step(i, True)
+    sync(torch, device)
+    seconds = time.perf_counter() - t0
+    return done["events"] / seconds, done["flops"] / seconds / 1e9
+
+
 def eval_query_flops(L: int, H: int, N: int) -> float:
     return 12 * H * H * L + 2 * H * (N + 1)
 
@@ -215,6 +256,47 @@ def bench_training(torch, device, items: list[int], peak: float, steps: int, num
             report(f"train_share_of_matmul@{tag}", gflops / peak, "fraction")
             report(f"train_sampled_samples_per_s@{tag}", sampled, "samples/s",
                    f"train.negatives=1024: {sampled / fast:.1f}x full softmax, {sampled / naive:.1f}x naive")
+            report_session_path(torch, device, cfg, pool, steps, peak, tag, fast)
+
+
+def report_session_path(torch, device, cfg, pool, steps: int, peak: float, tag: str, window_rate: float) -> None:
+    """The session path's rate (pool.state_len 0, default chunk_len) beside the window path's."""
+    session_cfg = load_config(overrides=[*cfg_overrides(cfg), "pool.state_len=0"])
+    rate, gflops = session_samples_per_s(torch, device, session_cfg, pool, steps)
+    C, B = session_cfg.train.chunk_len, session_cfg.train.batch_size
+    report(f"train_session_samples_per_s@{tag}", rate, "samples/s",
+           f"whole-session states, {B // C} lanes x chunk {C}; {rate / window_rate:.2f}x the window path")
+    report(f"train_session_share_of_matmul@{tag}", gflops / peak, "fraction", f"{gflops:.1f} GFLOP/s")
+
+
+def bench_movielens_1m(torch, device, peak: float, steps: int) -> None:
+    """Both paths on MovieLens-1M (leave-one-out, configs/movielens-1m-loo.yaml; fetched if needed):
+    long sessions (165 events on average), 3,706 items."""
+    from model import SeqRecQ, compute_losses
+    from replay_buffer import ensure_pool
+    from seqrec.batches import Batch, epoch_order
+    from seqrec.learner import Learner
+    settings = ["pool.horizon=3", "model.ssl_steps=3", "model.hidden=64", "train.batch_size=256", "model.dropout=0.0"]
+    cfg = load_config(ROOT / "configs" / "movielens-1m-loo.yaml", [*settings, "pool.state_len=10"])
+    pool = ensure_pool(cfg)
+    N, t, B, L, T = pool.num_items, cfg.train, cfg.train.batch_size, cfg.pool.state_len, cfg.pool.horizon
+    events = pool.events("train")
+    order = events[epoch_order(len(events), 0, 0)]
+    torch.manual_seed(0)
+    learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), N), cfg, device)
+
+    def window_step(i):
+        batch = Batch.from_windows(pool.windows(order[i * B:(i + 1) * B], L, T, training=True), device)
+        learner.update(compute_losses(learner.model, learner.target_net, batch, t)[0])
+
+    window = samples_per_s(window_step, B, steps, lambda: sync(torch, device))
+    report("train_samples_per_s@ml-1m", window, "samples/s", f"{N:,} items, L {L}, T 3, K 3, batch 256")
+    report("train_share_of_matmul@ml-1m", window / B * train_step_flops(B, L, T, 3, 64, N) / 1e9 / peak, "fraction")
+    session_cfg = load_config(ROOT / "configs" / "movielens-1m-loo.yaml", [*settings, "pool.state_len=0"])
+    rate, gflops = session_samples_per_s(torch, device, session_cfg, pool, steps)
+    report("train_session_samples_per_s@ml-1m", rate, "samples/s",
+           f"whole-session states, chunk {session_cfg.train.chunk_len}; {rate / window:.2f}x the window path")
+    report("train_session_share_of_matmul@ml-1m", gflops / peak, "fraction", f"{gflops:.1f} GFLOP/s")
 
 
 def samples_per_s(step, batch: int, steps: int, sync=lambda: None) -> float:
@@ -295,6 +377,8 @@ def main() -> None:
     peak = bench_matmul(torch, device)
     steps = (8 if args.quick else 20) * (5 if device.type == "cuda" else 1)
     bench_training(torch, device, [1000, 10_000] if args.quick else [1000, 10_000, 70_000], peak, steps)
+    if not args.quick:
+        bench_movielens_1m(torch, device, peak, steps)
     bench_eval(torch, device, 10_000 if args.quick else 70_000, peak, 4096 if args.quick else 16_384)
 
     def write(tmp: Path) -> None:

@@ -82,7 +82,12 @@ DATASETS = {
                           quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-event"]),
                   Dataset("movielens", "loo", "configs/movielens-loo.yaml",
                           quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-loo"])],
+    "movielens-loo": [Dataset("movielens", "loo", "configs/movielens-loo.yaml",
+                              quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-loo"])],
+    "movielens-1m": [Dataset("movielens-1m", "loo", "configs/movielens-1m-loo.yaml",
+                             quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml1m-loo"])],
 }
+ALL = ("simulated", "movielens")   # --data all; movielens-loo is a part of movielens, movielens-1m takes hours
 # Figures kept in summary.csv: per protocol, the test metrics (ssl head) worth a row.
 EVENT_METRICS = [f"{kind}/{m}@{k}" for kind in ("click", "purchase") for m in ("HR", "NDCG") for k in (5, 10, 20)]
 LOO_METRICS = [f"all/{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)] + ["all/MRR"]
@@ -384,7 +389,7 @@ def main() -> None:
         raise SystemExit(f"error: unknown model {unknown[0]}; choose from {', '.join(variants)}")
     seeds = list(range(1 if args.quick else args.seeds))
     extra = (["train.epochs=2"] if args.quick else []) + args.extra
-    datasets = [ds for key, group in DATASETS.items() if args.data in ("all", key) for ds in group]
+    datasets = [ds for key in (ALL if args.data == "all" else (args.data,)) for ds in DATASETS[key]]
     out = Path(args.out) if args.out else ROOT / "results" / ("quick" if args.quick else "")
     runs = plan(datasets, models, seeds, args.quick, extra, variants, Path(args.runs).resolve())
 

@@ -62,27 +62,40 @@ def candidate_log_inclusion(item_counts: np.ndarray, actions_per_step: int, nega
 # ------------------------------------------------------------------------------------------------
 def lane_schedule(lengths: np.ndarray, lanes: int, chunk: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """Which session each lane reads at each step, and from which of its events: GRU4Rec's
-    session-parallel batches, `chunk` events per lane and step. Sessions (of `lengths` [S] events; 0 =
-    skipped) come in a (seed, epoch) order, each to the lane that frees up first, which reads it chunk
-    after chunk in consecutive steps, carrying its state. A pure function, so a resumed run replays it.
+    session-parallel batches, `chunk` events per lane and step; a lane reads its sessions one after
+    the other, each chunk after chunk in consecutive steps, carrying its state. A pure function of
+    (seed, epoch), so a resumed run replays it.
+
+    Sessions (of `lengths` [S] events; 0 = skipped) are dealt to lanes longest first, each to the
+    least loaded lane, so that all lanes finish together: an epoch must not end with a few lanes
+    reading the longest sessions alone (hundreds of steps on a handful of users undo what the epoch
+    learnt). Each lane then reads its sessions in a random order.
 
     Returns (session [steps, lanes], start [steps, lanes]): session -1 is an idle lane.
     """
+    rng = np.random.default_rng([seed, 200, epoch])
     lengths = np.asarray(lengths, dtype=np.int64)
-    order = np.random.default_rng([seed, 200, epoch]).permutation(len(lengths))
+    shuffled = rng.permutation(len(lengths))                     # random order among equal lengths
+    order = shuffled[np.argsort(-lengths[shuffled], kind="stable")]
     order = order[lengths[order] > 0]
-    chunks = -(-lengths[order] // chunk)                         # chunks of each session, in order
-    lane_of, first_step = np.zeros(len(order), dtype=np.int64), np.zeros(len(order), dtype=np.int64)
-    busy = [(0, lane) for lane in range(lanes)]                  # (step the lane frees up, lane): a heap
+    chunks = -(-lengths[order] // chunk)                         # chunks of each session
+    lane_of = np.zeros(len(order), dtype=np.int64)
+    load = [(0, lane) for lane in range(lanes)]                  # (chunks dealt, lane): a heap
     for i, n in enumerate(chunks.tolist()):
-        free, lane = heapq.heappop(busy)
-        lane_of[i], first_step[i] = lane, free
-        heapq.heappush(busy, (free + n, lane))
-    steps = max(free for free, _ in busy) if len(order) else 0
+        dealt, lane = heapq.heappop(load)
+        lane_of[i] = lane
+        heapq.heappush(load, (dealt + n, lane))
+    # Lane by lane, its sessions in a random order, laid out back to back.
+    key = np.lexsort((rng.random(len(order)), lane_of))
+    order, chunks, lane_of = order[key], chunks[key], lane_of[key]
+    ends = np.cumsum(chunks)
+    lane_start = np.searchsorted(lane_of, np.arange(lanes))      # first session of each lane in `order`
+    first_step = ends - chunks - np.concatenate([[0], ends])[lane_start][lane_of]
+    steps = int(max(dealt for dealt, _ in load)) if len(order) else 0
     session = np.full((steps, lanes), -1, dtype=np.int64)
     start = np.zeros((steps, lanes), dtype=np.int64)
     k = np.repeat(np.arange(len(order)), chunks)                 # one row per (session, chunk)
-    nth = np.arange(len(k)) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    nth = np.arange(len(k)) - np.repeat(ends - chunks, chunks)
     session[first_step[k] + nth, lane_of[k]] = order[k]
     start[first_step[k] + nth, lane_of[k]] = nth * chunk
     return session, start

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,7 +161,12 @@ def session_steps(learner: Learner, pool, cfg, dist: Dist, device):
     lanes of lane_schedule, each reading train.chunk_len events plus T - 1 of look-ahead."""
     t, C = cfg.train, cfg.train.chunk_len
     width = lanes(cfg, dist)
-    session, start = lane_schedule(pool.train_lengths(), width, C, t.seed, learner.epoch)
+    lengths = pool.train_lengths()
+    session, start = lane_schedule(lengths, width, C, t.seed, learner.epoch)
+    balanced = math.ceil(np.sum(-(-lengths // C)) / width)
+    if dist.main and learner.batch == 0 and len(session) > 1.25 * balanced:
+        print(f"warning: the longest session takes {len(session)} steps of train.chunk_len={C} events, the "
+              f"others {balanced}: the epoch ends on a few sessions alone; raise train.chunk_len", file=sys.stderr)
     mine = dist.shard(np.arange(width))
     encoders = learner.net.encoder, learner.target_net.encoder
     if learner.carry is None:
