@@ -335,12 +335,13 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
                                                t.value, cand)
             returns = sliding_lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam,
                                              actions.shape[1] - C + 1)                                   # [B, C]
-            q_taken, valid = q_all[:, :C], b.valid[:, :C].to(q_all.dtype)
         else:
             target_states = target_net.window_states(b.state, actions)[:, 1:]
             next_v = next_state_values(net, target_net, states[:, 1:], target_states, t.value, cand)  # V(s_{t+k+1})
             returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
-            q_taken, valid = q_all, b.valid.to(q_all.dtype)
+    # Outside no_grad: the TD loss differentiates Q of the trained events
+    q_taken, valid = (q_all[:, :C], b.valid[:, :C]) if chunked else (q_all, b.valid)
+    valid = valid.to(q_taken.dtype)
     td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
     count = dist.sum(valid.sum()).clamp(min=1.0)
     td = (td_fn(q_taken, returns, reduction="none") * valid).sum() / count

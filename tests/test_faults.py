@@ -85,11 +85,12 @@ def test_killed_pool_writer_never_leaves_a_partial_pool(tmp_path):
     assert "building pool" in run("replay_buffer.py", tmp=tmp_path, extra=["data.reward_purchase=2.0"]).stdout
 
 
-def test_torchrun_two_processes_equal_one_process_after_one_step(tmp_path):
+@pytest.mark.parametrize("state_len", [10, 0])     # windows, and session-parallel lanes sharded over the ranks
+def test_torchrun_two_processes_equal_one_process_after_one_step(tmp_path, state_len):
     pytest.importorskip("torch.distributed.run")
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("this torch build has no gloo backend")
-    extra = ["train.max_steps=1", "model.dropout=0.0", "train.batch_size=64", "device=cpu"]
+    extra = ["train.max_steps=1", "model.dropout=0.0", "train.batch_size=64", "device=cpu", f"pool.state_len={state_len}"]
     single, multi = tmp_path / "single", tmp_path / "multi"
     single.mkdir(), multi.mkdir()
     run("train_offline.py", tmp=single, extra=extra)

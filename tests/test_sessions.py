@@ -115,11 +115,16 @@ def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_p
     t = load_config(overrides=["train.alpha=1.0", "train.gamma=0.7"]).train
     window = Batch.from_windows(pool.windows(pool.events("train"), LONGEST + 1, 1, training=True))
     by_windows, stats_w = compute_losses(net, target, window, t)
+    grads_w = torch.autograd.grad(by_windows, list(net.parameters()))
     by_sessions, stats_s = compute_losses(net, target, one_chunk_of_everything(pool, net, target, 1), t)
+    grads_s = torch.autograd.grad(by_sessions, list(net.parameters()))
     assert stats_s["ce"] == pytest.approx(stats_w["ce"], rel=1e-5)
     assert stats_s["td"] == pytest.approx(stats_w["td"], rel=1e-5)
     assert stats_s["q_mean"] == pytest.approx(stats_w["q_mean"], rel=1e-5)
     torch.testing.assert_close(by_sessions, by_windows)
+    for (name, _), g_s, g_w in zip(net.named_parameters(), grads_s, grads_w):   # the same training signal
+        torch.testing.assert_close(g_s, g_w, rtol=1e-4, atol=1e-6, msg=name)
+    assert grads_s[[n for n, _ in net.named_parameters()].index("q_head.weight")].abs().sum() > 0
 
 
 def test_multi_step_targets_and_returns_equal_the_window_paths_first_step(tmp_path):
