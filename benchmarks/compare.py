@@ -217,11 +217,11 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
     pool = Pool(Path(cfg.pool.dir))
     pop = PopularityRanker(pool)
     rows = []
-    for split in ("test", "valid"):
-        views = {ds.protocol: evaluate(pop, pool, split, cfg.pool.state_len, cfg.eval.ks, cfg.eval.batch_size,
+    for split in ("test", "valid"):    # popularity ignores the state: a one-item window is all it is given
+        views = {ds.protocol: evaluate(pop, pool, split, 1, cfg.eval.ks, cfg.eval.batch_size,
                                        cfg.eval.exclude_seen, heads=("ssl",), progress=False)["ssl"]}
         if ds.protocol == "loo" and split == "test":
-            views["loo-unmasked"] = evaluate(pop, pool, split, cfg.pool.state_len, cfg.eval.ks,
+            views["loo-unmasked"] = evaluate(pop, pool, split, 1, cfg.eval.ks,
                                              cfg.eval.batch_size, False, heads=("ssl",), progress=False)["ssl"]
         rows += test_rows(ds, "popularity", 0, views, split=split)
     if ds.online:

@@ -3,8 +3,12 @@
 # (MovieLens leave-one-out, every training prefix a sample, histories of 50 items, hidden 64, batch
 # 512, cross-entropy over all items, 2 threads, one run after the other), and the epoch-time ratios.
 #
-#   benchmarks/peer_recbole.sh            # MovieLens-100K
-#   benchmarks/peer_recbole.sh 1m         # MovieLens-1M
+#   benchmarks/peer_recbole.sh                  # MovieLens-100K, RecBole's GRU4Rec and SASRec
+#   benchmarks/peer_recbole.sh 1m GRU4Rec       # MovieLens-1M, GRU4Rec only (its SASRec epoch takes ~40 min)
+#
+# Ours, three ways: the gru4rec configuration of benchmarks/compare.py on 50-item windows (the window
+# path, RecBole's own histories), the same with whole-session states (pool.state_len 0, the session
+# path), and the next-item SASRec (model.encoder sasrec) with whole-session states.
 #
 # RecBole is never a dependency of this project: it gets a virtual environment of its own
 # (data/venv-recbole, built once, a few minutes). On today's stack it needs numpy<2, setuptools with
@@ -23,24 +27,28 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import recbole" 2>/de
   "$venv/bin/pip" install -q torch==2.13.0 "numpy<2" "setuptools<80" "scipy<1.14" recbole==1.2.1
 fi
 
-# ---- ours: one epoch of the gru4rec configuration (the pool, and the MovieLens file, are made first)
+# ---- ours: one epoch of each configuration (the pool, and the MovieLens file, are made first)
 config=configs/movielens-loo.yaml
 [ "$which" = 1m ] && config=configs/movielens-1m-loo.yaml
-ours=(python train_offline.py --config "$config" --set pool.horizon=1 --set model.ssl_steps=1 --set train.alpha=0.0
-      --set pool.state_len=50 --set train.batch_size=512 --set train.epochs=1 --set train.threads=2
-      --set "train.run_dir=runs/peer-recbole-$which")
 python replay_buffer.py --config "$config" > /dev/null
-"${ours[@]}" > /dev/null 2>&1 || { echo "error: our training failed; run it to see why: ${ours[*]}" >&2; exit 1; }
-our_seconds=$(python - "$which" <<'EOF'
-import csv, sys
-rows = list(csv.DictReader(open(f"runs/peer-recbole-{sys.argv[1]}/metrics.csv")))
-print(rows[-1]["seconds"])
-EOF
-)
+timings=""
+for variant in "gru4rec-window50:pool.state_len=50" "gru4rec-session:pool.state_len=0" \
+               "sasrec-session:pool.state_len=0 model.encoder=sasrec"; do
+  name=${variant%%:*}
+  sets=(--set pool.horizon=1 --set model.ssl_steps=1 --set train.alpha=0.0 --set train.batch_size=512
+        --set train.epochs=1 --set train.threads=2 --set "train.run_dir=runs/peer-recbole-$which-$name")
+  for kv in ${variant#*:}; do sets+=(--set "$kv"); done
+  python train_offline.py --config "$config" "${sets[@]}" > /dev/null 2>&1 ||
+    { echo "error: our training failed; run it to see why: python train_offline.py --config $config ${sets[*]}" >&2; exit 1; }
+  seconds=$(python -c "import csv, sys; print(list(csv.DictReader(open(sys.argv[1])))[-1]['seconds'])" \
+            "runs/peer-recbole-$which-$name/metrics.csv")
+  timings="$timings $name=$seconds"
+done
 inter=data/downloads/ml-$which.inter
+models=${2:-GRU4Rec,SASRec}
 
 # ---- RecBole: its own data pipeline on the same file, then one timed training epoch per model
-"$venv/bin/python" -W ignore - "$inter" "$our_seconds" <<'EOF'
+"$venv/bin/python" -W ignore - "$inter" "$models" $timings <<'EOF'
 import logging, os, shutil, sys, tempfile, time
 
 import torch
@@ -48,7 +56,8 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import get_model, get_trainer, init_seed
 
-inter, ours = os.path.abspath(sys.argv[1]), float(sys.argv[2])
+inter, models = os.path.abspath(sys.argv[1]), sys.argv[2].split(",")
+ours = {name: float(seconds) for name, seconds in (arg.split("=") for arg in sys.argv[3:])}
 torch.set_num_threads(2)
 logging.disable(logging.WARNING)
 name = os.path.basename(inter)[:-len(".inter")]
@@ -64,8 +73,10 @@ settings = {
     "embedding_size": 64, "hidden_size": 64, "n_layers": 2, "n_heads": 2, "inner_size": 256,
     "show_progress": False, "state": "ERROR",
 }
-print(f"one training epoch on {name}, 2 threads (ours: gru4rec configuration, {ours:.1f} s)")
-for model_name in ("GRU4Rec", "SASRec"):
+print(f"one training epoch on {name}, 2 threads")
+for ours_name, seconds in ours.items():
+    print(f"  ours    {ours_name:18s} {seconds:7.1f} s")
+for model_name in models:
     cfg = Config(model=model_name, dataset=name, config_dict=settings)
     if model_name == "GRU4Rec":
         cfg["n_layers"] = 1                     # RecBole's GRU4Rec default; 2 is SASRec's block count
@@ -76,6 +87,7 @@ for model_name in ("GRU4Rec", "SASRec"):
     start = time.perf_counter()
     trainer._train_epoch(train_data, epoch_idx=0, show_progress=False)
     seconds = time.perf_counter() - start
-    print(f"  RecBole {model_name:8s} {seconds:7.1f} s   ours is {seconds / ours:.2f}x faster")
+    ratios = ", ".join(f"{name} {seconds / ours_seconds:.2f}x" for name, ours_seconds in ours.items())
+    print(f"  RecBole {model_name:18s} {seconds:7.1f} s   ours faster by: {ratios}")
 shutil.rmtree(root, ignore_errors=True)
 EOF

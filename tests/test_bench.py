@@ -15,7 +15,8 @@ def test_bench_pieces_report_positive_figures():
     bench.bench_eval(torch, cpu, 300, peak=100.0, queries=256)
     figures = {name: value for name, value, _, _ in bench.FIGURES}
     for name in ("train_samples_per_s@300", "train_naive_samples_per_s@300", "train_speedup_vs_naive@300",
-                 "train_sampled_samples_per_s@300", "eval_queries_per_s@0k", "eval_queries_per_s_both_heads@0k"):
+                 "train_sampled_samples_per_s@300", "train_session_samples_per_s@300",
+                 "train_session_share_of_matmul@300", "eval_queries_per_s@0k", "eval_queries_per_s_both_heads@0k"):
         assert figures[name] > 0, name
 
 
@@ -34,6 +35,13 @@ def test_flop_counts():
     # Naive: (T+1) GRU passes of L steps fwd+bwd and T target passes; CE as above; all-item Q of the
     # T+1 states fwd+bwd (3 (T+1) units) and of the T next states on the target.
     assert bench.naive_step_flops(B=1, L=1, T=1, K=1, H=1, N=1) == (3 * 2 + 1) * 12 + 3 * 4 + 3 * 2 * 4 + 1 * 4
+    # Session path: GRU over lanes x W positions (online fwd+bwd, target fwd), CE of the trained events
+    # (those inside the first C positions), the argmax at every position inside a session.
+    from seqrec.batches import Chunk
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    chunk = Chunk(items=torch.ones(2, 3, dtype=torch.long), rewards=torch.zeros(2, 3), dones=valid, valid=valid,
+                  train_len=2, carry=())
+    assert bench.session_step_flops(chunk, K=1, H=1, N=1) == 4 * 12 * 2 * 3 + 3 * 4 * 3 + 4 * 4
 
 
 def test_every_benchmark_step_is_a_learner_update(monkeypatch):
@@ -47,5 +55,5 @@ def test_every_benchmark_step_is_a_learner_update(monkeypatch):
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: (clipped.append(1), clip(*a, **k))[1])
     bench.FIGURES.clear()
     bench.bench_training(torch, torch.device("cpu"), [300], peak=100.0, steps=3, num_events=20_000)
-    assert len(calls) == (2 + 3) + (2 + 2) + (2 + 3)       # warm-up + timed steps of the fast, naive and sampled step
+    assert len(calls) == (2 + 3) + (2 + 2) + (2 + 3) + (2 + 3)   # warm-up + timed: fast, naive, sampled, session step
     assert len(clipped) == len(calls)
