@@ -334,6 +334,11 @@ def bench_eval(torch, device, n_items: int, peak: float, queries: int) -> None:
                 report(f"eval_share_of_matmul@{tag}", gflops / peak, "fraction")
             else:
                 report(f"eval_queries_per_s_both_heads@{tag}", rate, "queries/s", "what training's validation runs")
+        t0 = time.perf_counter()
+        evaluate(model, pool, "valid", 0, [5, 10, 20], 1024, False, heads=HEADS[:1], progress=False, limit=queries)
+        sync(torch, device)
+        report(f"eval_session_queries_per_s@{tag}", min(queries, n) / (time.perf_counter() - t0), "queries/s",
+               "whole-session states (pool.state_len 0): each session read once, one head")
 
 
 # ================================================================================================
