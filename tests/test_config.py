@@ -8,8 +8,8 @@ from seqrec.errors import UserError
 
 def test_defaults_hold_the_interface_keys():
     cfg = load_config()
-    assert cfg.data.source == "synthetic" and cfg.pool.state_len == 10
-    for key in ("data.path", "data.min_session_len", "data.min_item_count", "data.purchase_events", "pool.dir",
+    assert cfg.data.source == "synthetic" and cfg.pool.state_len == 0      # whole-session states (issue 11)
+    for key in ("data.path", "data.min_session_len", "data.min_item_count", "data.purchase_events", "pool.dir", "train.chunk_len",
                 "pool.horizon", "train.epochs", "train.gamma", "train.lam", "train.seed", "train.run_dir"):
         section, name = key.split(".")
         assert name in cfg.to_dict()[section], key

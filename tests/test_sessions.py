@@ -176,10 +176,11 @@ def test_recommending_from_the_whole_history_equals_a_long_enough_state():
     assert (whole[0] == long[0]).all() and np.allclose(whole[1], long[1])
 
 
-@pytest.mark.parametrize("encoder", ["gru", "sasrec"])
-def test_an_epoch_stopped_mid_way_and_resumed_equals_an_uninterrupted_one(tmp_path, encoder):
-    cfg = tiny_config(tmp_path, "pool.state_len=0", "train.chunk_len=4", "train.batch_size=32", f"model.encoder={encoder}",
-                      "model.max_len=5")
+@pytest.mark.parametrize("encoder,state_len", [("gru", 0), ("sasrec", 0), ("gru", 4)])   # and the window path
+def test_an_epoch_stopped_mid_way_and_resumed_equals_an_uninterrupted_one(tmp_path, encoder, state_len):
+    settings = [f"pool.state_len={state_len}", "train.chunk_len=4", "train.batch_size=32", f"model.encoder={encoder}",
+                "model.max_len=5"]
+    cfg = tiny_config(tmp_path, *settings)
     pool = pool_from_sessions(tmp_path / "pool", [s * 2 for s in SESSIONS] * 3, [p * 2 for p in PURCHASES] * 3)
 
     def learner():
@@ -189,11 +190,10 @@ def test_an_epoch_stopped_mid_way_and_resumed_equals_an_uninterrupted_one(tmp_pa
     straight = learner()
     assert train_epoch(straight, pool, cfg, compute_losses, progress=False)
     stopped = learner()
-    cfg_stop = tiny_config(tmp_path, "pool.state_len=0", "train.chunk_len=4", "train.batch_size=32",
-                           f"model.encoder={encoder}", "model.max_len=5", "train.max_steps=3")
-    assert not train_epoch(stopped, pool, cfg_stop, compute_losses, progress=False)
+    assert not train_epoch(stopped, pool, tiny_config(tmp_path, *settings, "train.max_steps=3"), compute_losses,
+                           progress=False)
     saved = copy.deepcopy(stopped.state(cfg, pool, best={}))
-    assert saved["carry"] is not None and saved["batch"] == 3
+    assert (saved["carry"] is not None) == (state_len == 0) and saved["batch"] == 3
     resumed = learner()
     resumed.restore(saved)
     assert train_epoch(resumed, pool, cfg, compute_losses, progress=False)
