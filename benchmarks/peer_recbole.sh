@@ -31,9 +31,11 @@ fi
 config=configs/movielens-loo.yaml
 [ "$which" = 1m ] && config=configs/movielens-1m-loo.yaml
 python replay_buffer.py --config "$config" > /dev/null
+models=${2:-GRU4Rec,SASRec}
+variants=("gru4rec-window50:pool.state_len=50" "gru4rec-session:pool.state_len=0")
+[[ ",$models," == *,SASRec,* ]] && variants+=("sasrec-session:pool.state_len=0 model.encoder=sasrec")
 timings=""
-for variant in "gru4rec-window50:pool.state_len=50" "gru4rec-session:pool.state_len=0" \
-               "sasrec-session:pool.state_len=0 model.encoder=sasrec"; do
+for variant in "${variants[@]}"; do
   name=${variant%%:*}
   sets=(--set pool.horizon=1 --set model.ssl_steps=1 --set train.alpha=0.0 --set train.batch_size=512
         --set train.epochs=1 --set train.threads=2 --set "train.run_dir=runs/peer-recbole-$which-$name")
@@ -45,7 +47,6 @@ for variant in "gru4rec-window50:pool.state_len=50" "gru4rec-session:pool.state_
   timings="$timings $name=$seconds"
 done
 inter=data/downloads/ml-$which.inter
-models=${2:-GRU4Rec,SASRec}
 
 # ---- RecBole: its own data pipeline on the same file, then one timed training epoch per model
 "$venv/bin/python" -W ignore - "$inter" "$models" $timings <<'EOF'
