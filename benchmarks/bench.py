@@ -1,7 +1,7 @@
 """Speed and memory figures: pool building, training, evaluation, against the machine's matmul peak.
 
-    python benchmarks/bench.py                   # all figures (about 10 minutes on 2 cores)
-    python benchmarks/bench.py --quick           # smaller sizes (about 2 minutes)
+    python benchmarks/bench.py                   # all figures (about 2 minutes on 2 cores, MovieLens-1M's pool built)
+    python benchmarks/bench.py --quick           # smaller sizes, no MovieLens-1M
     python benchmarks/bench.py --device cuda     # training and evaluation on the GPU
 
 Prints one line per figure as `name=value unit` and writes them to results/bench-<device>.csv.

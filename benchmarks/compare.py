@@ -384,6 +384,7 @@ def main() -> None:
     models = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else list(MODELS))
     models = [] if args.baselines_only else models
     models += [] if args.baselines_only else [parse_variant(v)[0] for v in args.variant]
+    models = list(dict.fromkeys(models))          # a variant also named in --models runs once
     unknown = [m for m in models if m not in variants]
     if unknown:
         raise SystemExit(f"error: unknown model {unknown[0]}; choose from {', '.join(variants)}")
