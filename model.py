@@ -33,6 +33,11 @@ def ahead(count: int, steps: int, device=None) -> torch.Tensor:
     return torch.arange(count, device=device)[:, None] + torch.arange(steps, device=device)
 
 
+def leading_padding(items: torch.Tensor) -> torch.Tensor:
+    """How many padding items (0) precede each row's first real item: items [B, W] -> [B, 1]."""
+    return ((items != 0).int().cumsum(1) == 0).sum(1, keepdim=True)
+
+
 class GRUStateEncoder(nn.Module):
     """GRU4Rec's state: a GRU over item embeddings. The state of the empty history, s_0, is the GRU's
     output after reading one padding item from h = 0; left padding beyond that is not read, so a state
@@ -53,7 +58,7 @@ class GRUStateEncoder(nn.Module):
         """items [B, W] (left-padded with 0) -> states [B, W, H]; output w is the state after reading
         items[:, :w+1], s_0 at padding positions."""
         B, W = items.shape
-        lead = ((items != 0).int().cumsum(1) == 0).sum(1, keepdim=True)          # [B, 1] leading padding
+        lead = leading_padding(items)                                             # [B, 1]
         cols = torch.arange(W, device=items.device)
         shifted = items.gather(1, (cols + lead) % W)                              # real items first
         s0 = self.empty_state()
@@ -108,8 +113,7 @@ class SASRecStateEncoder(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, W] (left-padded with 0) -> states [B, W, H]; output w depends on items[:, :w+1] only."""
-        leading = ((items != 0).int().cumsum(1) == 0).sum(1, keepdim=True)     # [B, 1] padding before the first item
-        return self._encode(items, torch.arange(items.shape[1], device=items.device) - leading)
+        return self._encode(items, torch.arange(items.shape[1], device=items.device) - leading_padding(items))
 
     def _encode(self, items: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """items [B, W], index [B, W] each item's place in its session (< 0: padding) -> states [B, W, H]."""

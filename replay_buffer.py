@@ -110,7 +110,7 @@ class Pool:
         events), so no window sees a validation or test item.
         """
         events = np.asarray(events, dtype=np.int64)
-        session = np.searchsorted(self.offsets, events, side="right") - 1
+        session = self.session_of(events)
         start = self.offsets[session][:, None]
         end = (self.train_ends[session] if training else self.offsets[session + 1])[:, None]
         pos = events[:, None] + np.arange(-state_len, horizon)                  # [B, L+T]
@@ -154,7 +154,7 @@ class Pool:
         "already seen" means when ranking. events [B] -> [B, S] int64, left-aligned, 0-padded; S is
         the longest of these histories (at least 1)."""
         events = np.asarray(events, dtype=np.int64)
-        start = self.offsets[np.searchsorted(self.offsets, events, side="right") - 1]
+        start = self.offsets[self.session_of(events)]
         width = max(int((events - start).max(initial=0)), 1)
         pos = start[:, None] + np.arange(width)
         return np.where(pos < events[:, None], self.items[np.minimum(pos, len(self.items) - 1)], 0).astype(np.int64)

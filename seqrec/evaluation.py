@@ -1,10 +1,10 @@
 """Event-level evaluation as in SQN, vectorized and full-ranking.
 
 Every event of every session of a split is a query: the state is the `state_len` items before it (in
-its session), or with state_len 0 all of them (each session read once, in chunks), the target is the event's item, and all items are ranked. HR@k and NDCG@k are reported
-for click events and purchase events apart, for both heads in one pass. With `exclude_seen`, every
-item earlier in the query's session (not only those in the state) is masked, as RecBole masks a
-user's history.
+its session), or with state_len 0 all of them (each session read once, in chunks); the target is the
+event's item, and all items are ranked. HR@k and NDCG@k are reported for click events and purchase
+events apart, for both heads in one pass. With `exclude_seen`, every item earlier in the query's
+session (not only those in the state) is masked, as RecBole masks a user's history.
 """
 from __future__ import annotations
 
