@@ -7,8 +7,8 @@
 
 Every trained model is `python train_offline.py` with the overrides in MODELS on top of the data
 set's config, run in `runs/compare/<data>/<model>/seed<k>/` (a finished run with the same config is
-reused, so an interrupted benchmark picks up where it stopped). The best epoch of each run is chosen
-on validation; test is evaluated once, on that epoch. Writes to `results/` (or `results/quick/`):
+reused and one stopped part way resumes from its last.pt, so an interrupted benchmark picks up where
+it stopped). The best epoch of each run is chosen on validation; test is evaluated once, on that epoch. Writes to `results/` (or `results/quick/`):
 summary.csv (dataset,protocol,model,metric,mean,std,n_seeds), results.md, and plots of metric vs
 lambda, metric vs T and training curves.
 """
@@ -36,6 +36,7 @@ from model import SeqRecQ  # noqa: E402
 from replay_buffer import Pool, ensure_pool  # noqa: E402
 from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
 from seqrec.config import load_config  # noqa: E402
+from seqrec.errors import UserError  # noqa: E402
 from seqrec.evaluation import evaluate  # noqa: E402
 from seqrec.online import ModelPolicy, baseline_policies, rollout, simulator_for  # noqa: E402
 from seqrec.plots import pyplot, save_png  # noqa: E402
@@ -132,8 +133,20 @@ def is_done(run: Run) -> bool:
     return load_config(base=yaml.safe_load(saved.read_text())).to_dict() == run.config().to_dict()
 
 
+def is_resumable(run: Run) -> bool:
+    """Stopped part way (last.pt, no final.json) with the same config: continue it instead of restarting."""
+    last = run.run_dir / "last.pt"
+    if (run.run_dir / "final.json").is_file() or not last.is_file():
+        return False
+    try:
+        saved = load_checkpoint(last)["config"]
+    except UserError:                                   # a damaged last.pt: train from scratch
+        return False
+    return load_config(base=saved).to_dict() == run.config().to_dict()
+
+
 def train(run: Run) -> None:
-    cmd = [sys.executable, str(ROOT / "train_offline.py")]
+    cmd = [sys.executable, str(ROOT / "train_offline.py")] + (["--resume"] if is_resumable(run) else [])
     if run.dataset.config:
         cmd += ["--config", str(ROOT / run.dataset.config)]
     for o in run.overrides:
