@@ -1,0 +1,33 @@
+"""benchmarks/compare.py: which runs it reuses, resumes or retrains."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import compare  # noqa: E402
+
+
+def a_run(tmp_path, seed: int) -> "compare.Run":
+    (run,) = compare.plan([compare.DATASETS["simulated"][0]], ["gru4rec"], [seed], True, [],
+                          compare.MODELS, tmp_path)
+    return run
+
+
+def test_a_run_stopped_part_way_with_the_same_config_resumes(tmp_path):
+    run = a_run(tmp_path, seed=0)
+    run.run_dir.mkdir(parents=True)
+    assert not compare.is_resumable(run)                     # nothing saved: train from scratch
+    torch.save({"config": run.config().to_dict()}, run.run_dir / "last.pt")
+    assert compare.is_resumable(run)
+    other = compare.Run(run.dataset, run.model, 1, run.overrides + ["train.seed=1"], run.run_dir)
+    assert not compare.is_resumable(other)                   # another config in the same folder: retrain
+    (run.run_dir / "final.json").write_text("{}")
+    assert not compare.is_resumable(run)                     # finished: is_done's business, not a resume
+
+
+def test_a_damaged_last_checkpoint_is_retrained(tmp_path):
+    run = a_run(tmp_path, seed=0)
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "last.pt").write_bytes(b"not a checkpoint")
+    assert not compare.is_resumable(run)
