@@ -88,10 +88,12 @@ def test_sliding_lambda_returns_equal_a_loop_over_each_window(horizon, gamma, la
     rewards = torch.rand(3, 9, generator=g, dtype=torch.float64)
     values = torch.randn(3, 9, generator=g, dtype=torch.float64)
     dones = torch.rand(3, 9, generator=g) < 0.2
-    got = sliding_lambda_returns(rewards, values, dones, gamma, lam, horizon)
+    truncated = torch.rand(3, 9, generator=g) < 0.2
+    got = sliding_lambda_returns(rewards, values, dones, gamma, lam, horizon, truncated)
     for j in range(9 - horizon + 1):
         window = slice(j, j + horizon)
-        expected = naive_lambda_returns(rewards[:, window], values[:, window], dones[:, window], gamma, lam)[:, 0]
+        expected = naive_lambda_returns(rewards[:, window], values[:, window], dones[:, window], gamma, lam,
+                                        truncated[:, window])[:, 0]
         torch.testing.assert_close(got[:, j], expected)
 
 

@@ -18,14 +18,16 @@ def n_step_return(r, v, d, k, n, gamma):
     return g + disc * v[k + n - 1]
 
 
-def naive_lambda_returns(rewards, next_values, dones, gamma, lam):
-    """G^lambda_k = (1-lam) sum_{n=1}^{H-1} lam^(n-1) G^(n)_k + lam^(H-1) G^(H)_k, H = T - k."""
+def naive_lambda_returns(rewards, next_values, dones, gamma, lam, truncated=None):
+    """G^lambda_k = (1-lam) sum_{n=1}^{H-1} lam^(n-1) G^(n)_k + lam^(H-1) G^(H)_k, H = T - k, or up to
+    and including the first truncated step from k on (the data ends there: a shorter window)."""
     B, T = rewards.shape
     out = torch.zeros(B, T, dtype=torch.float64)
     for b in range(B):
         r, v, d = rewards[b].tolist(), next_values[b].tolist(), dones[b].tolist()
+        cut = [False] * T if truncated is None else truncated[b].tolist()
         for k in range(T):
-            H = T - k
+            H = next((j - k + 1 for j in range(k, T) if cut[j]), T - k)
             total = sum((1 - lam) * lam ** (n - 1) * n_step_return(r, v, d, k, n, gamma) for n in range(1, H))
             out[b, k] = total + lam ** (H - 1) * n_step_return(r, v, d, k, H, gamma)
     return out
@@ -50,6 +52,28 @@ def test_every_done_pattern(pattern):
     for gamma, lam in [(0.5, 0.8), (0.9, 0.5)]:
         torch.testing.assert_close(lambda_returns(rewards, next_values, dones, gamma, lam),
                                    naive_lambda_returns(rewards, next_values, dones, gamma, lam))
+
+
+@pytest.mark.parametrize("T", [1, 3, 5])
+@pytest.mark.parametrize("gamma,lam", [(0.5, 0.0), (0.5, 0.8), (0.9, 1.0)])
+def test_truncation_matches_a_shorter_window(T, gamma, lam):
+    g = torch.Generator().manual_seed(T)
+    rewards = torch.rand(6, T, generator=g, dtype=torch.float64)
+    next_values = torch.randn(6, T, generator=g, dtype=torch.float64)
+    dones = torch.rand(6, T, generator=g) < 0.2
+    truncated = torch.rand(6, T, generator=g) < 0.4
+    got = lambda_returns(rewards, next_values, dones, gamma, lam, truncated)
+    torch.testing.assert_close(got, naive_lambda_returns(rewards, next_values, dones, gamma, lam, truncated))
+
+
+def test_truncation_bootstraps_where_a_done_does_not():
+    rewards = torch.tensor([[0.2, 1.0, 0.2]])
+    next_values = torch.tensor([[2.0, 3.0, 4.0]])
+    at_1 = torch.tensor([[False, True, False]])
+    none = torch.zeros(1, 3, dtype=torch.bool)
+    # lam = 1: G_0 = r0 + g r1 + g^2 V2 (V2 = next_values[:, 1]) when truncated after step 1, r0 + g r1 when done
+    assert lambda_returns(rewards, next_values, none, 0.5, 1.0, at_1)[0, 0].item() == pytest.approx(0.2 + 0.5 + 0.25 * 3.0)
+    assert lambda_returns(rewards, next_values, at_1, 0.5, 1.0, none)[0, 0].item() == pytest.approx(0.2 + 0.5)
 
 
 def test_lambda_zero_is_one_step_target():
