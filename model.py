@@ -279,31 +279,77 @@ class SeqRecQ(nn.Module):
 # ================================================================================================
 # The loss
 # ================================================================================================
-def next_state_values(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target_states: torch.Tensor,
-                      kind: str, candidates: torch.Tensor | None = None) -> torch.Tensor:
-    """V(s') [B, T] from the online and target nets' states of s' [B, T, H]: `double` = the target net's
-    Q at the online net's argmax (only that item is scored by the target), `max` = the target's max.
-    Over all items 1..N, or over `candidates` [C] (sampled)."""
+def state_values(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target_states: torch.Tensor,
+                 logged: torch.Tensor, kind: str, candidates: torch.Tensor | None = None,
+                 follows_truncation: torch.Tensor | None = None) -> torch.Tensor:
+    """V(s) of n states, from the online and target nets' states [n, H] -> [n].
+
+    `double` (and `swap`) = the target's Q at the online argmax (only that item is scored by the
+    target); `max` = the target's max; both over items 1..N or over `candidates` [C]. `logged` (SARSA,
+    policy evaluation) = the target's Q of the action the log took from s, `logged` [n] (0: none);
+    where the data was cut just before s (`follows_truncation` [n]: held-out events follow, so the
+    next action is unknown) it is the expectation of the target's Q under the next-item head's policy.
+    """
     if kind == "max":
         return target_net.max_q(target_states, candidates)
-    return target_net.q_of(target_states, net.greedy_items(states, candidates))
+    if kind != "logged":
+        return target_net.q_of(target_states, net.greedy_items(states, candidates))
+    values = torch.where(logged > 0, target_net.q_of(target_states, logged), torch.zeros((), device=logged.device))
+    cut = (logged == 0) & follows_truncation if follows_truncation is not None else None
+    if cut is not None and cut.any():
+        values[cut] = policy_value(net, target_net, states[cut], target_states[cut])
+    return values
+
+
+def policy_value(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target_states: torch.Tensor) -> torch.Tensor:
+    """sum_a pi(a | s) Q_target(s, a), pi the online next-item head's softmax over items 1..N: [n, H] -> [n]."""
+    pi = torch.softmax(net.scores(states, "ssl")[:, 1:], -1)
+    return (pi * target_net.q_values(target_states)[:, 1:]).sum(-1)
+
+
+def sampled_items(rows: int, count: int, num_items: int, seed: int, step: int, device) -> torch.Tensor:
+    """`count` items drawn uniformly from 1..N for each of `rows` states [rows, count], from a generator
+    seeded by (seed, step): the same after a resume, apart from the dropout stream."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7_777_777)
+    return torch.randint(1, num_items + 1, (rows, count), generator=g).to(device)
+
+
+def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, values: torch.Tensor, t, step: int,
+                    td_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """SNQN's negatives and the CQL penalty for n trained states [n, H] with taken items [n] and the
+    states' own values V(s) [n] (detached): `train.q_negatives` uniform items per state, each pulled
+    towards r_negative + gamma V(s) (the user did not move). Returns per-state (TD loss [n], CQL
+    penalty [n]): the mean TD loss over the state's draws other than the taken item, and
+    logsumexp(Q over draws + taken) - Q(taken)."""
+    drawn = sampled_items(len(states), t.q_negatives, net.num_items, t.seed, step, states.device)   # [n, m]
+    q_neg = (states[:, None, :] * net.q_head.weight[drawn]).sum(-1) + net.q_head.bias[drawn]        # [n, m]
+    other = (drawn != taken[:, None]).to(q_neg.dtype)
+    target = (t.reward_negative + t.gamma * values)[:, None].expand_as(q_neg)
+    td = (td_fn(q_neg, target, reduction="none") * other).sum(1) / other.sum(1).clamp(min=1.0)
+    q_taken = net.q_of(states, taken)
+    both = torch.cat([q_taken[:, None], q_neg.masked_fill(other == 0, float("-inf"))], 1)
+    return td, torch.logsumexp(both, 1) - q_taken
 
 
 def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist = SINGLE, step: int = 0,
                    log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """CE of the K self-supervised steps + alpha * TD(lambda) loss of the Q head on one batch; `t` is
     the config's `train` section. Returns (loss, stats for the log). With alpha = 0 the Q head, the
-    target network and the bootstrap's argmax are skipped altogether (q_mean is then NaN).
+    target network and the bootstrap are skipped altogether (q_mean is then NaN).
 
     A `Batch` holds T-step windows (the window path): each sample's TD loss covers its T steps, each
     against its lambda-return truncated at the window's end. A `Chunk` holds each lane's next events
     (the session path): each trained event's TD loss is Q(s_p, a_p) against the lambda-return of
     the T steps from p on, so every transition is trained once per epoch; the encoders' carries after
-    the chunk are left in `b.next_carry`.
+    the chunk are left in `b.next_carry`. Either way the return bootstraps V(s') (`train.bootstrap`,
+    see state_values) after the last step, and where the data is truncated (leave-one-out: held-out
+    events follow), never past a session's end.
 
-    With `train.negatives` > 0 both score a shared candidate set instead of all items (sampled
-    softmax, logQ-corrected by `log_inclusion` [N+1] when given; the bootstrap max runs over the
-    candidates), which keeps large catalogues cheap.
+    With `train.q_negatives` each trained state also pulls sampled items towards r_negative + gamma V(s)
+    (SNQN), and `train.cql_weight` adds the CQL penalty over them (negative_losses).
+    With `train.negatives` > 0 CE and the double/max bootstrap score a shared candidate set instead of
+    all items (sampled softmax, logQ-corrected by `log_inclusion` [N+1] when given), which keeps
+    large catalogues cheap.
 
     Means are taken over the valid steps of the *global* batch (all ranks), and the loss is scaled by
     the number of ranks, so DistributedDataParallel's gradient average is the single-process gradient.
@@ -321,6 +367,7 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
         ssl_valid = b.valid[:, ahead(C, ssl_ce.shape[-1], actions.device)][trained]    # [n, K]
         b.next_carry = (next_carry, b.carry[1])
     else:
+        C = actions.shape[1]                                  # every step of a window is trained
         states, ssl_ce, q_all = model(b.state, actions, cand, log_inclusion, with_q=with_td)  # [B, T+1, H], [B, K], [B, T]
         ssl_valid = b.valid[:, :ssl_ce.shape[1]]
     K = ssl_ce.shape[1]
@@ -328,30 +375,40 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
                          counts=dist.sum(ssl_valid.to(ssl_ce.dtype).sum(0)))
     if not with_td:
         return ce * dist.world, {"loss": ce.item(), "ce": ce.item(), "td": 0.0, "q_mean": math.nan}
+    # State j of states [B, W+1] is s after j of the read items; the log's action from it is item j
+    # (`after` for the last). V is needed after every step inside the session (the bootstrap) and,
+    # with negatives, at every trained state.
+    logged = torch.cat([actions, b.after[:, None]], 1)                                          # [B, W+1]
+    follows_cut = F.pad(b.truncated, (1, 0))                                                    # [B, W+1]
+    need = F.pad(b.valid, (1, 0))
+    if t.q_negatives:
+        need[:, :C] |= b.valid[:, :C]
     with torch.no_grad():                                      # over all items, or over the candidates
         if chunked:
             target_states, target_carry = target_net.encoder.read(actions, b.carry[1], C)
             b.next_carry = (next_carry, target_carry)
-            # V(s_{p+i+1}) after every read position i inside a session, then the T-step window from each p
-            inside = b.valid
-            next_v = torch.zeros_like(b.rewards)                                                          # [B, W]
-            next_v[inside] = next_state_values(net, target_net, states[:, 1:][inside], target_states[:, 1:][inside],
-                                               t.value, cand)
-            returns = sliding_lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam,
-                                             actions.shape[1] - C + 1)                                   # [B, C]
         else:
-            target_states = target_net.window_states(b.state, actions)[:, 1:]
-            next_v = next_state_values(net, target_net, states[:, 1:], target_states, t.value, cand)  # V(s_{t+k+1})
-            returns = lambda_returns(b.rewards, next_v, b.dones, t.gamma, t.lam)
+            target_states = target_net.window_states(b.state, actions)                         # [B, T+1, H]
+        values = torch.zeros(need.shape, dtype=states.dtype, device=states.device)              # V(s_j) [B, W+1]
+        values[need] = state_values(net, target_net, states[need], target_states[need], logged[need], t.bootstrap,
+                                    cand, follows_cut[need])
+        returns = (sliding_lambda_returns(b.rewards, values[:, 1:], b.dones, t.gamma, t.lam, actions.shape[1] - C + 1,
+                                          b.truncated) if chunked else
+                   lambda_returns(b.rewards, values[:, 1:], b.dones, t.gamma, t.lam, b.truncated))  # [B, C]
     # Outside no_grad: the TD loss differentiates Q of the trained events
-    q_taken, valid = (q_all[:, :C], b.valid[:, :C]) if chunked else (q_all, b.valid)
-    valid = valid.to(q_taken.dtype)
+    q_taken, valid = q_all[:, :C], b.valid[:, :C]
+    weight = valid.to(q_taken.dtype)
     td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
-    count = dist.sum(valid.sum()).clamp(min=1.0)
-    td = (td_fn(q_taken, returns, reduction="none") * valid).sum() / count
-
+    count = dist.sum(weight.sum()).clamp(min=1.0)
+    td = (td_fn(q_taken, returns, reduction="none") * weight).sum() / count
     loss = ce + t.alpha * td
+    stats = {}
+    if t.q_negatives:
+        neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], values[:, :C][valid], t,
+                                      step, td_fn)
+        stats = {"td_negative": neg_td.sum().item() / count.item(), "cql": cql.sum().item() / count.item()}
+        loss = loss + t.alpha * neg_td.sum() / count + t.cql_weight * cql.sum() / count
     # Each rank's stats are its share of the global value: summed over ranks they are exact.
     stats = {"loss": loss.item(), "ce": ce.item(), "td": td.item(),
-             "q_mean": ((q_taken.detach() * valid).sum() / count).item()}
+             "q_mean": ((q_taken.detach() * weight).sum() / count).item(), **stats}
     return loss * dist.world, stats

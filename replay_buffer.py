@@ -43,6 +43,19 @@ class Windows:
     purchase: np.ndarray  # [B, T] bool, step k is a purchase
     dones: np.ndarray     # [B, T] bool, step k is the session's last event
     valid: np.ndarray     # [B, T] bool, step k lies inside the session
+    truncated: np.ndarray  # [B, T] bool, the data stops after step k but the session goes on (held-out events follow)
+    after: np.ndarray     # [B] int64, a_{t+T}, the item after the window (0 past the end of what may be read)
+
+
+@dataclass
+class _Cut:
+    """Pool._cut: the arrays at a grid of flat positions, masked; all [B, W]."""
+    items: np.ndarray
+    rewards: np.ndarray
+    purchase: np.ndarray
+    inside: np.ndarray
+    dones: np.ndarray
+    truncated: np.ndarray
 
 
 class Pool:
@@ -112,34 +125,38 @@ class Pool:
         events = np.asarray(events, dtype=np.int64)
         session = self.session_of(events)
         start = self.offsets[session][:, None]
-        end = (self.train_ends[session] if training else self.offsets[session + 1])[:, None]
-        pos = events[:, None] + np.arange(-state_len, horizon)                  # [B, L+T]
-        inside = (pos >= start) & (pos < end)
+        pos = events[:, None] + np.arange(-state_len, horizon + 1)              # [B, L+T+1]: one past for `after`
+        c, step = self._cut(session, pos, training, start), slice(state_len, -1)
+        return Windows(state=c.items[:, :state_len], actions=c.items[:, step], rewards=c.rewards[:, step],
+                       purchase=c.purchase[:, step], dones=c.dones[:, step], valid=c.inside[:, step],
+                       truncated=c.truncated[:, step], after=c.items[:, -1])
+
+    def _cut(self, session: np.ndarray, pos: np.ndarray, training: bool, start=None) -> "_Cut":
+        """The events at flat positions pos [B, W] of each row's session [B] (-1: none), masked to what
+        may be read (with `training`, up to where training data ends) and from `start` [B, 1] on."""
+        s = np.maximum(session, 0)[:, None]
+        none = (session < 0)[:, None]
+        true_end = np.where(none, 0, self.offsets[s + 1])
+        end = np.where(none, 0, self.train_ends[s] if training else true_end)
+        inside = (pos < end) if start is None else (pos >= start) & (pos < end)
         safe = np.clip(pos, 0, len(self.items) - 1)
-        items = np.where(inside, self.items[safe], 0).astype(np.int64)
-        step = slice(state_len, None)
-        return Windows(
-            state=items[:, :state_len], actions=items[:, step],
-            rewards=np.where(inside[:, step], self.rewards[safe[:, step]], 0).astype(np.float32),
-            purchase=inside[:, step] & self.purchase[safe[:, step]],
-            dones=pos[:, step] == end - 1, valid=inside[:, step])
+        return _Cut(items=np.where(inside, self.items[safe], 0).astype(np.int64),
+                    rewards=np.where(inside, self.rewards[safe], 0).astype(np.float32),
+                    purchase=inside & self.purchase[safe], inside=inside, dones=inside & (pos == true_end - 1),
+                    truncated=(pos == end - 1) & (end < true_end))
 
     def spans(self, sessions: np.ndarray, starts: np.ndarray, width: int, training: bool = False) -> Windows:
         """The session path's chunks: `width` consecutive events of each session from its event
         `starts` [B] on (sessions [B]; -1 = an idle lane). Vectorized like `windows`. Returns Windows
-        whose `actions`, `rewards`, `purchase`, `dones`, `valid` are [B, width] (0/False past the end)
-        and whose `state` is empty [B, 0]."""
+        whose `actions`, `rewards`, `purchase`, `dones`, `valid`, `truncated` are [B, width] (0/False
+        past the end), `after` [B] the item after the span, and `state` empty [B, 0]."""
         sessions = np.asarray(sessions, dtype=np.int64)
-        idle = sessions < 0
-        first = np.where(idle, 0, self.offsets[np.maximum(sessions, 0)])
-        end = np.where(idle, 0, (self.train_ends if training else self.offsets[1:])[np.maximum(sessions, 0)])
-        pos = (first + np.asarray(starts, dtype=np.int64))[:, None] + np.arange(width)        # [B, W]
-        inside = pos < end[:, None]
-        safe = np.clip(pos, 0, len(self.items) - 1)
-        return Windows(state=np.zeros((len(sessions), 0), dtype=np.int64),
-                       actions=np.where(inside, self.items[safe], 0).astype(np.int64),
-                       rewards=np.where(inside, self.rewards[safe], 0).astype(np.float32),
-                       purchase=inside & self.purchase[safe], dones=pos == end[:, None] - 1, valid=inside)
+        first = np.where(sessions < 0, 0, self.offsets[np.maximum(sessions, 0)])
+        pos = (first + np.asarray(starts, dtype=np.int64))[:, None] + np.arange(width + 1)    # [B, W+1]
+        c, step = self._cut(sessions, pos, training), slice(None, -1)
+        return Windows(state=np.zeros((len(sessions), 0), dtype=np.int64), actions=c.items[:, step],
+                       rewards=c.rewards[:, step], purchase=c.purchase[:, step], dones=c.dones[:, step],
+                       valid=c.inside[:, step], truncated=c.truncated[:, step], after=c.items[:, -1])
 
     def session_of(self, events: np.ndarray) -> np.ndarray:
         """The session of each event: events [n] -> [n] int64."""

@@ -22,11 +22,26 @@ class Batch:
     rewards: torch.Tensor  # [B, T]
     dones: torch.Tensor    # [B, T] step k ends the session
     valid: torch.Tensor    # [B, T] step k lies inside the session
+    truncated: torch.Tensor | None = None  # [B, T] the data stops after step k, the session does not (None: nowhere)
+    after: torch.Tensor | None = None      # [B] a_{t+T}, the logged action after the window (0 or None: none readable)
+
+    def __post_init__(self):
+        self.truncated, self.after = nothing_cut(self.dones, self.truncated, self.after)
 
     @classmethod
     def from_windows(cls, w, device: torch.device | str = "cpu") -> "Batch":
-        return cls(*(torch.from_numpy(np.ascontiguousarray(getattr(w, f))).to(device, non_blocking=True)
-                     for f in ("state", "actions", "rewards", "dones", "valid")))
+        return cls(*tensors(w, ("state", "actions", "rewards", "dones", "valid", "truncated", "after"), device))
+
+
+def nothing_cut(dones: torch.Tensor, truncated, after) -> tuple[torch.Tensor, torch.Tensor]:
+    """(truncated, after) with None read as "no truncation" and "no action after"."""
+    return (torch.zeros_like(dones) if truncated is None else truncated,
+            torch.zeros(len(dones), dtype=torch.long, device=dones.device) if after is None else after)
+
+
+def tensors(w, names: tuple[str, ...], device) -> list[torch.Tensor]:
+    """The arrays `names` of replay_buffer.Windows `w` as tensors on `device`."""
+    return [torch.from_numpy(np.ascontiguousarray(getattr(w, f))).to(device, non_blocking=True) for f in names]
 
 
 def candidate_items(actions: torch.Tensor, negatives: int, num_items: int, seed: int, step: int) -> torch.Tensor:
@@ -116,8 +131,14 @@ class Chunk:
     train_len: int
     carry: tuple
     next_carry: tuple | None = None
+    truncated: torch.Tensor | None = None  # [B, W] the data stops after this event, the session does not
+    after: torch.Tensor | None = None      # [B] the logged event after the chunk's W (0: none readable)
+
+    def __post_init__(self):
+        self.truncated, self.after = nothing_cut(self.dones, self.truncated, self.after)
 
     @classmethod
     def from_spans(cls, w, train_len: int, carry: tuple, device: torch.device | str = "cpu") -> "Chunk":
-        return cls(*(torch.from_numpy(np.ascontiguousarray(getattr(w, f))).to(device, non_blocking=True)
-                     for f in ("actions", "rewards", "dones", "valid")), train_len=train_len, carry=carry)
+        items, rewards, dones, valid, truncated, after = tensors(
+            w, ("actions", "rewards", "dones", "valid", "truncated", "after"), device)
+        return cls(items, rewards, dones, valid, train_len, carry, truncated=truncated, after=after)

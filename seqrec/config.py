@@ -26,7 +26,7 @@ CHOICES = {
     "model.encoder": ("gru", "sasrec"),
     "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),
-    "train.value": ("double", "max"),
+    "train.bootstrap": ("double", "max", "logged", "swap"),
     "train.target_update": ("polyak", "hard"),
     "eval.head": ("ssl", "q"),
 }
@@ -57,21 +57,26 @@ class Config:
         return f"Config({self._tree!r})"
 
 
+# Keys renamed since runs were saved: old name -> new name (a saved config or file still loads).
+RENAMED = {"train.value": "train.bootstrap"}
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), base: dict | None = None) -> Config:
     """Defaults, then `base` (a saved run's config, if any), then the file at `path`, then each
     `dotted.key=value` override."""
     tree = _read_yaml(DEFAULT_PATH)
     if base is not None:
-        _merge(tree, tree, base, prefix="", source="the checkpoint's config")
+        _merge(tree, tree, _renamed(base), prefix="", source="the checkpoint's config")
     if path:
         user = _read_yaml(Path(path))
         if not isinstance(user, dict):
             raise UserError(f"config file {path} must hold a mapping of sections, e.g. 'train: {{epochs: 3}}'")
-        _merge(tree, tree, user, prefix="", source=str(path))
+        _merge(tree, tree, _renamed(user), prefix="", source=str(path))
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set expects dotted.key=value, got '{item}'")
+        key = RENAMED.get(key.strip(), key)
         default = _lookup(tree, key.strip())
         value = text if isinstance(default, str) else _parse_value(key, text)
         _assign(tree, key.strip(), _check_type(key.strip(), value, default))
@@ -109,6 +114,17 @@ def _parse_value(key: str, text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         raise UserError(f"--set {key}={text}: the value is not valid YAML (quote lists as '[a, b]')") from None
+
+
+def _renamed(user: dict) -> dict:
+    """A copy of a config mapping with the keys of RENAMED under their new names."""
+    user = _deep_copy(user)
+    for old, new in RENAMED.items():
+        (section, old_name), (_, new_name) = old.split("."), new.split(".")
+        part = user.get(section)
+        if isinstance(part, dict) and old_name in part:
+            part.setdefault(new_name, part.pop(old_name))
+    return user
 
 
 def _lookup(tree: dict, key: str) -> Any:
@@ -201,6 +217,7 @@ RANGES = {
         "sim.num_categories", "sim.dim", "sim.slate_size", "sim.max_session_len")},
     **{key: AT_LEAST_0 for key in (
         "pool.state_len", "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.threads",
+        "train.q_negatives", "train.cql_weight", "eval.value_rollouts", "eval.value_events",
         "train.checkpoint_every", "train.max_steps", "data.max_sessions", "online.rounds",
         "sim.logging_temperature")},
     **{key: SHARE for key in (
@@ -234,6 +251,8 @@ def _validate(tree: dict) -> None:
     if len(train["ssl_weights"]) < model["ssl_steps"]:
         raise UserError(f"train.ssl_weights needs at least {model['ssl_steps']} weights (one per model.ssl_steps), "
                         f"got {len(train['ssl_weights'])}")
+    if train["cql_weight"] > 0 and train["q_negatives"] == 0:
+        raise UserError("train.cql_weight needs sampled items to compare the taken one with; set train.q_negatives, e.g. 10")
     if tree["sim"]["slate_size"] > tree["sim"]["num_items"]:
         raise UserError(f"sim.slate_size ({tree['sim']['slate_size']}) must not exceed sim.num_items "
                         f"({tree['sim']['num_items']})")

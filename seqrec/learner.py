@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from seqrec.batches import Batch, Chunk, candidate_log_inclusion, epoch_order, lane_schedule
 from seqrec.distributed import SINGLE, Dist, model_device
+from seqrec.errors import UserError
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Learner:
     batch: int = 0
     sums: dict = field(default_factory=dict)
     carry: tuple | None = None            # session path: the encoders' (online, target) state per lane
+    twin_opt: torch.optim.Optimizer | None = None   # train.bootstrap = swap: the target net learns too (SQN)
 
     @classmethod
     def create(cls, net: torch.nn.Module, cfg, device: torch.device | str = "cpu", dist: Dist = SINGLE) -> "Learner":
@@ -43,34 +45,56 @@ class Learner:
         t = cfg.train
         # fused: one kernel over all parameters; the per-tensor Adam was 14% of a sampled step at 10k items
         opt = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
-        model = net
+        model, twin = net, copy.deepcopy(net).eval()
+        twin_opt = None
+        if t.bootstrap == "swap":
+            if dist.world > 1:
+                raise UserError("train.bootstrap=swap trains two networks in turn and runs in one process; "
+                                "use double (or logged) under torchrun")
+            twin_opt = torch.optim.Adam(twin.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
         if dist.world > 1:
             device = torch.device(device)
             # alpha = 0 leaves the Q head out of the loss: DDP must not wait for its gradients
             model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None,
                                                               find_unused_parameters=t.alpha == 0)
-        return cls(model, copy.deepcopy(net).eval(), opt, t)
+        return cls(model, twin, opt, t, twin_opt=twin_opt)
 
     @property
     def net(self) -> torch.nn.Module:
         return getattr(self.model, "module", self.model)
 
+    def swapped(self) -> bool:
+        """train.bootstrap = swap (SQN's double Q): whether this step's learner is the twin (the target
+        net), with the online net as its target. A fair coin, a pure function of (seed, step)."""
+        return self.twin_opt is not None and np.random.default_rng([self.train_cfg.seed, 300, self.step]).random() < 0.5
+
+    def roles(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(the network that learns this step, the one that gives its targets), in train and eval mode."""
+        learns, targets = (self.target_net, self.model) if self.swapped() else (self.model, self.target_net)
+        return learns.train(), targets.eval()
+
     def update(self, loss: torch.Tensor) -> None:
-        """One optimisation step on `loss`: gradients, clipping (train.grad_clip), Adam, target update."""
-        self.opt.zero_grad(set_to_none=True)
+        """One optimisation step on `loss`: gradients, clipping (train.grad_clip), Adam, target update
+        (none under swap: there the twin is trained on the steps its coin picks)."""
+        swapped = self.swapped()
+        params = (self.target_net if swapped else self.model).parameters()
+        opt = self.twin_opt if swapped else self.opt
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.train_cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.grad_clip)
-        self.opt.step()
+            torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)
+        opt.step()
         self.step += 1
-        update_target(self.target_net, self.net, self.train_cfg, self.step)
+        if self.twin_opt is None:
+            update_target(self.target_net, self.net, self.train_cfg, self.step)
 
     def state(self, cfg, pool, best: dict) -> dict:
         """The checkpoint dict: everything a resumed run needs to continue bit for bit."""
         return {"model": self.net.state_dict(), "target": self.target_net.state_dict(),
                 "optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
                 "sums": self.sums, "best": best, "config": cfg.to_dict(), "num_items": pool.num_items,
-                "pool_hash": pool.meta["config_hash"], "rng": torch.get_rng_state(), "carry": self.carry}
+                "pool_hash": pool.meta["config_hash"], "rng": torch.get_rng_state(), "carry": self.carry,
+                "twin_optimizer": self.twin_opt.state_dict() if self.twin_opt is not None else None}
 
     def restore(self, ckpt: dict) -> None:
         self.net.load_state_dict(ckpt["model"])
@@ -79,6 +103,8 @@ class Learner:
         self.step, self.epoch, self.batch, self.sums = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["sums"]
         torch.set_rng_state(ckpt["rng"])
         self.carry = ckpt.get("carry")
+        if self.twin_opt is not None and ckpt.get("twin_optimizer") is not None:
+            self.twin_opt.load_state_dict(ckpt["twin_optimizer"])
 
 
 @torch.no_grad()
@@ -103,7 +129,6 @@ def train_epoch(learner: Learner, pool, cfg, loss_fn, dist: Dist = SINGLE, on_st
     """
     t = cfg.train
     device = model_device(learner.net)
-    learner.model.train()
     batches, batch_at = (session_steps if cfg.pool.state_len == 0 else window_batches)(learner, pool, cfg, dist, device)
     log_inclusion = None
     if t.negatives:                                   # sampled softmax: each item's chance to be a candidate
@@ -115,11 +140,14 @@ def train_epoch(learner: Learner, pool, cfg, loss_fn, dist: Dist = SINGLE, on_st
         if t.max_steps and learner.step >= t.max_steps:
             return False
         batch = batch_at(i)
-        loss, stats = loss_fn(learner.model, learner.target_net, batch, t, dist, learner.step, log_inclusion)
+        swapped = learner.swapped()
+        if swapped and isinstance(batch, Chunk):                # each network keeps its own carry
+            batch.carry = batch.carry[::-1]
+        loss, stats = loss_fn(*learner.roles(), batch, t, dist, learner.step, log_inclusion)
         learner.update(loss)
         learner.batch = i + 1
         if isinstance(batch, Chunk):
-            learner.carry = batch.next_carry
+            learner.carry = batch.next_carry[::-1] if swapped else batch.next_carry
         for k, v in stats.items():
             learner.sums[k] = learner.sums.get(k, 0.0) + v
         if i % 20 == 0:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model import SeqRecQ, compute_losses, next_state_values
+from model import SeqRecQ, compute_losses, negative_losses, state_values
 from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
 from seqrec.config import load_config
 from ssl_heads import MultiStepHeads, multi_step_loss
@@ -69,7 +69,7 @@ def test_multi_step_loss_matches_a_loop():
 
 
 @pytest.mark.parametrize("with_candidates", [False, True])
-def test_next_state_values_double_and_max(with_candidates):
+def test_state_values_double_and_max(with_candidates):
     """Double: the target net's Q at the online net's argmax; max: the target's max. Padding never wins."""
     torch.manual_seed(0)
     online, target = SeqRecQ(num_items=10, hidden=8, dropout=0.0, ssl_steps=1), SeqRecQ(num_items=10, hidden=8, dropout=0.0, ssl_steps=1)
@@ -80,10 +80,46 @@ def test_next_state_values_double_and_max(with_candidates):
     online_q, target_q = online.q_values(states)[..., cand], target.q_values(target_states)[..., cand]
     expected_double = target_q.gather(-1, online_q.argmax(-1, keepdim=True)).squeeze(-1)
     given = cand if with_candidates else None
-    torch.testing.assert_close(next_state_values(online, target, states, target_states, "double", given),
+    unused = torch.zeros(4, 3, dtype=torch.long)
+    torch.testing.assert_close(state_values(online, target, states, target_states, unused, "double", given),
                                expected_double)
-    torch.testing.assert_close(next_state_values(online, target, states, target_states, "max", given),
+    torch.testing.assert_close(state_values(online, target, states, target_states, unused, "swap", given),
+                               expected_double)
+    torch.testing.assert_close(state_values(online, target, states, target_states, unused, "max", given),
                                target_q.max(-1).values)
+
+
+def test_state_values_logged():
+    """Logged (SARSA): the target's Q of the logged next action; 0 past the end; after a truncation
+    (next action held out) the target's Q averaged under the next-item head's softmax, by hand."""
+    torch.manual_seed(1)
+    online, target = SeqRecQ(num_items=6, hidden=4, dropout=0.0, ssl_steps=1), SeqRecQ(num_items=6, hidden=4, dropout=0.0, ssl_steps=1)
+    states, target_states = torch.randn(3, 4), torch.randn(3, 4)
+    logged = torch.tensor([5, 0, 0])
+    cut = torch.tensor([False, False, True])
+    got = state_values(online, target, states, target_states, logged, "logged", None, cut)
+    q = target.q_values(target_states)
+    pi = [torch.softmax(online.ssl(states[2:3])[0, 0, 1:], 0)[i] for i in range(6)]
+    expected = torch.stack([q[0, 5], torch.tensor(0.0), sum(pi[i] * q[2, i + 1] for i in range(6))])
+    torch.testing.assert_close(got, expected)
+
+
+def test_negatives_pull_towards_gamma_v_and_cql_matches_its_definition():
+    cfg = load_config(overrides=["train.q_negatives=4", "train.reward_negative=-0.5", "train.cql_weight=0.1"])
+    torch.manual_seed(2)
+    net = SeqRecQ(num_items=5, hidden=4, dropout=0.0, ssl_steps=1)
+    states, taken, values = torch.randn(3, 4), torch.tensor([1, 2, 3]), torch.tensor([0.4, -0.2, 1.0])
+    td, cql = negative_losses(net, states, taken, values, cfg.train, step=7, td_fn=torch.nn.functional.mse_loss)
+    from model import sampled_items
+    drawn = sampled_items(3, 4, 5, cfg.train.seed, 7, "cpu")
+    q = net.q_values(states)
+    for i in range(3):
+        others = [int(a) for a in drawn[i] if a != taken[i]]
+        target = -0.5 + cfg.train.gamma * values[i]
+        expected_td = sum((q[i, a] - target) ** 2 for a in others) / max(len(others), 1)
+        expected_cql = torch.logsumexp(torch.stack([q[i, taken[i]]] + [q[i, a] for a in others]), 0) - q[i, taken[i]]
+        torch.testing.assert_close(td[i], torch.as_tensor(expected_td, dtype=td.dtype))
+        torch.testing.assert_close(cql[i], expected_cql)
 
 
 @pytest.mark.parametrize("encoder", ["gru", "sasrec"])
@@ -108,7 +144,7 @@ def test_training_step_is_finite_and_trains_every_part(encoder):
 
 def test_td_target_of_a_one_step_window_is_r_plus_gamma_v():
     """With T=1 and lambda irrelevant, the loss's TD part is (Q(s,a) - (r + gamma (1-d) V(s')))^2."""
-    cfg = load_config(overrides=["pool.horizon=1", "model.ssl_steps=1", "train.value=max", "train.alpha=1.0"])
+    cfg = load_config(overrides=["pool.horizon=1", "model.ssl_steps=1", "train.bootstrap=max", "train.alpha=1.0"])
     torch.manual_seed(0)
     model = SeqRecQ(num_items=5, hidden=4, dropout=0.0, ssl_steps=1)
     batch = Batch(state=torch.tensor([[1, 2]]), actions=torch.tensor([[3]]), rewards=torch.tensor([[0.2]]),
@@ -144,7 +180,7 @@ def test_candidate_items_cover_the_batch_and_are_reproducible():
 def test_sampled_loss_is_the_softmax_over_the_candidates(corrected):
     """With negatives, CE is -log softmax of the target among the candidates, each logit less its
     log inclusion probability when given (logQ correction), checked by a loop."""
-    cfg = load_config(overrides=["pool.horizon=2", "model.ssl_steps=2", "train.negatives=4", "train.value=max",
+    cfg = load_config(overrides=["pool.horizon=2", "model.ssl_steps=2", "train.negatives=4", "train.bootstrap=max",
                                  "train.alpha=0.0"])
     torch.manual_seed(0)
     model = SeqRecQ(num_items=40, hidden=6, dropout=0.0, ssl_steps=2)

@@ -54,7 +54,8 @@ def naive_window(sessions, purchases, event, L, T, rc=0.2, rp=1.0):
         rewards.append((rp if buys[j + k] else rc) if inside else 0.0)
         dones.append(j + k == len(items) - 1)
         valid.append(inside)
-    return state, actions, rewards, dones, valid
+    after = items[j + T] if j + T < len(items) else 0
+    return state, actions, rewards, dones, valid, after
 
 
 @pytest.mark.parametrize("L,T", [(1, 1), (3, 2), (10, 3), (4, 7)])
@@ -66,12 +67,14 @@ def test_vectorized_windows_match_naive_loop(tmp_path, L, T):
     events = rng.permutation(sum(map(len, sessions)))
     w = pool.windows(events, L, T)
     for row, e in enumerate(events):
-        state, actions, rewards, dones, valid = naive_window(sessions, purchases, e, L, T)
+        state, actions, rewards, dones, valid, after = naive_window(sessions, purchases, e, L, T)
         np.testing.assert_array_equal(w.state[row], state)
         np.testing.assert_array_equal(w.actions[row], actions)
         np.testing.assert_allclose(w.rewards[row], rewards, rtol=1e-6)
         np.testing.assert_array_equal(w.dones[row], dones)
         np.testing.assert_array_equal(w.valid[row], valid)
+        assert w.after[row] == after
+    assert not w.truncated.any()                                 # a session split: the data is whole
 
 
 def test_storage_is_flat(pool):
@@ -114,7 +117,15 @@ def test_leave_one_out_splits_and_training_windows(tmp_path):
     w = pool.windows(pool.events("train"), state_len=2, horizon=3, training=True)
     assert not np.isin(w.actions, [4, 5, 9, 10]).any()
     np.testing.assert_array_equal(w.actions[2], [3, 0, 0])       # event 2: its session's training end
-    np.testing.assert_array_equal(w.dones[2], [True, False, False])
+    # Its last training event is not the session's end (held-out events follow): truncated, not done.
+    np.testing.assert_array_equal(w.dones[2], [False, False, False])
+    np.testing.assert_array_equal(w.truncated[2], [True, False, False])
+    np.testing.assert_array_equal(w.after, [0] * 6)             # what follows a 3-step window is never trainable here
+    one = pool.windows(pool.events("train"), state_len=2, horizon=1, training=True)
+    np.testing.assert_array_equal(one.after, [2, 3, 0, 7, 0, 0])
+    # A session too short to hold anything out ends where its data ends.
+    np.testing.assert_array_equal(w.dones[4], [True, False, False])
+    assert not w.truncated[4].any()
     # Queries see the whole history before them, held-out events included.
     q = pool.windows(pool.events("test"), state_len=4, horizon=1)
     np.testing.assert_array_equal(q.state[0], [1, 2, 3, 4])

@@ -106,15 +106,19 @@ def one_chunk_of_everything(pool, net, target, horizon):
 
 
 @pytest.mark.parametrize("encoder", ["gru", "sasrec"])
-def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_path, encoder):
+@pytest.mark.parametrize("split,bootstrap,negatives", [("random", "double", 0), ("loo", "double", 0), ("loo", "logged", 0),
+                                                      ("random", "logged", 3), ("loo", "max", 3)])
+def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_path, encoder, split, bootstrap, negatives):
     """At horizon 1 the two paths train the same terms: CE(a_p | s_p) and (Q(s_p, a_p) - r_p - gamma V(s_{p+1}))^2
-    for every training event; with states as long as the longest session they are the same states."""
-    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES)
+    for every training event; with states as long as the longest session they are the same states.
+    Leave-one-out truncates sessions before their held-out events; negatives add SNQN's and CQL's terms."""
+    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, split_mode=split)
     net = network(encoder, ssl_steps=1)
     target = copy.deepcopy(net)
     with torch.no_grad():
         target.q_head.weight.mul_(0.5)                          # a target net that differs from the online one
-    t = load_config(overrides=["train.alpha=1.0", "train.gamma=0.7"]).train
+    t = load_config(overrides=["train.alpha=1.0", "train.gamma=0.7", f"train.bootstrap={bootstrap}",
+                               f"train.q_negatives={negatives}", f"train.cql_weight={0.1 if negatives else 0}"]).train
     window = Batch.from_windows(pool.windows(pool.events("train"), LONGEST + 1, 1, training=True))
     by_windows, stats_w = compute_losses(net, target, window, t)
     grads_w = torch.autograd.grad(by_windows, list(net.parameters()))
@@ -123,6 +127,7 @@ def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_p
     assert stats_s["ce"] == pytest.approx(stats_w["ce"], rel=1e-5)
     assert stats_s["td"] == pytest.approx(stats_w["td"], rel=1e-5)
     assert stats_s["q_mean"] == pytest.approx(stats_w["q_mean"], rel=1e-5)
+    assert stats_s.get("cql") == pytest.approx(stats_w.get("cql"), rel=1e-5)
     torch.testing.assert_close(by_sessions, by_windows)
     for (name, _), g_s, g_w in zip(net.named_parameters(), grads_s, grads_w):   # the same training signal
         torch.testing.assert_close(g_s, g_w, rtol=1e-4, atol=1e-6, msg=name)
