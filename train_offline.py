@@ -22,20 +22,28 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model import HEADS, SeqRecQ, compute_losses
 from replay_buffer import Pool, ensure_pool, summary
-from seqrec import runs
+from seqrec import online, runs
 from seqrec.allocator import keep_freed_memory
 from seqrec.config import Config, add_config_args, load_config
 from seqrec.distributed import SINGLE, Dist
 from seqrec.distributed import setup as setup_distributed
 from seqrec.distributed import teardown as teardown_distributed
 from seqrec.errors import run_cli
-from seqrec.evaluation import evaluate, format_table
+from seqrec.evaluation import evaluate, format_table, format_value
 from seqrec.learner import Learner, epoch_means, train_epoch
-from seqrec.recommend import example_user, format_recommendations, history_from_ids, history_of_user, top_k
+from seqrec.recommend import (
+    example_user,
+    format_recommendations,
+    history_from_ids,
+    history_of_user,
+    top_k,
+)
+from seqrec.value import ValueReference, value_reference
 
 
 # ================================================================================================
@@ -59,6 +67,7 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
         runs.start_run(run_dir, cfg, learner.epoch if resume else None)
 
     every, e = cfg.train.checkpoint_every, cfg.eval
+    reference = value_reference_of(cfg, pool) if dist.main else None
 
     def checkpoint_now(lr: Learner) -> None:
         if dist.main and every and lr.step % every == 0:
@@ -70,7 +79,7 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
         stats = epoch_means(learner, dist)
         if dist.main:
             valid = evaluate(learner.net, pool, "valid", cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen,
-                             heads=HEADS)
+                             heads=HEADS, value=reference)
             row = {"epoch": learner.epoch + 1, "step": learner.step, "seconds": round(time.perf_counter() - t0, 2),
                    **stats, **{f"valid/{head}/{m}": v for head, ms in valid.items() for m, v in ms.items()}}
             runs.append_row(run_dir / "metrics.csv", row)
@@ -82,6 +91,7 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
             print(f"epoch {learner.epoch + 1}/{cfg.train.epochs}{'' if finished else ' (stopped at train.max_steps)'}  "
                   f"loss {row['loss']:.4f} (ce {row['ce']:.4f}, td {row['td']:.4f}, Q {row['q_mean']:.3f})  "
                   f"valid {e.select_metric} ssl {valid['ssl'][e.select_metric]:.4f} q {valid['q'][e.select_metric]:.4f}"
+                  f"  value rmse {valid['value']['rmse']:.3f} bias {valid['value']['bias']:+.3f}"
                   f"{'  *best' if improved else ''}  [{row['seconds']:.0f} s]", flush=True)
         if finished:
             learner.epoch, learner.batch, learner.sums = learner.epoch + 1, 0, {}
@@ -99,15 +109,28 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
 def test(cfg: Config, pool: Pool, ckpt: dict, run_dir: Path | None, device: torch.device | str = "cpu") -> dict:
     """Validation and test metrics of both heads; with a run_dir, final.json."""
     model, e = SeqRecQ.from_checkpoint(ckpt, pool.num_items).to(device), cfg.eval
-    valid, tested = (evaluate(model, pool, split, cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen, heads=HEADS)
-                     for split in ("valid", "test"))
+    reference = value_reference_of(cfg, pool)
+    valid, tested = (evaluate(model, pool, split, cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen, heads=HEADS,
+                              value=reference) for split in ("valid", "test"))
     print(format_table(valid, e.ks, f"validation (best epoch {ckpt['best']['epoch'] + 1}):"))
     print(format_table(tested, e.ks, "test:"))
+    print(format_value(tested["value"]))
     final = {"head": e.head, **tested[e.head], "best_epoch": ckpt["best"]["epoch"] + 1, "step": ckpt["step"],
-             "exclude_seen": e.exclude_seen, "heads": tested, "valid": valid}
+             "exclude_seen": e.exclude_seen, "value": tested.pop("value"), "heads": tested, "valid": valid}
     if run_dir is not None:
         runs.write_final(run_dir, final)
     return final
+
+
+def value_reference_of(cfg: Config, pool: Pool) -> ValueReference:
+    """What Q values are scored against: realized returns and the position-mean baseline, and on
+    simulated data the logging policy's true values of some validation and test events."""
+    reference = value_reference(pool, cfg.train.gamma)
+    truths = [t for t in (online.true_event_values(cfg, pool, split) for split in ("valid", "test")) if t is not None]
+    if truths:
+        reference.true_events = np.concatenate([events for events, _ in truths])
+        reference.true_values = np.concatenate([values for _, values in truths])
+    return reference
 
 
 def recommend(cfg: Config, pool: Pool, ckpt: dict, user: str | None, history: str | None,

@@ -15,15 +15,19 @@ from tqdm import tqdm
 from seqrec.distributed import model_device
 from seqrec.metrics import KINDS, summarize
 from seqrec.streamed import rank_of_targets_linear
+from seqrec.value import ValueReference
 
 EVAL_CHUNK = 64   # session path: items per encoder call (any value gives the same states; memory vs calls)
 
 
 @torch.no_grad()
 def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool, *,
-             heads: tuple[str, ...], progress: bool = True, limit: int | None = None) -> dict[str, dict[str, float]]:
+             heads: tuple[str, ...], progress: bool = True, limit: int | None = None,
+             value: ValueReference | None = None) -> dict[str, dict[str, float]]:
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
-    `limit` events), for each of `heads`. state_len 0: the state is the whole session so far.
+    `limit` events), for each of `heads`; with `value`, also {"value": {"rmse": ...}}: the Q head's
+    Q(s_t, a_t) of every query against its realized return (seqrec/value.py). state_len 0: the state
+    is the whole session so far.
 
     `model` needs `last_state(state [B, L]) -> [B, H]` (window path) or an `encoder` with
     `start`/`read` (session path), and `score_layer(states, head)` (see model.py).
@@ -33,11 +37,13 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
     device = model_device(model)
     events = pool.events(split)[:limit]
     ranks = {head: ([], []) for head in heads}
-    purchase = []
+    purchase, q_taken = [], []
     states = (session_query_states(model.encoder, pool, events, batch_size, device) if state_len == 0 else
               window_query_states(model, pool, events, state_len, batch_size, device))
     bar = tqdm(total=len(events), desc=f"evaluating {split}", unit="query", leave=False, disable=not progress)
+    done = []
     for batch, h in states:
+        done.append(batch)
         target = torch.from_numpy(np.asarray(pool.items[batch], dtype=np.int64)).to(device)
         seen = torch.from_numpy(pool.histories(batch)).to(device) if exclude_seen else None
         for head in heads:
@@ -45,11 +51,17 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
             ranks[head][0].append(higher.cpu())
             ranks[head][1].append(ties.cpu())
         purchase.append(torch.from_numpy(np.asarray(pool.purchase[batch], dtype=bool)))
+        if value is not None:
+            q_taken.append(model.q_of(h, target).cpu())
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
     is_purchase = torch.cat(purchase) if purchase else torch.zeros(0, dtype=torch.bool)
-    return {head: summarize(_cat(higher), _cat(ties), is_purchase, ks) for head, (higher, ties) in ranks.items()}
+    results = {head: summarize(_cat(higher), _cat(ties), is_purchase, ks) for head, (higher, ties) in ranks.items()}
+    if value is not None:   # the streamed path yields queries out of order: keep each with its event
+        order = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
+        results["value"] = value.metrics(order, torch.cat(q_taken).double().numpy() if q_taken else np.zeros(0))
+    return results
 
 
 def window_query_states(model, pool, events: np.ndarray, state_len: int, batch_size: int, device):
@@ -96,6 +108,15 @@ def format_table(results: dict[str, dict[str, float]], ks, title: str) -> str:
     cols = [f"{m}@{k}" for m in ("HR", "NDCG") for k in ks] + ["MRR"]
     lines = [title, f"  {'head':5s} {'events':9s}" + "".join(f"{c:>9s}" for c in cols)]
     for head, metrics in results.items():
+        if head == "value":
+            continue
         for kind in KINDS:
             lines.append(f"  {head:5s} {kind:9s}" + "".join(f"{metrics[f'{kind}/{c}']:9.4f}" for c in cols))
     return "\n".join(lines)
+
+
+def format_value(value: dict[str, float]) -> str:
+    """One line on the Q head against realized returns (and the simulator's true values)."""
+    true = f", R^2 against true values {value['true_r2']:.3f} (n {value['true_n']})" if "true_r2" in value else ""
+    return (f"value of Q(s, a) against realized returns (n {value['n']}): rmse {value['rmse']:.4f} (position mean "
+            f"{value['baseline_rmse']:.4f}), bias {value['bias']:+.4f}, spearman {value['spearman']:.3f}{true}")

@@ -18,7 +18,13 @@ import torch
 from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
-from seqrec.batches import Batch, Chunk, candidate_log_inclusion, epoch_order, lane_schedule
+from seqrec.batches import (
+    Batch,
+    Chunk,
+    candidate_log_inclusion,
+    epoch_order,
+    lane_schedule,
+)
 from seqrec.distributed import SINGLE, Dist, model_device
 from seqrec.errors import UserError
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from seqrec.atomic import atomic_write
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
 from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions, top_k_slates
@@ -144,3 +145,61 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
                pd.DataFrame(columns=["session_id", "item_id", "step", "purchase"]))
         log = log.sort_values(["session_id", "step"], kind="stable", ignore_index=True)
     return Rollout(returns, clicks, purchases, shown, log)
+
+
+# ================================================================================================
+# True values of logged events
+# ================================================================================================
+def logged_event_values(sim: Simulator, pool, events: np.ndarray, gamma: float, rollouts: int,
+                        seed: int = 0, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The logging policy's Q(s_t, a_t) of logged events, from the simulator: each event's user is
+    restored as it was before a_t (preferences redrawn, interest replayed from the session's earlier
+    clicks), clicks a_t, and the logging policy goes on; the mean discounted return of `rollouts`
+    runs. Returns (events kept [m], values [m]): events of sessions the pool's preprocessing changed
+    (a rare item filtered out) cannot be restored exactly and are left out."""
+    events = np.asarray(events, dtype=np.int64)
+    log = sim.generate_log()
+    raw_offsets = np.concatenate([[0], np.cumsum(log.groupby("session_id", sort=True).size().to_numpy())])
+    raw_sessions = np.unique(log["session_id"].to_numpy())
+    raw_items, raw_buys = log["item_id"].to_numpy(np.int64), (log["event"] == "purchase").to_numpy()
+
+    session = pool.session_of(events)
+    sid = pool.session_ids[session].astype(np.int64)
+    raw = np.searchsorted(raw_sessions, sid)
+    to_sim = pool.item_ids.astype(np.int64)
+    same = [np.array_equal(to_sim[pool.session_items(s) - 1], raw_items[raw_offsets[r]:raw_offsets[r + 1]])
+            for s, r in zip(session, raw)]
+    keep = np.flatnonzero(same)
+    events, session, sid, raw = events[keep], session[keep], sid[keep], raw[keep]
+    place = events - np.asarray(pool.offsets)[session]
+    width = int(place.max(initial=0)) + 1
+    cols = raw_offsets[raw][:, None] + np.arange(width)
+    safe = np.minimum(cols, len(raw_items) - 1)
+    users = sim.users_after(sim.session_prefs(sid), raw_items[safe], raw_buys[safe], place)
+    taken = raw_items[raw_offsets[raw] + place]
+    rng = np.random.default_rng([sim.p.seed, 41, seed])
+    values = np.concatenate([sim.logging_value(users.subset(np.arange(i, min(i + chunk, len(keep)))),
+                                               taken[i:i + chunk], gamma, rollouts, rng)
+                             for i in range(0, len(keep), chunk)]) if len(keep) else np.zeros(0)
+    return events, values
+
+
+def true_event_values(cfg, pool, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """logged_event_values of the first `eval.value_events` events of `split` (None unless the data
+    is the simulator's own), cached beside the pool: every run on the pool shares them."""
+    n, rollouts, gamma = cfg.eval.value_events, cfg.eval.value_rollouts, cfg.train.gamma
+    if cfg.data.source != "synthetic" or n == 0:
+        return None
+    path = pool.dir / f"true-values-{split}-n{n}-m{rollouts}-g{gamma:g}.npy"
+    try:
+        events, values = np.load(path)
+        return events.astype(np.int64), values
+    except (OSError, ValueError):                     # not there yet (or damaged): compute it again
+        pass
+    events, values = logged_event_values(simulator_for(cfg), pool, pool.events(split)[:n], gamma, rollouts)
+
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, np.stack([events.astype(np.float64), values]))
+    atomic_write(path, save)
+    return events, values

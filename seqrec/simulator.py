@@ -156,7 +156,12 @@ class Simulator:
         choice = np.minimum(choice, slates.shape[1])
         clicked = (choice < slates.shape[1]) & ~users.done
         click = np.where(clicked, slates[np.arange(B), np.minimum(choice, slates.shape[1] - 1)], NO_CLICK)
+        return self.respond(users, clicked, click, rng)
 
+    def respond(self, users: Users, clicked: np.ndarray, click: np.ndarray, rng: np.random.Generator) -> StepResult:
+        """What follows a user's choice at a step: clicked [B] bool, click [B] item index (NO_CLICK if
+        none) -> the purchase draw, the interest update, leaving; `users` is updated in place."""
+        B = len(users)
         safe = np.where(clicked, click, 0)
         buy_p = self.purchase_prob(users, safe[:, None])[:, 0]
         purchase = clicked & (rng.random(B) < buy_p)
@@ -196,6 +201,51 @@ class Simulator:
         p_buy = self.purchase_prob(users)
         value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
         return self.click_utility(users) + np.log(value)
+
+    # ---------------------------------------------------------------- logged users, restored
+    def session_prefs(self, session_ids: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """The preference vectors [B, d] of logged sessions `session_ids` [B] (generate_log's ids): each
+        chunk's users are drawn first from that chunk's generator, so they can be drawn again."""
+        session_ids = np.asarray(session_ids, dtype=np.int64)
+        prefs = np.zeros((len(session_ids), self.p.dim))
+        for start in np.unique(session_ids // chunk * chunk):
+            rng = np.random.default_rng([self.p.seed, 1, int(start)])
+            users = self.start_sessions(min(chunk, self.p.num_sessions - int(start)), rng)
+            mine = np.flatnonzero(session_ids // chunk * chunk == start)
+            prefs[mine] = users.prefs[session_ids[mine] - start]
+        return prefs
+
+    def users_after(self, prefs: np.ndarray, items: np.ndarray, purchases: np.ndarray, steps: np.ndarray) -> Users:
+        """Users [B] (preferences `prefs` [B, d]) after the first `steps` [B] clicks of their logged
+        sessions, items [B, P] (simulator item indices) with purchases [B, P]: the interest each click
+        built and each purchase satiated, the last click, the session length. Still in session."""
+        B = len(prefs)
+        users = Users(prefs=np.asarray(prefs, dtype=np.float64), interest=np.zeros((B, self.p.num_categories)),
+                      last_click=np.full(B, NO_CLICK), length=np.asarray(steps, dtype=np.int64).copy(),
+                      done=np.zeros(B, dtype=bool))
+        rows = np.arange(B)
+        for t in range(int(np.max(steps, initial=0))):
+            on = steps > t
+            users.interest[on] *= self.p.interest_decay
+            cats = self.item_category[items[on, t]]
+            users.interest[rows[on], cats] += 1.0
+            bought = on & purchases[:, t]
+            users.interest[rows[bought], self.item_category[items[bought, t]]] = 0.0
+            users.last_click = np.where(on, items[:, t], users.last_click)
+        return users
+
+    def logging_value(self, users: Users, items: np.ndarray, gamma: float, rollouts: int,
+                      rng: np.random.Generator) -> np.ndarray:
+        """The logging policy's Q(s, a): the expected discounted return when each user [B] clicks
+        `items` [B] now and is then shown the logging policy's slates; the mean of `rollouts` runs. [B]"""
+        B = len(users)
+        many = users.subset(np.tile(np.arange(B), rollouts))                   # [rollouts * B]
+        first = self.respond(many, np.ones(len(many), dtype=bool), np.tile(items, rollouts), rng)
+        total, discount = first.reward.astype(np.float64), gamma
+        for _, active, _, res in run_sessions(self, many, lambda sub, _: self.logging_slates(sub, rng), rng):
+            total[active] += discount * res.reward
+            discount *= gamma
+        return total.reshape(rollouts, B).mean(0)
 
     # ---------------------------------------------------------------- the logged data set
     def generate_log(self, num_sessions: int | None = None, chunk: int = 4096, progress=None) -> pd.DataFrame:
