@@ -49,6 +49,13 @@ def test_train_writes_everything_and_recommends(trained):
         assert final["heads"]["q"][key] is not None
     assert "test:" in proc.stdout and "validation" in proc.stdout
     assert "top-10 for user" in proc.stdout
+    # The value function against returns: every figure, per epoch and at the end.
+    value = final["value"]
+    assert set(value) == {"rmse", "bias", "spearman", "baseline_rmse", "n", "true_r2", "true_n"}
+    assert value["n"] == json.loads((tmp / "pool" / "meta.json").read_text())["splits"]["test"]["events"]
+    assert value["rmse"] > 0 and value["baseline_rmse"] > 0 and 0 < value["true_n"] <= value["n"]
+    assert "valid/value/rmse" in rows[0] and "valid/value/true_r2" in rows[0]
+    assert "value of Q(s, a) against realized returns" in proc.stdout
     meta = json.loads((tmp / "pool" / "meta.json").read_text())
     for key in ("num_sessions", "num_items", "num_events", "num_purchases", "config_hash"):
         assert key in meta
