@@ -56,13 +56,15 @@ def multi_step(T: int, K: int, **kw) -> list[str]:
 
 MODELS: dict[str, list[str]] = {
     "gru4rec": one_step(alpha=0.0),                                   # next-item cross-entropy only
-    "gru-sqn": one_step(alpha=1.0, gamma=0.5),                        # SQN: CE + one-step double Q
+    "gru-sqn": one_step(alpha=1.0, gamma=0.5, bootstrap="swap"),      # SQN: CE + one-step double Q (two nets in turn)
     "ssl-multistep": multi_step(3, 3, alpha=0.0),                     # multi-step self-supervision, no TD
     "td-lambda-ssl1": multi_step(3, 1, alpha=1.0, lam=0.8),           # TD(lambda), one-step self-supervision
     **{f"full-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) for T in (3, 5) for lam in (0.0, 0.5, 0.8, 1.0)},
+    "full-T1": multi_step(1, 1, alpha=1.0),                           # one-step TD: lambda has no effect at T = 1
     # alpha picked on validation figures only (README, "What was tried"): TD weight 3 instead of 1
     "full-T3-lam0.8-a3": multi_step(3, 3, alpha=3.0, lam=0.8),
 }
+LAMBDAS = (0.0, 0.5, 0.8, 1.0)
 QUICK_MODELS = ["gru4rec", "gru-sqn", "ssl-multistep", "td-lambda-ssl1", "full-T3-lam0.8"]
 
 
@@ -93,6 +95,7 @@ ALL = ("simulated", "movielens")   # --data all; movielens-loo is a part of movi
 EVENT_METRICS = [f"{kind}/{m}@{k}" for kind in ("click", "purchase") for m in ("HR", "NDCG") for k in (5, 10, 20)]
 LOO_METRICS = [f"all/{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)] + ["all/MRR"]
 ONLINE_METRICS = ["return", "of_oracle", "ctr", "purchase_rate", "length"]
+VALUE_METRICS = ["rmse", "bias", "spearman", "baseline_rmse", "true_r2"]
 
 
 @dataclass
@@ -204,6 +207,7 @@ def collect_run(run: Run) -> list[dict]:
     ds, cfg = run.dataset, run.config()
     rows = test_rows(ds, run.model, run.seed, {ds.protocol: final["heads"]["ssl"]})
     rows += test_rows(ds, run.model, run.seed, {ds.protocol: final["valid"]["ssl"]}, split="valid")
+    rows += value_rows(ds, run, final)
     if ds.protocol == "loo" or ds.online:
         pool = Pool(Path(cfg.pool.dir))
         ckpt = load_checkpoint(run.run_dir / "best.pt")
@@ -217,6 +221,19 @@ def collect_run(run: Run) -> list[dict]:
             policy = ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, "ssl")
             summary = rollout(sim, policy, cfg.online.sessions, seed=run.seed).summary()
             rows += online_rows(ds, run.model, run.seed, summary)
+    return rows
+
+
+def value_rows(ds: Dataset, run: Run, final: dict) -> list[dict]:
+    """The value function's figures (`value/rmse`, ...) and the Q head's ranking (`q/...`), test and
+    validation, of a run whose final.json has them (runs made before they were measured do not)."""
+    rows = []
+    for split, value, q in (("test", final.get("value"), final["heads"].get("q")),
+                            ("valid", final["valid"].get("value"), final["valid"].get("q"))):
+        if q is not None and run.config().train.alpha > 0:
+            rows += [{**r, "metric": f"q/{r['metric']}"} for r in test_rows(ds, run.model, run.seed, {ds.protocol: q}, split)]
+        rows += [{"dataset": ds.name, "protocol": ds.protocol, "model": run.model, "seed": run.seed, "split": split,
+                  "metric": f"value/{k}", "value": value[k]} for k in VALUE_METRICS if value and value.get(k) is not None]
     return rows
 
 
@@ -343,6 +360,41 @@ def plot_sweeps(summary: pd.DataFrame, png_lambda: Path, png_horizon: Path) -> N
         save_png(fig, png)
 
 
+def value_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """value.csv: the value figures of the lambda x T grid (full-T{T}-lam{lam}, full-T1), one row per
+    (dataset, protocol, T, lam, metric) with mean, std and seeds. T = 1 is one run: lambda does not act."""
+    rows = []
+    for model, (T, lams) in {**{f"full-T{T}-lam{lam:g}": (T, [lam]) for T in (3, 5) for lam in LAMBDAS},
+                             "full-T1": (1, LAMBDAS)}.items():
+        block = summary[(summary["model"] == model) & summary["metric"].str.contains("value/")]
+        for lam in lams:
+            rows += [{"dataset": r.dataset, "protocol": r.protocol, "T": T, "lam": lam, "metric": r.metric,
+                      "mean": r.mean, "std": r.std, "n_seeds": r.n_seeds} for r in block.itertuples()]
+    return pd.DataFrame(rows, columns=["dataset", "protocol", "T", "lam", "metric", "mean", "std", "n_seeds"])
+
+
+def plot_value_sweep(table: pd.DataFrame, png: Path) -> None:
+    """Test value figures against lambda, a line per T, a row of panels per data set."""
+    plt = pyplot()
+    sets = list(dict.fromkeys(zip(table["dataset"], table["protocol"])))
+    metrics = ["value/rmse", "value/bias", "value/spearman", "value/true_r2"]
+    fig, axes = plt.subplots(len(sets), len(metrics), figsize=(4.2 * len(metrics), 3.3 * len(sets)), squeeze=False)
+    for row, (dataset, protocol) in zip(axes, sets):
+        mine = table[(table["dataset"] == dataset) & (table["protocol"] == protocol)]
+        for ax, metric in zip(row, metrics):
+            for T, line in mine[mine["metric"] == metric].groupby("T"):
+                line = line.sort_values("lam")
+                ax.errorbar(line["lam"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3, label=f"T={T}")
+            if metric == "value/rmse":
+                base = mine[mine["metric"] == "value/baseline_rmse"]["mean"]
+                if len(base):
+                    ax.axhline(base.mean(), color="gray", ls="--", label="position mean")
+            ax.set(title=f"{dataset} {protocol}", xlabel="lambda", ylabel=metric.removeprefix("value/"))
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    save_png(fig, png)
+
+
 def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
     """Validation select-metric per epoch (mean over seeds) for GRU4Rec, GRU-SQN and the best full model."""
     plt = pyplot()
@@ -435,6 +487,10 @@ def main() -> None:
     if runs:
         plot_sweeps(summary, out / "lambda.png", out / "horizon.png")
         plot_curves(runs, summary, out / "curves.png")
+    table = value_table(summary[~summary["metric"].str.startswith("valid/")])
+    if len(table):
+        atomic_write(out / "value.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+        plot_value_sweep(table, out / "value_lambda.png")
     print(text)
     print(f"written to {out}")
 
