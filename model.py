@@ -307,21 +307,22 @@ def policy_value(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target
     return (pi * target_net.q_values(target_states)[:, 1:]).sum(-1)
 
 
-def sampled_items(rows: int, count: int, num_items: int, seed: int, step: int, device) -> torch.Tensor:
+def sampled_items(rows: int, count: int, num_items: int, seed: int, step: int, device, rank: int = 0) -> torch.Tensor:
     """`count` items drawn uniformly from 1..N for each of `rows` states [rows, count], from a generator
-    seeded by (seed, step): the same after a resume, apart from the dropout stream."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7_777_777)
+    seeded by (seed, step, rank): the same after a resume, apart from the dropout stream, and apart
+    on each rank of a distributed run (which therefore draws other items than one process would)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + 7_777_777 + rank)
     return torch.randint(1, num_items + 1, (rows, count), generator=g).to(device)
 
 
 def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, values: torch.Tensor, t, step: int,
-                    td_fn) -> tuple[torch.Tensor, torch.Tensor]:
+                    td_fn, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """SNQN's negatives and the CQL penalty for n trained states [n, H] with taken items [n] and the
     states' own values V(s) [n] (detached): `train.q_negatives` uniform items per state, each pulled
     towards r_negative + gamma V(s) (the user did not move). Returns per-state (TD loss [n], CQL
     penalty [n]): the mean TD loss over the state's draws other than the taken item, and
     logsumexp(Q over draws + taken) - Q(taken)."""
-    drawn = sampled_items(len(states), t.q_negatives, net.num_items, t.seed, step, states.device)   # [n, m]
+    drawn = sampled_items(len(states), t.q_negatives, net.num_items, t.seed, step, states.device, rank)   # [n, m]
     q_neg = (states[:, None, :] * net.q_head.weight[drawn]).sum(-1) + net.q_head.bias[drawn]        # [n, m]
     other = (drawn != taken[:, None]).to(q_neg.dtype)
     target = (t.reward_negative + t.gamma * values)[:, None].expand_as(q_neg)
@@ -405,7 +406,7 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
     stats = {}
     if t.q_negatives:
         neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], values[:, :C][valid], t,
-                                      step, td_fn)
+                                      step, td_fn, dist.rank)
         stats = {"td_negative": neg_td.sum().item() / count.item(), "cql": cql.sum().item() / count.item()}
         loss = loss + t.alpha * neg_td.sum() / count + t.cql_weight * cql.sum() / count
     # Each rank's stats are its share of the global value: summed over ranks they are exact.
