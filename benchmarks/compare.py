@@ -429,7 +429,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=["all", *DATASETS], default="all")
+    p.add_argument("--data", default="all", help=f"all, or one or more of {', '.join(DATASETS)}, comma-separated")
     p.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, 5 models: minutes")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS))
@@ -455,7 +455,10 @@ def main() -> None:
         raise SystemExit(f"error: unknown model {unknown[0]}; choose from {', '.join(variants)}")
     seeds = list(range(1 if args.quick else args.seeds))
     extra = (["train.epochs=2"] if args.quick else []) + args.extra
-    datasets = [ds for key in (ALL if args.data == "all" else (args.data,)) for ds in DATASETS[key]]
+    keys = ALL if args.data == "all" else tuple(args.data.split(","))
+    if set(keys) - set(DATASETS):
+        raise SystemExit(f"error: unknown data set {sorted(set(keys) - set(DATASETS))[0]}; choose all or from {', '.join(DATASETS)}")
+    datasets = [ds for key in keys for ds in DATASETS[key]]
     out = Path(args.out) if args.out else ROOT / "results" / ("quick" if args.quick else "")
     runs = plan(datasets, models, seeds, args.quick, extra, variants, Path(args.runs).resolve())
 
