@@ -169,17 +169,24 @@ class SeqRecQ(nn.Module):
     """State encoder (GRU or SASRec) + K-step self-supervised heads + Q head over all items."""
 
     def __init__(self, num_items: int, *, hidden: int, dropout: float, ssl_steps: int,
-                 encoder: nn.Module | None = None):
+                 encoder: nn.Module | None = None, q_head: str = "shared"):
         super().__init__()
         self.num_items = num_items
         self.encoder = encoder if encoder is not None else GRUStateEncoder(num_items, hidden, dropout)
         self.ssl = MultiStepHeads(hidden, num_items, ssl_steps)
-        self.q_head = nn.Linear(hidden, num_items + 1)
+        # Q(s, a) = (s T + c) . W[a] + b[a] with W the self-supervised heads' item matrix (`shared`): an
+        # item owns one value parameter, b[a], instead of H + 1 (`linear`, SQN's head), which regressed
+        # on noisy returns with ~100 events per item mostly fits noise.
+        self.q_head = nn.Linear(hidden, num_items + 1) if q_head == "linear" else None
+        if self.q_head is None:
+            self.q_transform = nn.Parameter(torch.zeros(hidden, hidden))
+            self.q_shift = nn.Parameter(torch.zeros(hidden))
+            self.q_bias = nn.Parameter(torch.zeros(num_items + 1))
 
     @classmethod
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
         return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"],
-                   encoder=state_encoder(num_items, model))
+                   encoder=state_encoder(num_items, model), q_head=model["q_head"])
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, num_items: int) -> "SeqRecQ":
@@ -230,20 +237,27 @@ class SeqRecQ(nn.Module):
         """state [B, L] -> s_t [B, H], the state after the last item of the history."""
         return self.encoder(state)[:, -1]
 
+    def q_layer(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Q head as a linear layer over items: states [..., H] -> (features [..., H], weight [N+1, H],
+        bias [N+1]), Q(s, a) = features . weight[a] + bias[a]."""
+        if self.q_head is not None:
+            return states, self.q_head.weight, self.q_head.bias
+        return states @ self.q_transform + self.q_shift, self.ssl.items.weight, self.q_bias
+
     def q_values(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """states [..., H] -> Q [..., N+1] (column 0 is padding: mask it before max or ranking), or
         only for the item ids in `candidates` [C] -> [..., C]."""
-        states = states.contiguous()   # a strided slice (states[:, 1:]) would make matmul a slow bmm
+        features, weight, bias = self.q_layer(states.contiguous())  # a strided slice would make matmul a slow bmm
         if candidates is None:
-            return self.q_head(states)
-        return F.linear(states, self.q_head.weight[candidates], self.q_head.bias[candidates])
+            return F.linear(features, weight, bias)
+        return F.linear(features, weight[candidates], bias[candidates])
 
     def greedy_items(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """argmax_a Q(s, a) over items 1..N, or over the item ids in `candidates` [C]: states [..., H] ->
         item ids [...]. Over all items it is streamed (argmax_linear): no [..., N+1] Q matrix."""
         if candidates is not None:
             return candidates[self.q_values(states, candidates).argmax(-1)]
-        return argmax_linear(states, self.q_head.weight, self.q_head.bias)
+        return argmax_linear(*self.q_layer(states))
 
     def max_q(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """max_a Q(s, a) over items 1..N (or over `candidates`): states [..., H] -> [...]."""
@@ -254,9 +268,10 @@ class SeqRecQ(nn.Module):
         """Q(s, a) of given actions only: states [..., H], actions [...] -> [...].
 
         Equal to q_values(states).gather(-1, actions), without scoring every item: the TD loss needs
-        gradients for the taken actions alone.
+        gradients for the taken actions alone. Broadcasts: states [n, 1, H] with actions [n, m] -> [n, m].
         """
-        return (states * self.q_head.weight[actions]).sum(-1) + self.q_head.bias[actions]
+        features, weight, bias = self.q_layer(states)
+        return (features * weight[actions]).sum(-1) + bias[actions]
 
     def score_layer(self, state: torch.Tensor, head: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The ranking scores of head `ssl` (next-item logits) or `q` as a linear layer over items:
@@ -266,7 +281,7 @@ class SeqRecQ(nn.Module):
         """
         if head == "ssl":
             return self.ssl.step_features(state, 0), self.ssl.items.weight, self.ssl.items.bias
-        return state, self.q_head.weight, self.q_head.bias
+        return self.q_layer(state)
 
     def scores(self, state: torch.Tensor, head: str) -> torch.Tensor:
         """Ranking scores [B, N+1] from state [B, H] by head `ssl` (next-item logits) or `q`; padding -inf."""
@@ -323,7 +338,7 @@ def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, val
     penalty [n]): the mean TD loss over the state's draws other than the taken item, and
     logsumexp(Q over draws + taken) - Q(taken)."""
     drawn = sampled_items(len(states), t.q_negatives, net.num_items, t.seed, step, states.device, rank)   # [n, m]
-    q_neg = (states[:, None, :] * net.q_head.weight[drawn]).sum(-1) + net.q_head.bias[drawn]        # [n, m]
+    q_neg = net.q_of(states[:, None, :], drawn)                                                     # [n, m]
     other = (drawn != taken[:, None]).to(q_neg.dtype)
     target = (t.reward_negative + t.gamma * values)[:, None].expand_as(q_neg)
     td = (td_fn(q_neg, target, reduction="none") * other).sum(1) / other.sum(1).clamp(min=1.0)

@@ -24,6 +24,7 @@ CHOICES = {
     "data.source": ("synthetic", "csv", "retailrocket", "yoochoose", "movielens", "recbole"),
     "data.movielens": ("100k", "1m"),
     "model.encoder": ("gru", "sasrec"),
+    "model.q_head": ("shared", "linear"),
     "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),
     "train.bootstrap": ("double", "max", "logged", "swap"),
@@ -59,6 +60,10 @@ class Config:
 
 # Keys renamed since runs were saved: old name -> new name (a saved config or file still loads).
 RENAMED = {"train.value": "train.bootstrap"}
+# Keys added since runs were saved, with the value that reproduces what a run made before them did:
+# a saved config that lacks one gets this value, not today's default.
+ADDED = {"model.q_head": "linear", "train.q_negatives": 0, "train.reward_negative": 0.0, "train.cql_weight": 0.0,
+         "eval.value_events": 0}
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), base: dict | None = None) -> Config:
@@ -66,7 +71,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), b
     `dotted.key=value` override."""
     tree = _read_yaml(DEFAULT_PATH)
     if base is not None:
-        _merge(tree, tree, _renamed(base), prefix="", source="the checkpoint's config")
+        _merge(tree, tree, _with_added(_renamed(base)), prefix="", source="the checkpoint's config")
     if path:
         user = _read_yaml(Path(path))
         if not isinstance(user, dict):
@@ -125,6 +130,15 @@ def _renamed(user: dict) -> dict:
         if isinstance(part, dict) and old_name in part:
             part.setdefault(new_name, part.pop(old_name))
     return user
+
+
+def _with_added(saved: dict) -> dict:
+    """A saved config with each key of ADDED it lacks set to its old behaviour."""
+    for key, old_value in ADDED.items():
+        section, name = key.split(".")
+        if isinstance(saved.get(section), dict) and name not in saved[section]:
+            saved[section][name] = old_value
+    return saved
 
 
 def _lookup(tree: dict, key: str) -> Any:

@@ -79,3 +79,14 @@ def test_config_is_read_only_and_round_trips():
     with pytest.raises(AttributeError):
         cfg.train = None
     assert load_config(overrides=[]).to_dict() == yaml.safe_load(DEFAULT_PATH.read_text())
+
+
+def test_a_saved_config_from_before_a_key_existed_keeps_its_old_behaviour():
+    """Keys added later (ADDED) take the value that reproduces the old run, not today's default; a
+    renamed key (train.value) loads under its new name."""
+    saved = load_config().to_dict()
+    del saved["model"]["q_head"], saved["train"]["q_negatives"]
+    saved["train"]["value"] = saved["train"].pop("bootstrap")
+    saved["train"]["value"] = "max"
+    old = load_config(base=saved)
+    assert old.model.q_head == "linear" and old.train.q_negatives == 0 and old.train.bootstrap == "max"

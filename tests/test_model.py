@@ -68,13 +68,24 @@ def test_multi_step_loss_matches_a_loop():
     torch.testing.assert_close(got, expected)
 
 
+def random_q(net: SeqRecQ) -> SeqRecQ:
+    """A Q head with random values (the shared head starts at Q = 0 everywhere)."""
+    with torch.no_grad():
+        for p in net.q_layer(torch.zeros(1, net.ssl.items.weight.shape[1]))[1:]:
+            p.normal_()
+        if net.q_head is None:
+            net.q_transform.normal_()
+    return net
+
+
+@pytest.mark.parametrize("q_head", ["shared", "linear"])
 @pytest.mark.parametrize("with_candidates", [False, True])
-def test_state_values_double_and_max(with_candidates):
+def test_state_values_double_and_max(with_candidates, q_head):
     """Double: the target net's Q at the online net's argmax; max: the target's max. Padding never wins."""
     torch.manual_seed(0)
-    online, target = SeqRecQ(num_items=10, hidden=8, dropout=0.0, ssl_steps=1), SeqRecQ(num_items=10, hidden=8, dropout=0.0, ssl_steps=1)
+    online, target = (random_q(SeqRecQ(num_items=10, hidden=8, dropout=0.0, ssl_steps=1, q_head=q_head)) for _ in range(2))
     with torch.no_grad():
-        online.q_head.bias[0] = 100.0                                    # padding column: must be skipped
+        online.q_layer(torch.zeros(1, 8))[2][0] = 100.0                  # padding column: must be skipped
     states, target_states = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
     cand = torch.tensor([2, 5, 7, 9]) if with_candidates else torch.arange(1, 11)
     online_q, target_q = online.q_values(states)[..., cand], target.q_values(target_states)[..., cand]
@@ -93,7 +104,7 @@ def test_state_values_logged():
     """Logged (SARSA): the target's Q of the logged next action; 0 past the end; after a truncation
     (next action held out) the target's Q averaged under the next-item head's softmax, by hand."""
     torch.manual_seed(1)
-    online, target = SeqRecQ(num_items=6, hidden=4, dropout=0.0, ssl_steps=1), SeqRecQ(num_items=6, hidden=4, dropout=0.0, ssl_steps=1)
+    online, target = (random_q(SeqRecQ(num_items=6, hidden=4, dropout=0.0, ssl_steps=1)) for _ in range(2))
     states, target_states = torch.randn(3, 4), torch.randn(3, 4)
     logged = torch.tensor([5, 0, 0])
     cut = torch.tensor([False, False, True])
@@ -107,7 +118,7 @@ def test_state_values_logged():
 def test_negatives_pull_towards_gamma_v_and_cql_matches_its_definition():
     cfg = load_config(overrides=["train.q_negatives=4", "train.reward_negative=-0.5", "train.cql_weight=0.1"])
     torch.manual_seed(2)
-    net = SeqRecQ(num_items=5, hidden=4, dropout=0.0, ssl_steps=1)
+    net = random_q(SeqRecQ(num_items=5, hidden=4, dropout=0.0, ssl_steps=1))
     states, taken, values = torch.randn(3, 4), torch.tensor([1, 2, 3]), torch.tensor([0.4, -0.2, 1.0])
     td, cql = negative_losses(net, states, taken, values, cfg.train, step=7, td_fn=torch.nn.functional.mse_loss)
     from model import sampled_items
@@ -139,7 +150,7 @@ def test_training_step_is_finite_and_trains_every_part(encoder):
     assert torch.isfinite(loss) and stats["td"] > 0 and stats["ce"] > 0
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    assert model.q_head.weight.grad.abs().sum() > 0 and model.ssl.transforms.grad.abs().sum() > 0
+    assert model.q_transform.grad.abs().sum() > 0 and model.ssl.transforms.grad.abs().sum() > 0
 
 
 def test_td_target_of_a_one_step_window_is_r_plus_gamma_v():
@@ -230,7 +241,7 @@ def test_alpha_zero_skips_the_q_head_target_net_and_argmax():
     loss, stats = compute_losses(model, Untouchable(), batch, cfg.train)
     loss.backward()
     assert stats["td"] == 0.0 and loss.item() == pytest.approx(stats["ce"])
-    assert model.q_head.weight.grad is None
+    assert model.q_transform.grad is None and model.q_bias.grad is None
     del model.greedy_items
     with_td, _ = compute_losses(model, model, batch, load_config(overrides=["pool.horizon=3", "model.ssl_steps=2",
                                                                               "train.alpha=1.0"]).train)

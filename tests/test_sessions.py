@@ -28,7 +28,10 @@ def network(encoder: str, **model) -> SeqRecQ:
     torch.manual_seed(0)
     settings = {**load_config().model.to_dict(), "encoder": encoder, "hidden": 8, "dropout": 0.0, "ssl_steps": 2,
                 "max_len": 4, "layers": 1, **model}            # max_len 4 < sessions: the carried context matters
-    return SeqRecQ.from_config(settings, 9).eval()
+    net = SeqRecQ.from_config(settings, 9).eval()
+    with torch.no_grad():
+        net.q_transform.normal_(std=0.3)                       # the shared Q head starts at Q = 0: give it values
+    return net
 
 
 def read_in_chunks(net: SeqRecQ, sessions: list[list[int]], chunk: int) -> list[torch.Tensor]:
@@ -116,7 +119,7 @@ def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_p
     net = network(encoder, ssl_steps=1)
     target = copy.deepcopy(net)
     with torch.no_grad():
-        target.q_head.weight.mul_(0.5)                          # a target net that differs from the online one
+        target.q_transform.mul_(0.5)                            # a target net that differs from the online one
     t = load_config(overrides=["train.alpha=1.0", "train.gamma=0.7", f"train.bootstrap={bootstrap}",
                                f"train.q_negatives={negatives}", f"train.cql_weight={0.1 if negatives else 0}"]).train
     window = Batch.from_windows(pool.windows(pool.events("train"), LONGEST + 1, 1, training=True))
@@ -131,7 +134,7 @@ def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_p
     torch.testing.assert_close(by_sessions, by_windows)
     for (name, _), g_s, g_w in zip(net.named_parameters(), grads_s, grads_w):   # the same training signal
         torch.testing.assert_close(g_s, g_w, rtol=1e-4, atol=1e-6, msg=name)
-    assert grads_s[[n for n, _ in net.named_parameters()].index("q_head.weight")].abs().sum() > 0
+    assert grads_s[[n for n, _ in net.named_parameters()].index("q_transform")].abs().sum() > 0
 
 
 def test_multi_step_targets_and_returns_equal_the_window_paths_first_step(tmp_path):
