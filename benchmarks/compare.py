@@ -56,7 +56,8 @@ def multi_step(T: int, K: int, **kw) -> list[str]:
 
 MODELS: dict[str, list[str]] = {
     "gru4rec": one_step(alpha=0.0),                                   # next-item cross-entropy only
-    "gru-sqn": one_step(alpha=1.0, gamma=0.5, bootstrap="swap"),      # SQN: CE + one-step double Q (two nets in turn)
+    # SQN: CE + one-step double Q, two nets in turn, its own linear Q head, no negatives
+    "gru-sqn": one_step(alpha=1.0, gamma=0.5, bootstrap="swap", q_negatives=0) + ["model.q_head=linear"],
     "ssl-multistep": multi_step(3, 3, alpha=0.0),                     # multi-step self-supervision, no TD
     "td-lambda-ssl1": multi_step(3, 1, alpha=1.0, lam=0.8),           # TD(lambda), one-step self-supervision
     **{f"full-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) for T in (3, 5) for lam in (0.0, 0.5, 0.8, 1.0)},
