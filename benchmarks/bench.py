@@ -59,8 +59,11 @@ def random_log(num_events: int, num_items: int, seed: int = 0) -> pd.DataFrame:
                          "reward": np.where(purchase, 1.0, 0.2).astype(np.float32), "purchase": purchase})
 
 
+# The loss the committed figures were measured with (the double bootstrap's all-item argmax, no Q
+# negatives, SQN's linear Q head): the defaults changed since; the logged bootstrap skips the argmax.
+MEASURED_LOSS = ["train.bootstrap=double", "train.q_negatives=0", "model.q_head=linear"]
 BENCH_OVERRIDES = ["data.min_item_count=1", "data.min_session_len=1", "pool.horizon=3", "model.ssl_steps=3",
-                   "model.hidden=64", "pool.state_len=10", "train.batch_size=256"]
+                   "model.hidden=64", "pool.state_len=10", "train.batch_size=256", *MEASURED_LOSS]
 
 
 def bench_config(pool_dir: Path, *extra: str):
@@ -276,7 +279,8 @@ def bench_movielens_1m(torch, device, peak: float, steps: int) -> None:
     from replay_buffer import ensure_pool
     from seqrec.batches import Batch, epoch_order
     from seqrec.learner import Learner
-    settings = ["pool.horizon=3", "model.ssl_steps=3", "model.hidden=64", "train.batch_size=256", "model.dropout=0.0"]
+    settings = ["pool.horizon=3", "model.ssl_steps=3", "model.hidden=64", "train.batch_size=256", "model.dropout=0.0",
+                *MEASURED_LOSS]
     cfg = load_config(ROOT / "configs" / "movielens-1m-loo.yaml", [*settings, "pool.state_len=10"])
     pool = ensure_pool(cfg)
     N, t, B, L, T = pool.num_items, cfg.train, cfg.train.batch_size, cfg.pool.state_len, cfg.pool.horizon
