@@ -423,7 +423,7 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
         neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], values[:, :C][valid], t,
                                       step, td_fn, dist.rank)
         stats = {"td_negative": neg_td.sum().item() / count.item(), "cql": cql.sum().item() / count.item()}
-        loss = loss + t.alpha * neg_td.sum() / count + t.cql_weight * cql.sum() / count
+        loss = loss + t.alpha * t.negative_weight * neg_td.sum() / count + t.cql_weight * cql.sum() / count
     # Each rank's stats are its share of the global value: summed over ranks they are exact.
     stats = {"loss": loss.item(), "ce": ce.item(), "td": td.item(),
              "q_mean": ((q_taken.detach() * weight).sum() / count).item(), **stats}

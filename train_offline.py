@@ -10,7 +10,8 @@ What happens, and where each part lives:
   log -> pool        replay_buffer.py: ensure_pool builds the flat experience pool; Pool.windows cuts
                      each batch's T-step windows (state, actions, rewards, ends) out of it
   the loss           model.py: compute_losses = sum_k w_k CE(a_{t+k} | s_t) (ssl_heads.py)
-                     + alpha * TD(Q(s_{t+k}, a_{t+k}), G^lambda_k) (td_lambda.py; target net, double Q)
+                     + alpha * TD(Q(s_{t+k}, a_{t+k}), G^lambda_k) (td_lambda.py; target net, train.bootstrap)
+                     + SNQN negatives (train.q_negatives); validation also scores Q against returns
   the loop           below: epochs of seqrec.learner.train_epoch (batches -> loss -> Learner.update),
                      each followed by validation, a metrics row and checkpoints (seqrec/runs.py)
   test, recommend    below: the best epoch's test metrics (seqrec/evaluation.py) and top-k for a user

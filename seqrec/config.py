@@ -231,7 +231,7 @@ RANGES = {
         "sim.num_categories", "sim.dim", "sim.slate_size", "sim.max_session_len")},
     **{key: AT_LEAST_0 for key in (
         "pool.state_len", "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.threads",
-        "train.q_negatives", "train.cql_weight", "eval.value_rollouts", "eval.value_events",
+        "train.q_negatives", "train.cql_weight", "train.negative_weight", "eval.value_rollouts", "eval.value_events",
         "train.checkpoint_every", "train.max_steps", "data.max_sessions", "online.rounds",
         "sim.logging_temperature")},
     **{key: SHARE for key in (

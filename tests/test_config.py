@@ -40,7 +40,6 @@ def test_typed_overrides():
     ("eval.exclude_seen=3", "needs true or false"),
     ("data.source=parquet", "unknown data.source 'parquet'"),
     ("train.bootstrap=soft", "unknown train.bootstrap"),
-    ("train.cql_weight=0.1", "train.cql_weight needs sampled items"),
     ("model.ssl_steps=5", "must not exceed pool.horizon"),
     ("data.split=[0.5,0.5]", "data.split needs three"),
     ("eval.select_metric=purchase/MAP@10", "eval.select_metric"),
@@ -90,3 +89,8 @@ def test_a_saved_config_from_before_a_key_existed_keeps_its_old_behaviour():
     saved["train"]["value"] = "max"
     old = load_config(base=saved)
     assert old.model.q_head == "linear" and old.train.q_negatives == 0 and old.train.bootstrap == "max"
+
+
+def test_cql_needs_negatives():
+    with pytest.raises(UserError, match="train.cql_weight needs sampled items"):
+        load_config(overrides=["train.q_negatives=0", "train.cql_weight=0.1"])
