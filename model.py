@@ -322,22 +322,21 @@ def policy_value(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target
     return (pi * target_net.q_values(target_states)[:, 1:]).sum(-1)
 
 
-def sampled_items(rows: int, count: int, num_items: int, seed: int, step: int, device, rank: int = 0) -> torch.Tensor:
-    """`count` items drawn uniformly from 1..N for each of `rows` states [rows, count], from a generator
-    seeded by (seed, step, rank): the same after a resume, apart from the dropout stream, and apart
-    on each rank of a distributed run (which therefore draws other items than one process would)."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + 7_777_777 + rank)
-    return torch.randint(1, num_items + 1, (rows, count), generator=g).to(device)
+def sampled_items(shape: tuple[int, ...], num_items: int, seed: int, step: int, device) -> torch.Tensor:
+    """Items drawn uniformly from 1..N, of `shape`, from a generator seeded by (seed, step): the same
+    after a resume, apart from the dropout stream. Drawn for the global batch, so each rank of a
+    distributed run takes the rows one process would."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + 7_777_777)
+    return torch.randint(1, num_items + 1, shape, generator=g).to(device)
 
 
-def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, values: torch.Tensor, t, step: int,
-                    td_fn, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """SNQN's negatives and the CQL penalty for n trained states [n, H] with taken items [n] and the
-    states' own values V(s) [n] (detached): `train.q_negatives` uniform items per state, each pulled
+def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, values: torch.Tensor,
+                    drawn: torch.Tensor, t, td_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """SNQN's negatives and the CQL penalty for n trained states [n, H] with taken items [n], the
+    states' own values V(s) [n] (detached) and `drawn` [n, m] uniform items per state: each pulled
     towards r_negative + gamma V(s) (the user did not move). Returns per-state (TD loss [n], CQL
     penalty [n]): the mean TD loss over the state's draws other than the taken item, and
     logsumexp(Q over draws + taken) - Q(taken)."""
-    drawn = sampled_items(len(states), t.q_negatives, net.num_items, t.seed, step, states.device, rank)   # [n, m]
     q_neg = net.q_of(states[:, None, :], drawn)                                                     # [n, m]
     other = (drawn != taken[:, None]).to(q_neg.dtype)
     target = (t.reward_negative + t.gamma * values)[:, None].expand_as(q_neg)
@@ -420,8 +419,11 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
     loss = ce + t.alpha * td
     stats = {}
     if t.q_negatives:
-        neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], values[:, :C][valid], t,
-                                      step, td_fn, dist.rank)
+        n = int(valid.sum())
+        first, total = dist.offset(n)                          # draws follow the global order of trained states
+        drawn = sampled_items((total, t.q_negatives), net.num_items, t.seed, step, valid.device)[first:first + n]
+        neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], values[:, :C][valid],
+                                      drawn, t, td_fn)
         stats = {"td_negative": neg_td.sum().item() / count.item(), "cql": cql.sum().item() / count.item()}
         loss = loss + t.alpha * t.negative_weight * neg_td.sum() / count + t.cql_weight * cql.sum() / count
     # Each rank's stats are its share of the global value: summed over ranks they are exact.

@@ -42,6 +42,14 @@ class Dist:
         torch_dist.all_reduce(x)
         return x
 
+    def offset(self, n: int) -> tuple[int, int]:
+        """(rows on the ranks before this one, rows on all ranks) when this rank holds n rows of a
+        global batch cut in rank order: where its rows sit in what one process would hold."""
+        if self.world == 1:
+            return 0, n
+        counts = self.sum(torch.zeros(self.world, dtype=torch.int64).index_fill_(0, torch.tensor([self.rank]), n))
+        return int(counts[:self.rank].sum()), int(counts.sum())
+
     def barrier(self) -> None:
         if self.world > 1:
             torch_dist.barrier()

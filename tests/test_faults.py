@@ -106,7 +106,9 @@ def test_torchrun_two_processes_equal_one_process_after_one_step(tmp_path, state
     assert one["step"] == two["step"] == 1
     for part in ("model", "target"):
         for name, tensor in one[part].items():
-            torch.testing.assert_close(two[part][name], tensor, rtol=1e-5, atol=1e-6, msg=f"{part}.{name}")
+            # atol: float sums in another order (the shared Q head adds paths) move a weight by ~7e-6;
+            # a wrong gradient moves it by about the learning rate (3e-3)
+            torch.testing.assert_close(two[part][name], tensor, rtol=1e-5, atol=2e-5, msg=f"{part}.{name}")
     # The single process and rank 0 log the same loss: the ranks' shares add up to the global figure.
     rows = [(p / "run" / "metrics.csv").read_text().splitlines() for p in (single, multi)]
     assert len(rows[1]) == 2, "rank 0 alone writes the metrics"
