@@ -330,10 +330,11 @@ def sampled_items(shape: tuple[int, ...], num_items: int, seed: int, step: int, 
     return torch.randint(1, num_items + 1, shape, generator=g).to(device)
 
 
-def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, values: torch.Tensor,
-                    drawn: torch.Tensor, t, td_fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """SNQN's negatives and the CQL penalty for n trained states [n, H] with taken items [n], the
-    states' own values V(s) [n] (detached) and `drawn` [n, m] uniform items per state: each pulled
+def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, q_taken: torch.Tensor,
+                    values: torch.Tensor, drawn: torch.Tensor, t, td_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """SNQN's negatives and the CQL penalty for n trained states [n, H] with taken items [n] and their
+    Q(s, taken) [n] (the TD loss's, with gradients), the states' own values V(s) [n] (detached) and
+    `drawn` [n, m] uniform items per state: each pulled
     towards r_negative + gamma V(s) (the user did not move). Returns per-state (TD loss [n], CQL
     penalty [n]): the mean TD loss over the state's draws other than the taken item, and
     logsumexp(Q over draws + taken) - Q(taken)."""
@@ -341,7 +342,6 @@ def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, val
     other = (drawn != taken[:, None]).to(q_neg.dtype)
     target = (t.reward_negative + t.gamma * values)[:, None].expand_as(q_neg)
     td = (td_fn(q_neg, target, reduction="none") * other).sum(1) / other.sum(1).clamp(min=1.0)
-    q_taken = net.q_of(states, taken)
     both = torch.cat([q_taken[:, None], q_neg.masked_fill(other == 0, float("-inf"))], 1)
     return td, torch.logsumexp(both, 1) - q_taken
 
@@ -422,8 +422,8 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
         n = int(valid.sum())
         first, total = dist.offset(n)                          # draws follow the global order of trained states
         drawn = sampled_items((total, t.q_negatives), net.num_items, t.seed, step, valid.device)[first:first + n]
-        neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], values[:, :C][valid],
-                                      drawn, t, td_fn)
+        neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], q_taken[valid],
+                                      values[:, :C][valid], drawn, t, td_fn)
         stats = {"td_negative": neg_td.sum().item() / count.item(), "cql": cql.sum().item() / count.item()}
         loss = loss + t.alpha * t.negative_weight * neg_td.sum() / count + t.cql_weight * cql.sum() / count
     # Each rank's stats are its share of the global value: summed over ranks they are exact.

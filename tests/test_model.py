@@ -121,7 +121,8 @@ def test_negatives_pull_towards_gamma_v_and_cql_matches_its_definition():
     net = random_q(SeqRecQ(num_items=5, hidden=4, dropout=0.0, ssl_steps=1))
     states, taken, values = torch.randn(3, 4), torch.tensor([1, 2, 3]), torch.tensor([0.4, -0.2, 1.0])
     drawn = torch.tensor([[1, 4, 5, 2], [3, 3, 2, 1], [5, 4, 3, 3]])          # the taken item among them too
-    td, cql = negative_losses(net, states, taken, values, drawn, cfg.train, td_fn=torch.nn.functional.mse_loss)
+    td, cql = negative_losses(net, states, taken, net.q_of(states, taken), values, drawn, cfg.train,
+                              td_fn=torch.nn.functional.mse_loss)
     q = net.q_values(states)
     for i in range(3):
         others = [int(a) for a in drawn[i] if a != taken[i]]
