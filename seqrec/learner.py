@@ -18,13 +18,7 @@ import torch
 from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
-from seqrec.batches import (
-    Batch,
-    Chunk,
-    candidate_log_inclusion,
-    epoch_order,
-    lane_schedule,
-)
+from seqrec.batches import Batch, Chunk, candidate_log_inclusion, epoch_order, lane_schedule
 from seqrec.distributed import SINGLE, Dist, model_device
 from seqrec.errors import UserError
 
@@ -74,15 +68,14 @@ class Learner:
         net), with the online net as its target. A fair coin, a pure function of (seed, step)."""
         return self.twin_opt is not None and np.random.default_rng([self.train_cfg.seed, 300, self.step]).random() < 0.5
 
-    def roles(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+    def roles(self, swapped: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(the network that learns this step, the one that gives its targets), in train and eval mode."""
-        learns, targets = (self.target_net, self.model) if self.swapped() else (self.model, self.target_net)
+        learns, targets = (self.target_net, self.model) if swapped else (self.model, self.target_net)
         return learns.train(), targets.eval()
 
-    def update(self, loss: torch.Tensor) -> None:
+    def update(self, loss: torch.Tensor, swapped: bool = False) -> None:
         """One optimisation step on `loss`: gradients, clipping (train.grad_clip), Adam, target update
-        (none under swap: there the twin is trained on the steps its coin picks)."""
-        swapped = self.swapped()
+        (none under swap: there the twin is trained on the steps its coin picks, `swapped`)."""
         params = (self.target_net if swapped else self.model).parameters()
         opt = self.twin_opt if swapped else self.opt
         opt.zero_grad(set_to_none=True)
@@ -149,8 +142,8 @@ def train_epoch(learner: Learner, pool, cfg, loss_fn, dist: Dist = SINGLE, on_st
         swapped = learner.swapped()
         if swapped and isinstance(batch, Chunk):                # each network keeps its own carry
             batch.carry = batch.carry[::-1]
-        loss, stats = loss_fn(*learner.roles(), batch, t, dist, learner.step, log_inclusion)
-        learner.update(loss)
+        loss, stats = loss_fn(*learner.roles(swapped), batch, t, dist, learner.step, log_inclusion)
+        learner.update(loss, swapped)
         learner.batch = i + 1
         if isinstance(batch, Chunk):
             learner.carry = batch.next_carry[::-1] if swapped else batch.next_carry

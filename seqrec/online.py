@@ -167,9 +167,10 @@ def logged_event_values(sim: Simulator, pool, events: np.ndarray, gamma: float, 
     sid = pool.session_ids[session].astype(np.int64)
     raw = np.searchsorted(raw_sessions, sid)
     to_sim = pool.item_ids.astype(np.int64)
-    same = [np.array_equal(to_sim[pool.session_items(s) - 1], raw_items[raw_offsets[r]:raw_offsets[r + 1]])
-            for s, r in zip(session, raw)]
-    keep = np.flatnonzero(same)
+    sessions, first, inverse = np.unique(session, return_index=True, return_inverse=True)
+    same = np.array([np.array_equal(to_sim[pool.session_items(s) - 1], raw_items[raw_offsets[r]:raw_offsets[r + 1]])
+                     for s, r in zip(sessions, raw[first])], dtype=bool)           # once per session
+    keep = np.flatnonzero(same[inverse])
     events, session, sid, raw = events[keep], session[keep], sid[keep], raw[keep]
     place = events - np.asarray(pool.offsets)[session]
     width = int(place.max(initial=0)) + 1
