@@ -24,7 +24,7 @@ from seqrec.streamed import argmax_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
 from td_lambda import lambda_returns, sliding_lambda_returns
 
-HEADS = ("ssl", "q")
+HEADS = ("ssl", "q", "mix")   # mix: the ssl head's top candidates reranked by the value (rerank)
 
 
 def ahead(count: int, steps: int, device=None) -> torch.Tensor:
@@ -283,12 +283,34 @@ class SeqRecQ(nn.Module):
             return self.ssl.step_features(state, 0), self.ssl.items.weight, self.ssl.items.bias
         return self.q_layer(state)
 
-    def scores(self, state: torch.Tensor, head: str) -> torch.Tensor:
-        """Ranking scores [B, N+1] from state [B, H] by head `ssl` (next-item logits) or `q`; padding -inf."""
+    def scores(self, state: torch.Tensor, head: str, seen: torch.Tensor | None = None, beta: float = 0.0,
+               top: int = 0) -> torch.Tensor:
+        """Ranking scores [B, N+1] from state [B, H] by head `ssl` (next-item logits), `q`, or `mix`
+        (rerank: the ssl head's `top` candidates by log pi + beta * advantage); padding and the items
+        of `seen` [B, L] (0 = none) -inf. Seen items are masked before mix picks its candidates."""
+        if head == "mix":
+            log_pi = torch.log_softmax(self.scores(state, "ssl", seen), -1)
+            return rerank(log_pi, self.scores(state, "q"), beta, top)
         features, weight, bias = self.score_layer(state, head)
         scores = torch.addmm(bias, features, weight.T)
         scores[..., 0] = float("-inf")  # in place: a fresh tensor, and no backward needs a layer's output
-        return scores
+        return scores if seen is None else scores.scatter_(1, seen, float("-inf"))
+
+
+def rerank(log_pi: torch.Tensor, q: torch.Tensor, beta: float, top: int) -> torch.Tensor:
+    """Value reranking within the log's support: the `top` items of the next-item policy log_pi [B, N+1]
+    (-inf: never) score log pi(a | s) + beta * A(s, a), A = Q(s, a) [B, N+1] minus its mean over those
+    candidates; every other item keeps log pi's order, below all candidates. -> [B, N+1]"""
+    top = min(top, log_pi.shape[-1])
+    cand_log_pi, cand = log_pi.topk(top, -1)                                    # [B, R]
+    live = torch.isfinite(cand_log_pi)
+    q_cand = q.gather(1, cand)
+    mean = (q_cand * live).sum(1, keepdim=True) / live.sum(1, keepdim=True).clamp(min=1)
+    mixed = torch.where(live, cand_log_pi + beta * (q_cand - mean), float("-inf"))
+    # the rest: shifted so the best of them (at most the last candidate's log pi) is below the worst candidate
+    lowest = mixed.masked_fill(~live, float("inf")).min(1, keepdim=True).values
+    shift = torch.where(live.all(1, keepdim=True), lowest - cand_log_pi[:, -1:] - 1.0, torch.zeros_like(lowest))
+    return (log_pi + shift).scatter(1, cand, mixed)
 
 
 # ================================================================================================
@@ -322,11 +344,11 @@ def policy_value(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target
     return (pi * target_net.q_values(target_states)[:, 1:]).sum(-1)
 
 
-def sampled_items(shape: tuple[int, ...], num_items: int, seed: int, step: int, device) -> torch.Tensor:
-    """Items drawn uniformly from 1..N, of `shape`, from a generator seeded by (seed, step): the same
-    after a resume, apart from the dropout stream. Drawn for the global batch, so each rank of a
+def sampled_items(shape: tuple[int, ...], num_items: int, seed: int, step: int, device, stream: int = 0) -> torch.Tensor:
+    """Items drawn uniformly from 1..N, of `shape`, from a generator seeded by (seed, step, stream): the
+    same after a resume, apart from the dropout stream. Drawn for the global batch, so each rank of a
     distributed run takes the rows one process would."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + 7_777_777)
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 131 + 7_777_777 + 1_000_000_007 * stream)
     return torch.randint(1, num_items + 1, shape, generator=g).to(device)
 
 
@@ -344,6 +366,23 @@ def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, q_t
     td = (td_fn(q_neg, target, reduction="none") * other).sum(1) / other.sum(1).clamp(min=1.0)
     both = torch.cat([q_taken[:, None], q_neg.masked_fill(other == 0, float("-inf"))], 1)
     return td, torch.logsumexp(both, 1) - q_taken
+
+
+def advantages(net: SeqRecQ, states: torch.Tensor, actions: torch.Tensor, q_taken: torch.Tensor,
+               valid: torch.Tensor, t, dist: Dist, step: int) -> torch.Tensor:
+    """SA2C's advantage of every valid step: A(s_j, a_j) = Q(s_j, a_j) - the mean of Q over {a_j} and
+    train.q_negatives uniform draws, detached, clipped to [0, train.advantage_clip]; 0 elsewhere.
+    states [B, W, H] (the state before each action), actions, q_taken [B, W], valid [B, W] -> [B, W]."""
+    n = int(valid.sum())
+    first, total = dist.offset(n)
+    drawn = sampled_items((total, t.q_negatives), net.num_items, t.seed, step, valid.device, stream=1)[first:first + n]
+    with torch.no_grad():
+        q_pos = q_taken[valid]
+        q_neg = net.q_of(states[valid][:, None, :], drawn)                                     # [n, m]
+        mean = (q_pos + q_neg.sum(1)) / (1 + t.q_negatives)
+        out = torch.zeros_like(q_taken)
+        out[valid] = (q_pos - mean).clamp(0.0, t.advantage_clip)
+    return out
 
 
 def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist = SINGLE, step: int = 0,
@@ -386,6 +425,10 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
         states, ssl_ce, q_all = model(b.state, actions, cand, log_inclusion, with_q=with_td)  # [B, T+1, H], [B, K], [B, T]
         ssl_valid = b.valid[:, :ssl_ce.shape[1]]
     K = ssl_ce.shape[1]
+    if with_td and t.advantage_weighting and step >= t.advantage_warmup:    # SA2C: CE of step k weighed by A(s_{t+k}, a_{t+k})
+        W = actions.shape[1]
+        adv = advantages(net, states[:, :W], actions, q_all, b.valid[:, :W], t, dist, step)          # [B, W]
+        ssl_ce = ssl_ce * (adv[:, ahead(C, K, actions.device)][trained] if chunked else adv[:, :K])
     ce = multi_step_loss(ssl_ce, ssl_valid, torch.tensor(t.ssl_weights[:K], dtype=ssl_ce.dtype, device=ssl_ce.device),
                          counts=dist.sum(ssl_valid.to(ssl_ce.dtype).sum(0)))
     if not with_td:

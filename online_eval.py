@@ -36,8 +36,8 @@ def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Confi
     if ckpt["config"]["sim"] != cfg.sim.to_dict() or ckpt["config"]["data"]["source"] != "synthetic":
         raise UserError(f"{name} was trained on other data than this simulator's; evaluate it with its own config")
     model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
-    return {f"{name}:{head}": ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, head)
-            for head in HEADS}
+    return {f"{name}:{head}": ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, head,
+                                          cfg.eval.beta, cfg.eval.rerank_top) for head in HEADS}
 
 
 def evaluate_policies(policies: dict, sim: Simulator, cfg: Config) -> pd.DataFrame:
@@ -69,9 +69,11 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
     sim_to_pool = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, 1, "ssl").sim_to_pool
     rows = []
     for r in range(o.rounds + 1):
-        policy = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, cfg.eval.head)
+        policy = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, cfg.eval.head,
+                             cfg.eval.beta, cfg.eval.rerank_top)
         row = {"round": r, "pool_events": pool.meta["num_events"],
                **rollout(sim, policy, o.sessions, seed=o.seed).summary()}
+        row.update(ci_low=row["return"] - row["return_ci95"], ci_high=row["return"] + row["return_ci95"])
         print(f"round {r}: greedy return {row['return']:.3f} ± {row['return_ci95']:.3f} "
               f"({row['pool_events']:,} events in the pool)", flush=True)
         rows.append(row)
@@ -85,7 +87,9 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
             learner.batch, learner.sums = 0, {}
             train_epoch(learner, pool, cfg, compute_losses, label=f"round {r + 1}/{o.rounds} fine-tuning")
             learner.epoch += 1
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    first = ["round", "return", "ci_low", "ci_high"]                   # 95% over sessions
+    return table[first + [c for c in table.columns if c not in first]]
 
 
 def _as_pool_events(log: pd.DataFrame, sim_to_pool: np.ndarray, cfg: Config, round_: int):

@@ -80,7 +80,7 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
         stats = epoch_means(learner, dist)
         if dist.main:
             valid = evaluate(learner.net, pool, "valid", cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen,
-                             heads=HEADS, value=reference)
+                             heads=HEADS, value=reference, beta=e.beta, rerank_top=e.rerank_top)
             row = {"epoch": learner.epoch + 1, "step": learner.step, "seconds": round(time.perf_counter() - t0, 2),
                    **stats, **{f"valid/{head}/{m}": v for head, ms in valid.items() for m, v in ms.items()}}
             runs.append_row(run_dir / "metrics.csv", row)
@@ -91,7 +91,7 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
                 runs.save_checkpoint(run_dir / "best.pt", learner.state(cfg, pool, best))
             print(f"epoch {learner.epoch + 1}/{cfg.train.epochs}{'' if finished else ' (stopped at train.max_steps)'}  "
                   f"loss {row['loss']:.4f} (ce {row['ce']:.4f}, td {row['td']:.4f}, Q {row['q_mean']:.3f})  "
-                  f"valid {e.select_metric} ssl {valid['ssl'][e.select_metric]:.4f} q {valid['q'][e.select_metric]:.4f}"
+                  f"valid {e.select_metric} ssl {valid['ssl'][e.select_metric]:.4f} q {valid['q'][e.select_metric]:.4f} mix {valid['mix'][e.select_metric]:.4f}"
                   f"  value rmse {valid['value']['rmse']:.3f} bias {valid['value']['bias']:+.3f}"
                   f"{'  *best' if improved else ''}  [{row['seconds']:.0f} s]", flush=True)
         if finished:
@@ -112,7 +112,7 @@ def test(cfg: Config, pool: Pool, ckpt: dict, run_dir: Path | None, device: torc
     model, e = SeqRecQ.from_checkpoint(ckpt, pool.num_items).to(device), cfg.eval
     reference = value_reference_of(cfg, pool)
     valid, tested = (evaluate(model, pool, split, cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen, heads=HEADS,
-                              value=reference) for split in ("valid", "test"))
+                              value=reference, beta=e.beta, rerank_top=e.rerank_top) for split in ("valid", "test"))
     print(format_table(valid, e.ks, f"validation (best epoch {ckpt['best']['epoch'] + 1}):"))
     print(format_table(tested, e.ks, "test:"))
     print(format_value(tested["value"]))
@@ -143,7 +143,8 @@ def recommend(cfg: Config, pool: Pool, ckpt: dict, user: str | None, history: st
         user = user if user is not None else example_user(pool)
         who, items = f"user {user}", history_of_user(pool, user)
     r = cfg.recommend
-    ids, scores = top_k(model, items, cfg.pool.state_len, r.k, cfg.eval.head, r.exclude_seen)
+    ids, scores = top_k(model, items, cfg.pool.state_len, r.k, cfg.eval.head, r.exclude_seen, cfg.eval.beta,
+                        cfg.eval.rerank_top)
     print(format_recommendations(pool, who, items, ids, scores, cfg.eval.head))
 
 

@@ -58,12 +58,19 @@ MODELS: dict[str, list[str]] = {
     "gru4rec": one_step(alpha=0.0),                                   # next-item cross-entropy only
     # SQN: CE + one-step double Q, two nets in turn, its own linear Q head, no negatives
     "gru-sqn": one_step(alpha=1.0, gamma=0.5, bootstrap="swap", q_negatives=0) + ["model.q_head=linear"],
+    # SNQN: SQN's one-step double Q (linear head) with 10 uniform negatives, ranking with the Q head; SA2C:
+    # the same, its CE weighed by the advantage after a warm-up, ranking with the CE head
+    "snqn": one_step(alpha=1.0, gamma=0.5, bootstrap="double", q_negatives=10) + ["model.q_head=linear", "eval.head=q"],
+    "sa2c": one_step(alpha=1.0, gamma=0.5, bootstrap="double", q_negatives=10, advantage_weighting=True)
+    + ["model.q_head=linear"],
     "ssl-multistep": multi_step(3, 3, alpha=0.0),                     # multi-step self-supervision, no TD
     "td-lambda-ssl1": multi_step(3, 1, alpha=1.0, lam=0.8),           # TD(lambda), one-step self-supervision
     **{f"full-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) for T in (3, 5) for lam in (0.0, 0.5, 0.8, 1.0)},
     "full-T1": multi_step(1, 1, alpha=1.0),                           # one-step TD: lambda has no effect at T = 1
     # alpha picked on validation figures only (README, "What was tried"): TD weight 3 instead of 1
     "full-T3-lam0.8-a3": multi_step(3, 3, alpha=3.0, lam=0.8),
+    "full": multi_step(3, 3, alpha=1.0, lam=0.8),                      # the default model, ranking with the ssl head
+    "full-mix": multi_step(3, 3, alpha=1.0, lam=0.8) + ["eval.head=mix"],   # the full model ranking with the value
 }
 LAMBDAS = (0.0, 0.5, 0.8, 1.0)
 QUICK_MODELS = ["gru4rec", "gru-sqn", "ssl-multistep", "td-lambda-ssl1", "full-T3-lam0.8"]
@@ -206,8 +213,9 @@ def collect_run(run: Run) -> list[dict]:
     """Test and validation figures of one finished run, plus the extra views (unmasked LOO, online)."""
     final = json.loads((run.run_dir / "final.json").read_text())
     ds, cfg = run.dataset, run.config()
-    rows = test_rows(ds, run.model, run.seed, {ds.protocol: final["heads"]["ssl"]})
-    rows += test_rows(ds, run.model, run.seed, {ds.protocol: final["valid"]["ssl"]}, split="valid")
+    head = cfg.eval.head                               # the head the model ranks with (and was selected on)
+    rows = test_rows(ds, run.model, run.seed, {ds.protocol: final["heads"][head]})
+    rows += test_rows(ds, run.model, run.seed, {ds.protocol: final["valid"][head]}, split="valid")
     rows += value_rows(ds, run, final)
     if ds.protocol == "loo" or ds.online:
         pool = Pool(Path(cfg.pool.dir))
@@ -215,24 +223,28 @@ def collect_run(run: Run) -> list[dict]:
         model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
         if ds.protocol == "loo":
             unmasked = evaluate(model, pool, "test", cfg.pool.state_len, cfg.eval.ks, cfg.eval.batch_size,
-                                exclude_seen=False, heads=("ssl",), progress=False)
-            rows += test_rows(ds, run.model, run.seed, {"loo-unmasked": unmasked["ssl"]})
+                                exclude_seen=False, heads=(head,), progress=False, beta=cfg.eval.beta,
+                                rerank_top=cfg.eval.rerank_top)
+            rows += test_rows(ds, run.model, run.seed, {"loo-unmasked": unmasked[head]})
         if ds.online:
             sim = simulator_for(cfg)
-            policy = ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, "ssl")
+            policy = ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, cfg.eval.head,
+                                 cfg.eval.beta, cfg.eval.rerank_top)
             summary = rollout(sim, policy, cfg.online.sessions, seed=run.seed).summary()
             rows += online_rows(ds, run.model, run.seed, summary)
     return rows
 
 
 def value_rows(ds: Dataset, run: Run, final: dict) -> list[dict]:
-    """The value function's figures (`value/rmse`, ...) and the Q head's ranking (`q/...`), test and
-    validation, of a run whose final.json has them (runs made before they were measured do not)."""
+    """The value function's figures (`value/rmse`, ...) and the rankings that use it (`q/...`, `mix/...`),
+    test and validation, of a run whose final.json has them (runs made before they were measured do not)."""
     rows = []
-    for split, value, q in (("test", final.get("value"), final["heads"].get("q")),
-                            ("valid", final["valid"].get("value"), final["valid"].get("q"))):
-        if q is not None and run.config().train.alpha > 0:
-            rows += [{**r, "metric": f"q/{r['metric']}"} for r in test_rows(ds, run.model, run.seed, {ds.protocol: q}, split)]
+    for split, value, heads in (("test", final.get("value"), final["heads"]),
+                                ("valid", final["valid"].get("value"), final["valid"])):
+        for head in ("q", "mix"):
+            if heads.get(head) is not None and run.config().train.alpha > 0:
+                rows += [{**r, "metric": f"{head}/{r['metric']}"}
+                         for r in test_rows(ds, run.model, run.seed, {ds.protocol: heads[head]}, split)]
         rows += [{"dataset": ds.name, "protocol": ds.protocol, "model": run.model, "seed": run.seed, "split": split,
                   "metric": f"value/{k}", "value": value[k]} for k in VALUE_METRICS if value and value.get(k) is not None]
     return rows
@@ -428,6 +440,15 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, MODELS[base] + [kv.strip() for kv in extra.split(";") if kv.strip()]
 
 
+def merge_summary(path: Path, summary: pd.DataFrame) -> None:
+    """Rows of `summary` replace those of the summary.csv at `path` with the same key; the rest stay."""
+    key = ["dataset", "protocol", "model", "metric"]
+    old = pd.read_csv(path) if path.is_file() else summary.iloc[:0]
+    kept = old[~old.set_index(key).index.isin(summary.set_index(key).index)]
+    merged = pd.concat([kept, summary], ignore_index=True)
+    atomic_write(path, lambda tmp: merged.to_csv(tmp, index=False, float_format="%.6g"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="all", help=f"all, or one or more of {', '.join(DATASETS)}, comma-separated")
@@ -441,6 +462,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
     p.add_argument("--out", default=None, help="output folder (default results/, or results/quick/)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "compare"), help="where the runs' folders go")
+    p.add_argument("--merge-into", metavar="CSV", help="also merge the summary into this summary.csv: its rows of "
+                   "the same dataset, protocol, model and metric are replaced, the others kept")
     p.add_argument("--baselines-only", action="store_true",
                    help="no training: popularity offline and the simulator's policies online, in minutes")
     args = p.parse_args()
@@ -491,6 +514,8 @@ def main() -> None:
     if runs:
         plot_sweeps(summary, out / "lambda.png", out / "horizon.png")
         plot_curves(runs, summary, out / "curves.png")
+    if args.merge_into:
+        merge_summary(Path(args.merge_into), summary)
     table = value_table(summary[~summary["metric"].str.startswith("valid/")])
     if len(table):
         atomic_write(out / "value.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))

@@ -29,7 +29,7 @@ CHOICES = {
     "train.td_loss": ("mse", "huber"),
     "train.bootstrap": ("double", "max", "logged", "swap"),
     "train.target_update": ("polyak", "hard"),
-    "eval.head": ("ssl", "q"),
+    "eval.head": ("ssl", "q", "mix"),
 }
 
 
@@ -228,16 +228,17 @@ RANGES = {
         "model.heads", "train.epochs", "train.batch_size", "train.chunk_len",
         "train.target_every", "eval.batch_size", "data.min_session_len", "data.min_item_count", "online.sessions",
         "online.round_sessions", "online.round_epochs", "recommend.k", "sim.num_sessions", "sim.num_items",
-        "sim.num_categories", "sim.dim", "sim.slate_size", "sim.max_session_len")},
+        "sim.num_categories", "sim.dim", "sim.slate_size", "sim.max_session_len", "eval.rerank_top")},
     **{key: AT_LEAST_0 for key in (
         "pool.state_len", "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.threads",
         "train.q_negatives", "train.cql_weight", "train.negative_weight", "eval.value_rollouts", "eval.value_events",
-        "train.checkpoint_every", "train.max_steps", "data.max_sessions", "online.rounds",
+        "train.checkpoint_every", "train.max_steps", "data.max_sessions", "online.rounds", "train.advantage_warmup",
+        "eval.beta",
         "sim.logging_temperature")},
     **{key: SHARE for key in (
         "train.gamma", "train.lam", "online.explore", "sim.exit_prob", "sim.exit_prob_after_purchase",
         "sim.interest_decay")},
-    "train.lr": ABOVE_0, "train.tau": (0, 1, False), "model.dropout": (0, 1, True),
+    "train.lr": ABOVE_0, "train.advantage_clip": ABOVE_0, "train.tau": (0, 1, False), "model.dropout": (0, 1, True),
 }
 
 
@@ -267,6 +268,9 @@ def _validate(tree: dict) -> None:
                         f"got {len(train['ssl_weights'])}")
     if train["cql_weight"] > 0 and train["q_negatives"] == 0:
         raise UserError("train.cql_weight needs sampled items to compare the taken one with; set train.q_negatives, e.g. 10")
+    if train["advantage_weighting"] and (train["q_negatives"] == 0 or train["alpha"] == 0):
+        raise UserError("train.advantage_weighting compares Q of the taken item with sampled ones; it needs "
+                        "train.q_negatives (e.g. 10) and train.alpha > 0")
     if tree["sim"]["slate_size"] > tree["sim"]["num_items"]:
         raise UserError(f"sim.slate_size ({tree['sim']['slate_size']}) must not exceed sim.num_items "
                         f"({tree['sim']['num_items']})")

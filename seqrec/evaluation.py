@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from seqrec.distributed import model_device
-from seqrec.metrics import KINDS, summarize
+from seqrec.metrics import KINDS, rank_of_targets, summarize
 from seqrec.streamed import rank_of_targets_linear
 from seqrec.value import ValueReference
 
@@ -23,11 +23,12 @@ EVAL_CHUNK = 64   # session path: items per encoder call (any value gives the sa
 @torch.no_grad()
 def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool, *,
              heads: tuple[str, ...], progress: bool = True, limit: int | None = None,
-             value: ValueReference | None = None) -> dict[str, dict[str, float]]:
+             value: ValueReference | None = None, beta: float = 1.0, rerank_top: int = 50) -> dict[str, dict[str, float]]:
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
     `limit` events), for each of `heads`; with `value`, also {"value": {"rmse": ...}}: the Q head's
     Q(s_t, a_t) of every query against its realized return (seqrec/value.py). state_len 0: the state
-    is the whole session so far.
+    is the whole session so far. Head `mix` (value reranking, model.rerank with `beta` and
+    `rerank_top`) is scored as a [b, N+1] matrix; `ssl` and `q` are streamed.
 
     `model` needs `last_state(state [B, L]) -> [B, H]` (window path) or an `encoder` with
     `start`/`read` (session path), and `score_layer(states, head)` (see model.py).
@@ -47,7 +48,8 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
         target = torch.from_numpy(np.asarray(pool.items[batch], dtype=np.int64)).to(device)
         seen = torch.from_numpy(pool.histories(batch)).to(device) if exclude_seen else None
         for head in heads:
-            higher, ties = rank_of_targets_linear(*model.score_layer(h, head), target, seen)
+            higher, ties = (rank_of_targets(model.scores(h, head, seen, beta, rerank_top), target) if head == "mix" else
+                            rank_of_targets_linear(*model.score_layer(h, head), target, seen))
             ranks[head][0].append(higher.cpu())
             ranks[head][1].append(ties.cpu())
         purchase.append(torch.from_numpy(np.asarray(pool.purchase[batch], dtype=bool)))

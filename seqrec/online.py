@@ -48,6 +48,11 @@ def oracle_policy(sim: Simulator) -> Policy:
     return lambda histories, users: sim.oracle_scores(users)
 
 
+def lookahead_oracle_policy(sim: Simulator) -> Policy:
+    """Lookahead oracle: true preferences and interest, and a click's effect one step on (Simulator.lookahead_scores)."""
+    return lambda histories, users: sim.lookahead_scores(users)
+
+
 def simulator_for(cfg) -> Simulator:
     """The simulator that generated a config's data set; only synthetic data has one."""
     if cfg.data.source != "synthetic":
@@ -57,20 +62,24 @@ def simulator_for(cfg) -> Simulator:
 
 
 def baseline_policies(sim: Simulator, pool, seed: int) -> dict:
-    """random, popular (clicks in the pool's training split), logging and the greedy oracle, by name."""
+    """random, popular (clicks in the pool's training split), logging, the greedy and the lookahead oracle, by name."""
     train = pool.events("train")
     counts = np.zeros(sim.p.num_items)
     np.add.at(counts, pool.item_ids.astype(np.int64)[np.asarray(pool.items[train]) - 1], 1.0)
     return {"random": random_policy(sim.p.num_items, seed), "popular": popularity_policy(counts),
-            "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim)}
+            "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim),
+            "lookahead-oracle": lookahead_oracle_policy(sim)}
 
 
 class ModelPolicy:
     """A trained model as a policy: the last `state_len` clicks (0: all of them), mapped to the pool's
-    item ids, ranked by `head`. Simulator items the pool never saw (filtered out) get -inf."""
+    item ids, ranked by `head` (`mix`: reranked with `beta`, `rerank_top`, see model.rerank). Simulator
+    items the pool never saw (filtered out) get -inf."""
 
-    def __init__(self, model, pool_item_ids: np.ndarray, num_items: int, state_len: int, head: str):
+    def __init__(self, model, pool_item_ids: np.ndarray, num_items: int, state_len: int, head: str,
+                 beta: float = 0.0, rerank_top: int = 1):
         self.model, self.state_len, self.head, self.num_items = model.eval(), state_len, head, num_items
+        self.beta, self.rerank_top = beta, rerank_top
         self.pool_to_sim = np.asarray(pool_item_ids).astype(np.int64)           # pool id i -> [i - 1]
         self.sim_to_pool = np.zeros(num_items, dtype=np.int64)                  # 0 = unknown/padding
         self.sim_to_pool[self.pool_to_sim] = np.arange(1, len(self.pool_to_sim) + 1)
@@ -81,7 +90,8 @@ class ModelPolicy:
         recent = histories[:, -width:]
         state = np.where(recent >= 0, self.sim_to_pool[np.maximum(recent, 0)], 0)
         state = torch.from_numpy(state).to(model_device(self.model))
-        scores = self.model.scores(self.model.last_state(state), self.head).cpu().numpy()
+        scores = self.model.scores(self.model.last_state(state), self.head, beta=self.beta,
+                                   top=self.rerank_top).cpu().numpy()
         out = np.full((len(histories), self.num_items), -np.inf)
         out[:, self.pool_to_sim] = scores[:, 1:]
         return out

@@ -37,24 +37,19 @@ def example_user(pool) -> str:
     return str(pool.session_ids[first if last > first else 0])
 
 
-def mask_seen(scores: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-    """Set the score of every item in `history` [B, L] to -inf (padding 0 is -inf already). In place."""
-    return scores.scatter_(1, history, float("-inf"))
-
-
 @torch.no_grad()
-def top_k(model, history: np.ndarray, state_len: int, k: int, head: str, exclude_seen: bool):
+def top_k(model, history: np.ndarray, state_len: int, k: int, head: str, exclude_seen: bool, beta: float = 0.0,
+          rerank_top: int = 1):
     """(internal item ids [k], scores [k]) for a history of internal ids: its last `state_len` items
-    (left-padded if fewer), or all of them with state_len 0."""
+    (left-padded if fewer), or all of them with state_len 0. Head `mix` reranks with `beta`, `rerank_top`."""
     model.eval()
     device = model_device(model)
     state_len = state_len or max(len(history), 1)
     state = np.zeros(state_len, dtype=np.int64)
     tail = history[-state_len:]
     state[state_len - len(tail):] = tail
-    scores = model.scores(model.last_state(torch.from_numpy(state)[None].to(device)), head)
-    if exclude_seen and len(history):
-        mask_seen(scores, torch.from_numpy(np.asarray(history, dtype=np.int64))[None].to(device))
+    seen = torch.from_numpy(np.asarray(history, dtype=np.int64))[None].to(device) if exclude_seen and len(history) else None
+    scores = model.scores(model.last_state(torch.from_numpy(state)[None].to(device)), head, seen, beta, rerank_top)
     k = min(k, int(torch.isfinite(scores).sum()))
     values, items = torch.topk(scores[0], k)
     return items.cpu().numpy(), values.cpu().numpy()

@@ -202,6 +202,46 @@ class Simulator:
         value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
         return self.click_utility(users) + np.log(value)
 
+    def slate_value(self, users: Users) -> np.ndarray:
+        """The expected immediate reward of the greedy oracle's slate for each user [B]: sum over its items
+        of P(click j) (the logit model, leaving included) times j's expected reward. [B]"""
+        slates = top_k_slates(self.oracle_scores(users), self.p.slate_size)
+        weight = np.exp(self.click_utility(users, slates))
+        p_buy = self.purchase_prob(users, slates)
+        value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
+        return (weight * value).sum(1) / (weight.sum(1) + np.exp(self.p.leave_utility))
+
+    def after_click(self, users: Users, items: np.ndarray, bought: np.ndarray) -> Users:
+        """A copy of users [B] in session as they are after clicking `items` [B] and buying where `bought`
+        [B] (as `respond` updates them, with the outcome given instead of drawn)."""
+        out = users.subset(np.arange(len(users)))
+        rows, cats = np.arange(len(users)), self.item_category[items]
+        out.interest *= self.p.interest_decay
+        out.interest[rows, cats] += 1.0
+        out.interest[rows[bought], cats[bought]] = 0.0
+        out.last_click, out.length = np.asarray(items).copy(), out.length + 1
+        return out
+
+    def lookahead_scores(self, users: Users, width: int | None = None, chunk: int = 64) -> np.ndarray:
+        """Lookahead oracle: the greedy oracle's `width` (default 2 slates) best items rescored by the
+        click weight times the expected return of a click two steps deep: its reward, plus, if the user
+        stays, the greedy slate's expected reward from the state the click (bought or not) leads to,
+        undiscounted as the online return is. Computed exactly, not sampled. [B, N], others -inf."""
+        width = min(width or 2 * self.p.slate_size, self.p.num_items)
+        out = np.full((len(users), self.p.num_items), -np.inf)
+        for start in range(0, len(users), chunk):
+            sub = users.subset(np.arange(start, min(start + chunk, len(users))))
+            B = len(sub)
+            cand = top_k_slates(self.oracle_scores(sub), width)                               # [B, M]
+            p_buy = self.purchase_prob(sub, cand)
+            flat_users, flat_items = sub.subset(np.repeat(np.arange(B), width)), cand.reshape(-1)
+            later = [self.slate_value(self.after_click(flat_users, flat_items, np.full(B * width, bought))).reshape(B, width)
+                     for bought in (False, True)]
+            stay = (1 - p_buy) * (1 - self.p.exit_prob) * later[0] + p_buy * (1 - self.p.exit_prob_after_purchase) * later[1]
+            now = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
+            np.put_along_axis(out[start:start + B], cand, self.click_utility(sub, cand) + np.log(now + stay), 1)
+        return out
+
     # ---------------------------------------------------------------- logged users, restored
     def session_prefs(self, session_ids: np.ndarray, chunk: int = 4096) -> np.ndarray:
         """The preference vectors [B, d] of logged sessions `session_ids` [B] (generate_log's ids): each

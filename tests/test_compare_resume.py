@@ -31,3 +31,15 @@ def test_a_damaged_last_checkpoint_is_retrained(tmp_path):
     run.run_dir.mkdir(parents=True)
     (run.run_dir / "last.pt").write_bytes(b"not a checkpoint")
     assert not compare.is_resumable(run)
+
+
+def test_merge_into_replaces_rows_with_the_same_key_and_keeps_the_rest(tmp_path):
+    import pandas as pd
+    from compare import merge_summary
+    path = tmp_path / "summary.csv"
+    row = dict(dataset="simulated", protocol="online", metric="return", std=0.1, n_seeds=3)
+    pd.DataFrame([{**row, "model": "full", "mean": 1.0}, {**row, "model": "gru4rec", "mean": 2.0}]).to_csv(path, index=False)
+    merge_summary(path, pd.DataFrame([{**row, "model": "full", "mean": 3.0, "n_seeds": 5},
+                                      {**row, "model": "sa2c", "mean": 4.0}]))
+    got = pd.read_csv(path).set_index("model")["mean"].to_dict()
+    assert got == {"gru4rec": 2.0, "full": 3.0, "sa2c": 4.0}

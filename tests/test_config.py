@@ -94,3 +94,15 @@ def test_a_saved_config_from_before_a_key_existed_keeps_its_old_behaviour():
 def test_cql_needs_negatives():
     with pytest.raises(UserError, match="train.cql_weight needs sampled items"):
         load_config(overrides=["train.q_negatives=0", "train.cql_weight=0.1"])
+
+
+@pytest.mark.parametrize("other", ["train.q_negatives=0", "train.alpha=0.0"])
+def test_advantage_weighting_needs_negatives_and_a_q_head(other):
+    with pytest.raises(UserError, match="train.advantage_weighting compares Q"):
+        load_config(overrides=["train.advantage_weighting=true", other])
+    load_config(overrides=["train.advantage_weighting=true"])            # the defaults have both
+
+
+def test_mix_reranks_at_least_one_item():
+    with pytest.raises(UserError, match="eval.rerank_top must be at least 1"):
+        load_config(overrides=["eval.head=mix", "eval.rerank_top=0"])

@@ -24,8 +24,9 @@ def naive_metrics(model, sessions, purchases, head, state_len, exclude_seen, k=1
         for j, (target, bought) in enumerate(zip(items, buys)):
             history = items[:j]
             state = ([0] * state_len + history)[-state_len:]
+            seen = torch.tensor([history]) if exclude_seen and history else None   # mix picks candidates after masking
             with torch.no_grad():
-                scores = model.scores(model.last_state(torch.tensor([state])), head)[0].tolist()
+                scores = model.scores(model.last_state(torch.tensor([state])), head, seen, beta=1.5, top=4)[0].tolist()
             if exclude_seen:
                 for item in history:
                     scores[item] = -math.inf
@@ -41,7 +42,7 @@ def naive_metrics(model, sessions, purchases, head, state_len, exclude_seen, k=1
 
 
 @pytest.mark.parametrize("exclude_seen", [False, True])
-@pytest.mark.parametrize("head", ["ssl", "q"])
+@pytest.mark.parametrize("head", ["ssl", "q", "mix"])
 def test_evaluate_matches_a_loop_over_events(tmp_path, exclude_seen, head):
     pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, splits=(2, 2))
     torch.manual_seed(0)
@@ -50,7 +51,7 @@ def test_evaluate_matches_a_loop_over_events(tmp_path, exclude_seen, head):
         for p in model.parameters():
             p.add_(torch.randn_like(p))
     got = evaluate(model, pool, "test", state_len=3, ks=[10], batch_size=4,
-                   exclude_seen=exclude_seen, progress=False, heads=(head,))[head]
+                   exclude_seen=exclude_seen, progress=False, heads=(head,), beta=1.5, rerank_top=4)[head]
     expected = naive_metrics(model, SESSIONS[4:], PURCHASES[4:], head, 3, exclude_seen)
     for name, value in expected.items():
         assert got[name] == pytest.approx(value), name

@@ -1,8 +1,11 @@
-"""The encoder's one-pass window states, the heads' sizes and losses, the TD pieces of the training step."""
+"""The encoder's one-pass window states, the heads' sizes and losses, the TD pieces of the training step,
+SA2C's advantage weighting and the value reranking."""
 import pytest
 import torch
 
-from model import SeqRecQ, compute_losses, negative_losses, state_values
+import math
+
+from model import SeqRecQ, compute_losses, negative_losses, rerank, sampled_items, state_values
 from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
 from seqrec.config import load_config
 from ssl_heads import MultiStepHeads, multi_step_loss
@@ -275,3 +278,74 @@ def test_sasrec_ignores_padding_and_sees_at_most_max_len_items():
     last = model.last_state(torch.tensor([[1, 2, 9, 5, 6, 7]]))
     torch.testing.assert_close(last, model.last_state(torch.tensor([[3, 4, 8, 5, 6, 7]])))
     assert not torch.allclose(last, model.last_state(torch.tensor([[1, 2, 9, 4, 6, 7]])))
+
+
+def test_sa2c_weighs_each_steps_cross_entropy_by_the_advantage_of_that_step():
+    """After the warm-up, CE(a_{t+k} | s_t) is multiplied by A(s_{t+k}, a_{t+k}) = Q(s_{t+k}, a_{t+k}) - mean Q
+    over a_{t+k} and the draws, clipped to [0, clip]; before it the loss is the plain one. By hand."""
+    over = ["pool.horizon=3", "model.ssl_steps=3", "train.q_negatives=4", "train.advantage_warmup=5",
+            "train.advantage_clip=0.7", "train.alpha=1.0"]
+    plain, sa2c = (load_config(overrides=over + [f"train.advantage_weighting={on}"]).train for on in (False, True))
+    torch.manual_seed(3)
+    net = random_q(SeqRecQ(num_items=9, hidden=4, dropout=0.0, ssl_steps=3))
+    target = random_q(SeqRecQ(num_items=9, hidden=4, dropout=0.0, ssl_steps=3))
+    batch = Batch(state=torch.tensor([[0, 2], [3, 4], [5, 1]]), actions=torch.tensor([[7, 0, 0], [8, 9, 1], [2, 6, 3]]),
+                  rewards=torch.tensor([[1.0, 0, 0], [0.2, 0.2, 1.0], [0.2, 1.0, 0.2]]),
+                  dones=torch.tensor([[True, False, False], [False] * 3, [False] * 3]),
+                  valid=torch.tensor([[True, False, False], [True] * 3, [True] * 3]))
+    warming = compute_losses(net, target, batch, sa2c, step=4)[0]
+    torch.testing.assert_close(warming, compute_losses(net, target, batch, plain, step=4)[0])
+    _, stats = compute_losses(net, target, batch, sa2c, step=5)
+    with torch.no_grad():
+        expected = sa2c_by_hand(net, batch, sa2c)
+    assert stats["ce"] == pytest.approx(expected, rel=1e-5)
+
+
+def sa2c_by_hand(net, batch, t) -> float:
+    states = net.window_states(batch.state, batch.actions)
+    drawn = iter(sampled_items((7, 4), 9, t.seed, 5, "cpu", stream=1))      # valid steps in row-major order
+    adv = torch.zeros(3, 3)
+    for b in range(3):
+        for j in range(3):
+            if batch.valid[b, j]:
+                q = net.q_values(states[b, j])
+                both = [q[batch.actions[b, j]]] + [q[a] for a in next(drawn)]
+                adv[b, j] = (both[0] - sum(both) / 5).clamp(0.0, 0.7)
+    logits = net.ssl(states[:, 0])                                                # [B, K, N+1]
+    expected = 0.0
+    for k, w in enumerate(t.ssl_weights[:3]):
+        terms = [adv[b, k] * -torch.log_softmax(logits[b, k], 0)[batch.actions[b, k]] for b in range(3) if batch.valid[b, k]]
+        expected += w * sum(terms) / len(terms)
+    assert 0 < float(adv.max()) <= 0.7 and float(adv[batch.valid].min()) == 0.0      # both clips bite here
+    return float(expected)
+
+
+def naive_rerank_order(log_pi, q, beta, top):
+    """Items in the order the reranking should give, by sorting: the top items of log_pi by
+    log_pi + beta (q - their mean q), then the rest by log_pi; -inf items left out."""
+    items = sorted((i for i in range(len(log_pi)) if log_pi[i] > -math.inf), key=lambda i: -log_pi[i])
+    cand, rest = items[:top], items[top:]
+    mean = sum(q[i] for i in cand) / len(cand)
+    return sorted(cand, key=lambda i: -(log_pi[i] + beta * (q[i] - mean))) + rest
+
+
+@pytest.mark.parametrize("beta,top", [(0.0, 4), (0.5, 4), (3.0, 4), (2.0, 1), (2.0, 20)])
+def test_rerank_orders_items_as_a_sort_would(beta, top):
+    torch.manual_seed(4)
+    log_pi, q = torch.log_softmax(torch.randn(5, 12), -1), torch.randn(5, 12)
+    log_pi[:, 0] = -math.inf                                            # padding
+    log_pi[1, 3:9] = -math.inf                                          # seen items, some would be candidates
+    got = rerank(log_pi, q, beta, top)
+    for b in range(5):
+        live = [i for i in torch.argsort(got[b], descending=True).tolist() if got[b, i] > -math.inf]
+        assert live == naive_rerank_order(log_pi[b].tolist(), q[b].tolist(), beta, top), b
+
+
+def test_mix_scores_mask_seen_items_before_picking_candidates():
+    torch.manual_seed(5)
+    net = random_q(SeqRecQ(num_items=8, hidden=4, dropout=0.0, ssl_steps=1))
+    state, seen = torch.randn(1, 4), torch.tensor([[2, 5, 0]])
+    got = net.scores(state, "mix", seen, beta=1.0, top=3)
+    log_pi = torch.log_softmax(net.scores(state, "ssl", seen), -1)
+    torch.testing.assert_close(got, rerank(log_pi, net.scores(state, "q"), 1.0, 3))
+    assert torch.isinf(got[0, [0, 2, 5]]).all() and torch.isfinite(got[0, [1, 3, 4, 6, 7, 8]]).all()

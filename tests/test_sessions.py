@@ -109,19 +109,23 @@ def one_chunk_of_everything(pool, net, target, horizon):
 
 
 @pytest.mark.parametrize("encoder", ["gru", "sasrec"])
-@pytest.mark.parametrize("split,bootstrap,negatives", [("random", "double", 0), ("loo", "double", 0), ("loo", "logged", 0),
-                                                      ("random", "logged", 3), ("loo", "max", 3)])
-def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_path, encoder, split, bootstrap, negatives):
+@pytest.mark.parametrize("split,bootstrap,negatives,sa2c", [
+    ("random", "double", 0, False), ("loo", "double", 0, False), ("loo", "logged", 0, False),
+    ("random", "logged", 3, False), ("loo", "max", 3, False), ("random", "double", 3, True)])
+def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_path, encoder, split, bootstrap,
+                                                                          negatives, sa2c):
     """At horizon 1 the two paths train the same terms: CE(a_p | s_p) and (Q(s_p, a_p) - r_p - gamma V(s_{p+1}))^2
     for every training event; with states as long as the longest session they are the same states.
-    Leave-one-out truncates sessions before their held-out events; negatives add SNQN's and CQL's terms."""
+    Leave-one-out truncates sessions before their held-out events; negatives add SNQN's and CQL's terms,
+    SA2C weighs the CE by the advantage."""
     pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, split_mode=split)
     net = network(encoder, ssl_steps=1)
     target = copy.deepcopy(net)
     with torch.no_grad():
         target.q_transform.mul_(0.5)                            # a target net that differs from the online one
     t = load_config(overrides=["train.alpha=1.0", "train.gamma=0.7", f"train.bootstrap={bootstrap}",
-                               f"train.q_negatives={negatives}", f"train.cql_weight={0.1 if negatives else 0}"]).train
+                               f"train.q_negatives={negatives}", f"train.cql_weight={0.1 if negatives else 0}",
+                               f"train.advantage_weighting={sa2c}", "train.advantage_warmup=0"]).train
     window = Batch.from_windows(pool.windows(pool.events("train"), LONGEST + 1, 1, training=True))
     by_windows, stats_w = compute_losses(net, target, window, t)
     grads_w = torch.autograd.grad(by_windows, list(net.parameters()))
