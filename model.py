@@ -368,6 +368,19 @@ def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, q_t
     return td, torch.logsumexp(both, 1) - q_taken
 
 
+def slate_cross_entropy(heads, states: torch.Tensor, slates: torch.Tensor, clicked: torch.Tensor):
+    """The next-item head as a choice among what was shown: -log softmax over the slate's items
+    (conditional logit, the user's choice model given that something was clicked) of the clicked one.
+    states [n, H], slates [n, m] (0 = padding), clicked [n] -> (CE [n], whether the click is in its slate [n])."""
+    features = heads.step_features(states, 0)                                                # [n, H]
+    logits = (features[:, None, :] * heads.items.weight[slates]).sum(-1) + heads.items.bias[slates]   # [n, m]
+    hit = (slates == clicked[:, None]) & (slates > 0)
+    known = hit.any(1)
+    logits = logits.masked_fill(slates == 0, float("-inf"))
+    picked = logits.masked_fill(~hit, 0.0).sum(1)                            # the clicked item's logit
+    return torch.logsumexp(logits.masked_fill(~known[:, None], 0.0), 1) - picked.where(known, 0.0), known
+
+
 def advantages(net: SeqRecQ, states: torch.Tensor, actions: torch.Tensor, q_taken: torch.Tensor,
                valid: torch.Tensor, t, dist: Dist, step: int) -> torch.Tensor:
     """SA2C's advantage of every valid step: A(s_j, a_j) = Q(s_j, a_j) - the mean of Q over {a_j} and
@@ -400,7 +413,9 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
     events follow), never past a session's end.
 
     With `train.q_negatives` each trained state also pulls sampled items towards r_negative + gamma V(s)
-    (SNQN), and `train.cql_weight` adds the CQL penalty over them (negative_losses).
+    (SNQN), and `train.cql_weight` adds the CQL penalty over them (negative_losses). Where the batch
+    carries the logged slates (`b.shown`, train.negatives_from = exposures) those are the items: shown
+    and not clicked, true negatives, with uniform draws filling a slate that has fewer.
     With `train.negatives` > 0 CE and the double/max bootstrap score a shared candidate set instead of
     all items (sampled softmax, logQ-corrected by `log_inclusion` [N+1] when given), which keeps
     large catalogues cheap.
@@ -425,6 +440,11 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
         states, ssl_ce, q_all = model(b.state, actions, cand, log_inclusion, with_q=with_td)  # [B, T+1, H], [B, K], [B, T]
         ssl_valid = b.valid[:, :ssl_ce.shape[1]]
     K = ssl_ce.shape[1]
+    if t.ssl_softmax == "shown" and b.shown is not None:     # step 0 as the user chose: among the slate shown
+        first = (states[:, :C][trained], b.shown[:, :C][trained], actions[:, :C][trained]) if chunked else \
+                (states[:, 0], b.shown[:, 0], actions[:, 0])
+        slate_ce, known = slate_cross_entropy(net.ssl, *first)
+        ssl_ce = torch.cat([torch.where(known, slate_ce, ssl_ce[:, 0])[:, None], ssl_ce[:, 1:]], 1)
     if with_td and t.advantage_weighting and step >= t.advantage_warmup:    # SA2C: CE of step k weighed by A(s_{t+k}, a_{t+k})
         W = actions.shape[1]
         adv = advantages(net, states[:, :W], actions, q_all, b.valid[:, :W], t, dist, step)          # [B, W]
@@ -464,7 +484,11 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
     if t.q_negatives:
         n = int(valid.sum())
         first, total = dist.offset(n)                          # draws follow the global order of trained states
-        drawn = sampled_items((total, t.q_negatives), net.num_items, t.seed, step, valid.device)[first:first + n]
+        shown = b.shown[:, :C][valid] if b.shown is not None and t.negatives_from == "exposures" else None  # [n, m]
+        width = shown.shape[-1] if shown is not None else t.q_negatives
+        drawn = sampled_items((total, width), net.num_items, t.seed, step, valid.device)[first:first + n]
+        if shown is not None:                                  # the logged slate's items; uniform where it has fewer
+            drawn = torch.where(shown > 0, shown, drawn)
         neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], q_taken[valid],
                                       values[:, :C][valid], drawn, t, td_fn)
         stats = {"td_negative": neg_td.sum().item() / count.item(), "cql": cql.sum().item() / count.item()}

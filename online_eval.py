@@ -81,8 +81,9 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
             break
         deployed = rollout(sim, policy, o.round_sessions, seed=1000 + r, explore=o.explore, record=True)
         rows[-1]["deployed_return"] = deployed.summary()["return"]
-        pool = append_train_sessions(pool, *_as_pool_events(deployed.log, sim_to_pool, cfg, r),
-                                     folder=run_dir / "online-pool")
+        items, rewards, purchase, lengths, ids, shown, logp = _as_pool_events(deployed.log, sim_to_pool, cfg, r)
+        pool = append_train_sessions(pool, items, rewards, purchase, lengths, ids, folder=run_dir / "online-pool",
+                                     shown=shown, slate_logp=logp)
         for _ in range(o.round_epochs):   # whole epochs over the grown pool, continuing the epoch count
             learner.batch, learner.sums = 0, {}
             train_epoch(learner, pool, cfg, compute_losses, label=f"round {r + 1}/{o.rounds} fine-tuning")
@@ -93,14 +94,16 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
 
 
 def _as_pool_events(log: pd.DataFrame, sim_to_pool: np.ndarray, cfg: Config, round_: int):
-    """New sessions in pool ids (clicks on items the pool does not know are dropped)."""
+    """New sessions in pool ids (clicks on items the pool does not know are dropped), with the slates
+    they were clicked in (pool ids, 0 = unknown to the pool) and the slates' log-probabilities."""
     items = sim_to_pool[log["item_id"].to_numpy(np.int64)]
     log = log[items > 0].assign(item=items[items > 0])
     purchase = log["purchase"].to_numpy(bool)
     rewards = np.where(purchase, cfg.data.reward_purchase, cfg.data.reward_click)
     sessions, lengths = np.unique(log["session_id"].to_numpy(), return_counts=True)
     ids = np.array([f"online-r{round_}-{s}" for s in sessions])
-    return log["item"].to_numpy(), rewards, purchase, lengths, ids
+    shown = sim_to_pool[log[[c for c in log.columns if c.startswith("shown_")]].to_numpy(np.int64)]
+    return log["item"].to_numpy(), rewards, purchase, lengths, ids, shown, log["slate_logp"].to_numpy()
 
 
 def main() -> None:

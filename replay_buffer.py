@@ -28,7 +28,7 @@ from seqrec.errors import UserError, run_cli
 from seqrec.loaders import load_events
 from seqrec.preprocess import SPLITS, Prepared, held_out, prepare, split_events
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3     # 3: exposures (what was shown beside each event) where the log has them
 
 
 # ================================================================================================
@@ -45,6 +45,7 @@ class Windows:
     valid: np.ndarray     # [B, T] bool, step k lies inside the session
     truncated: np.ndarray  # [B, T] bool, the data stops after step k but the session goes on (held-out events follow)
     after: np.ndarray     # [B] int64, a_{t+T}, the item after the window (0 past the end of what may be read)
+    shown: np.ndarray | None = None  # [B, T, m] int64, the slate each step was clicked in (0: padding), if asked for
 
 
 @dataclass
@@ -56,6 +57,7 @@ class _Cut:
     inside: np.ndarray
     dones: np.ndarray
     truncated: np.ndarray
+    pos: np.ndarray
 
 
 class Pool:
@@ -69,6 +71,11 @@ class Pool:
             self.rewards = self._load("rewards", np.float32)  # [E]
             self.purchase = self._load("purchase", np.bool_)  # [E]
             self.offsets = self._load("offsets", np.int64)    # [S+1], session s = events offsets[s]:offsets[s+1]
+            # Exposures, where the log has them: event e was clicked in slate shown_items[shown_offsets[e]:...]
+            logged = (self.dir / "shown_offsets.npy").is_file()
+            self.shown_items = self._load("shown_items", np.int32) if logged else None        # [X]
+            self.shown_offsets = self._load("shown_offsets", np.int64) if logged else None    # [E+1]
+            self.slate_logp = self._load("slate_logp", np.float32) if logged else None        # [E]
             self.num_items: int = self.meta["num_items"]
             self.num_sessions: int = self.meta["num_sessions"]
             self.split_mode: str = self.meta["split_mode"]
@@ -106,7 +113,34 @@ class Pool:
             return f"item ids outside 1..{self.num_items}"
         if not np.isfinite(self.rewards).all():
             return "a reward is not finite"
+        if self.shown_offsets is not None:
+            shown = np.asarray(self.shown_offsets)
+            if len(shown) != E + 1 or shown[0] != 0 or shown[-1] != len(self.shown_items) or (np.diff(shown) < 0).any():
+                return "the exposure offsets do not cover the shown items"
+            if len(self.slate_logp) != E:
+                return "slate log-probabilities and events differ in length"
+            if len(self.shown_items) and not (1 <= int(np.min(self.shown_items)) and int(np.max(self.shown_items)) <= self.num_items):
+                return f"shown item ids outside 1..{self.num_items}"
         return None
+
+    @property
+    def slate_width(self) -> int:
+        """The most items shown beside one event (0 without exposures)."""
+        return int(np.diff(np.asarray(self.shown_offsets)).max(initial=0)) if self.shown_offsets is not None else 0
+
+    def shown_at(self, pos: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        """The slates of the events at flat positions pos [B, W] where `inside` [B, W] -> [B, W, m] item ids,
+        padded with 0 (m = slate_width)."""
+        if self.shown_offsets is None:
+            raise UserError(f"the pool in {self.dir} has no exposures (its log did not record what was shown); "
+                            "use train.negatives_from=uniform")
+        if self.slate_width == 0:
+            return np.zeros(pos.shape + (0,), dtype=np.int64)
+        safe = np.clip(pos, 0, len(self.items) - 1)
+        first, last = np.asarray(self.shown_offsets)[safe], np.asarray(self.shown_offsets)[safe + 1]
+        at = first[..., None] + np.arange(self.slate_width)
+        ok = (at < last[..., None]) & inside[..., None]
+        return np.where(ok, np.asarray(self.shown_items)[np.minimum(at, max(len(self.shown_items) - 1, 0))], 0).astype(np.int64)
 
     def session_range(self, split: str) -> tuple[int, int]:
         first, last = self.meta["splits_sessions"][split]
@@ -116,11 +150,12 @@ class Pool:
         """Indices of the events of a split (queries for valid/test, samples for train). [n] int64"""
         return split_events(np.asarray(self.offsets), self.meta["splits_sessions"], self.split_mode, split)
 
-    def windows(self, events: np.ndarray, state_len: int, horizon: int, training: bool = False) -> Windows:
+    def windows(self, events: np.ndarray, state_len: int, horizon: int, training: bool = False,
+                shown: bool = False) -> Windows:
         """Vectorized: no loop over events. `events` [B] are indices into the flat arrays.
 
         With `training`, a session ends where training data ends (before leave-one-out's held-out
-        events), so no window sees a validation or test item.
+        events), so no window sees a validation or test item. With `shown`, each step's slate too.
         """
         events = np.asarray(events, dtype=np.int64)
         session = self.session_of(events)
@@ -129,7 +164,8 @@ class Pool:
         c, step = self._cut(session, pos, training, start), slice(state_len, -1)
         return Windows(state=c.items[:, :state_len], actions=c.items[:, step], rewards=c.rewards[:, step],
                        purchase=c.purchase[:, step], dones=c.dones[:, step], valid=c.inside[:, step],
-                       truncated=c.truncated[:, step], after=c.items[:, -1])
+                       truncated=c.truncated[:, step], after=c.items[:, -1],
+                       shown=self.shown_at(c.pos[:, step], c.inside[:, step]) if shown else None)
 
     def _cut(self, session: np.ndarray, pos: np.ndarray, training: bool, start=None) -> "_Cut":
         """The events at flat positions pos [B, W] of each row's session [B] (-1: none), masked to what
@@ -143,9 +179,10 @@ class Pool:
         return _Cut(items=np.where(inside, self.items[safe], 0).astype(np.int64),
                     rewards=np.where(inside, self.rewards[safe], 0).astype(np.float32),
                     purchase=inside & self.purchase[safe], inside=inside, dones=inside & (pos == true_end - 1),
-                    truncated=(pos == end - 1) & (end < true_end))
+                    truncated=(pos == end - 1) & (end < true_end), pos=pos)
 
-    def spans(self, sessions: np.ndarray, starts: np.ndarray, width: int, training: bool = False) -> Windows:
+    def spans(self, sessions: np.ndarray, starts: np.ndarray, width: int, training: bool = False,
+              shown: bool = False) -> Windows:
         """The session path's chunks: `width` consecutive events of each session from its event
         `starts` [B] on (sessions [B]; -1 = an idle lane). Vectorized like `windows`. Returns Windows
         whose `actions`, `rewards`, `purchase`, `dones`, `valid`, `truncated` are [B, width] (0/False
@@ -156,7 +193,8 @@ class Pool:
         c, step = self._cut(sessions, pos, training), slice(None, -1)
         return Windows(state=np.zeros((len(sessions), 0), dtype=np.int64), actions=c.items[:, step],
                        rewards=c.rewards[:, step], purchase=c.purchase[:, step], dones=c.dones[:, step],
-                       valid=c.inside[:, step], truncated=c.truncated[:, step], after=c.items[:, -1])
+                       valid=c.inside[:, step], truncated=c.truncated[:, step], after=c.items[:, -1],
+                       shown=self.shown_at(c.pos[:, step], c.inside[:, step]) if shown else None)
 
     def session_of(self, events: np.ndarray) -> np.ndarray:
         """The session of each event: events [n] -> [n] int64."""
@@ -298,15 +336,22 @@ def write_pool(p: Prepared, meta: dict, folder: Path) -> None:
         np.save(tmp / "offsets.npy", p.offsets.astype(np.int64))
         pd.DataFrame({"original_id": p.item_ids}).to_csv(tmp / "item_ids.csv", index=False)
         pd.DataFrame({"original_id": p.session_ids}).to_csv(tmp / "session_ids.csv", index=False)
+        if p.shown_offsets is not None:
+            np.save(tmp / "shown_items.npy", p.shown_items.astype(np.int32))
+            np.save(tmp / "shown_offsets.npy", p.shown_offsets.astype(np.int64))
+            np.save(tmp / "slate_logp.npy", p.slate_logp.astype(np.float32))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def append_train_sessions(pool: Pool, items: np.ndarray, rewards: np.ndarray, purchase: np.ndarray,
-                          lengths: np.ndarray, session_ids: np.ndarray, folder: Path) -> Pool:
+                          lengths: np.ndarray, session_ids: np.ndarray, folder: Path,
+                          shown: np.ndarray | None = None, slate_logp: np.ndarray | None = None) -> Pool:
     """A new pool in `folder`: `pool` plus new sessions at the end of its training split.
 
     items/rewards/purchase [E'] are the new events (pool item ids), session after session, with
-    lengths [S'] and original ids session_ids [S']. The item vocabulary stays as it is.
+    lengths [S'] and original ids session_ids [S']. The item vocabulary stays as it is. If the pool
+    has exposures, `shown` [E', k] (pool ids, 0 = none) and `slate_logp` [E'] are the new events'
+    (None: nothing recorded, empty slates of unknown probability).
     """
     if pool.split_mode == "loo":
         raise UserError("appending sessions to a leave-one-out pool is not supported; use a session split")
@@ -326,6 +371,16 @@ def append_train_sessions(pool: Pool, items: np.ndarray, rewards: np.ndarray, pu
         split_sessions=ranges, item_ids=pool.item_ids,
         session_ids=np.concatenate([pool.session_ids[:cut_s], np.asarray(session_ids, dtype=str),
                                     pool.session_ids[cut_s:]]))
+    if pool.shown_offsets is not None:
+        new = np.zeros((len(items), 0), dtype=np.int64) if shown is None else np.asarray(shown, dtype=np.int64)
+        kept = new > 0
+        old_offsets, cut_x = np.asarray(pool.shown_offsets), int(pool.shown_offsets[cut_e])
+        p.shown_items = np.concatenate([np.asarray(pool.shown_items[:cut_x]), new[kept],
+                                        np.asarray(pool.shown_items[cut_x:])]).astype(np.int32)
+        p.shown_offsets = np.concatenate([old_offsets[:cut_e + 1], cut_x + np.cumsum(kept.sum(1)),
+                                          old_offsets[cut_e + 1:] + int(kept.sum())]).astype(np.int64)
+        p.slate_logp = spliced(pool.slate_logp, np.full(len(items), np.nan) if slate_logp is None else slate_logp,
+                               np.float32)
     meta = {**pool.meta, "num_sessions": len(p.session_ids), "num_events": len(p.items),
             "num_purchases": int(p.purchase.sum()), "num_clicks": int((~p.purchase).sum()),
             "splits_sessions": p.split_sessions, "splits": split_stats(p, pool.split_mode),

@@ -24,13 +24,20 @@ class Batch:
     valid: torch.Tensor    # [B, T] step k lies inside the session
     truncated: torch.Tensor | None = None  # [B, T] the data stops after step k, the session does not (None: nowhere)
     after: torch.Tensor | None = None      # [B] a_{t+T}, the logged action after the window (0 or None: none readable)
+    shown: torch.Tensor | None = None      # [B, T, m] the slate step k was clicked in (0: padding), if read
 
     def __post_init__(self):
         self.truncated, self.after = nothing_cut(self.dones, self.truncated, self.after)
 
     @classmethod
     def from_windows(cls, w, device: torch.device | str = "cpu") -> "Batch":
-        return cls(*tensors(w, ("state", "actions", "rewards", "dones", "valid", "truncated", "after"), device))
+        return cls(*tensors(w, ("state", "actions", "rewards", "dones", "valid", "truncated", "after"), device),
+                   shown=shown_tensor(w, device))
+
+
+def shown_tensor(w, device) -> torch.Tensor | None:
+    """The slates of replay_buffer.Windows `w` as a tensor on `device`, or None if they were not read."""
+    return None if w.shown is None else torch.from_numpy(w.shown).to(device, non_blocking=True)
 
 
 def nothing_cut(dones: torch.Tensor, truncated, after) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +140,7 @@ class Chunk:
     next_carry: tuple | None = None
     truncated: torch.Tensor | None = None  # [B, W] the data stops after this event, the session does not
     after: torch.Tensor | None = None      # [B] the logged event after the chunk's W (0: none readable)
+    shown: torch.Tensor | None = None      # [B, W, m] the slate each event was clicked in (0: padding), if read
 
     def __post_init__(self):
         self.truncated, self.after = nothing_cut(self.dones, self.truncated, self.after)
@@ -141,4 +149,5 @@ class Chunk:
     def from_spans(cls, w, train_len: int, carry: tuple, device: torch.device | str = "cpu") -> "Chunk":
         items, rewards, dones, valid, truncated, after = tensors(
             w, ("actions", "rewards", "dones", "valid", "truncated", "after"), device)
-        return cls(items, rewards, dones, valid, train_len, carry, truncated=truncated, after=after)
+        return cls(items, rewards, dones, valid, train_len, carry, truncated=truncated, after=after,
+                   shown=shown_tensor(w, device))

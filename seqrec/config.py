@@ -28,6 +28,8 @@ CHOICES = {
     "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),
     "train.bootstrap": ("double", "max", "logged", "swap"),
+    "train.negatives_from": ("uniform", "exposures"),
+    "train.ssl_softmax": ("items", "shown"),
     "train.target_update": ("polyak", "hard"),
     "eval.head": ("ssl", "q", "mix"),
 }

@@ -171,6 +171,11 @@ def actions_per_step(cfg, dist: Dist = SINGLE) -> int:
     return math.ceil(cfg.train.batch_size / dist.world) * T
 
 
+def reads_exposures(cfg) -> bool:
+    """Whether training reads what was shown: the Q head's negatives or the next-item softmax use the logged slates."""
+    return (cfg.train.q_negatives > 0 and cfg.train.negatives_from == "exposures") or cfg.train.ssl_softmax == "shown"
+
+
 def window_batches(learner: Learner, pool, cfg, dist: Dist, device):
     """(number of batches, batch i -> Batch) of the window path's epoch `learner.epoch`."""
     t = cfg.train
@@ -179,7 +184,8 @@ def window_batches(learner: Learner, pool, cfg, dist: Dist, device):
 
     def batch_at(i: int) -> Batch:
         shard = dist.shard(order[i * t.batch_size:(i + 1) * t.batch_size])
-        return Batch.from_windows(pool.windows(shard, cfg.pool.state_len, cfg.pool.horizon, training=True), device)
+        return Batch.from_windows(pool.windows(shard, cfg.pool.state_len, cfg.pool.horizon, training=True,
+                                               shown=reads_exposures(cfg)), device)
     return math.ceil(len(order) / t.batch_size), batch_at
 
 
@@ -203,7 +209,8 @@ def session_steps(learner: Learner, pool, cfg, dist: Dist, device):
     def step_at(i: int) -> Chunk:
         fresh = torch.from_numpy(start[i, mine] == 0).to(device)
         carry = tuple(enc.restart(c, fresh) for enc, c in zip(encoders, learner.carry))
-        spans = pool.spans(session[i, mine], start[i, mine], C + cfg.pool.horizon - 1, training=True)
+        spans = pool.spans(session[i, mine], start[i, mine], C + cfg.pool.horizon - 1, training=True,
+                           shown=reads_exposures(cfg))
         return Chunk.from_spans(spans, C, carry, device)
     return len(session), step_at
 

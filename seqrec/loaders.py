@@ -236,11 +236,20 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
                 if reward is not None and event is None else
                 f"data.reward_click / data.reward_purchase ({rewards[first]:g}) is not a finite 32-bit number")
         raise UserError(f"{where}: {what}; rewards must be finite and below 3.4e38 in size")
+    shown = exposure_columns(frame)             # what was shown beside each event, where the log has it
     return pd.DataFrame({
         "session": _ids(frame[session]), "item": _ids(frame[item]),
         "timestamp": parse_timestamps(frame[timestamp], where, timestamp),
         "reward": rewards32, "purchase": purchase.astype(bool),
+        **{c: _ids(frame[c]) for c in shown[:-1]}, **({"slate_logp": frame["slate_logp"].to_numpy(np.float64)} if shown else {}),
     })
+
+
+def exposure_columns(frame: pd.DataFrame) -> list[str]:
+    """The exposure columns of a log: shown_0, shown_1, ... (the items of the slate each event was
+    clicked in) and slate_logp (the slate's log-probability under the logging policy); [] if it has none."""
+    shown = sorted((c for c in frame.columns if c.startswith("shown_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
+    return shown + ["slate_logp"] if shown and "slate_logp" in frame.columns else []
 
 
 def _drop_missing(frame: pd.DataFrame, columns: list[str], where: str) -> pd.DataFrame:

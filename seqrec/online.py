@@ -123,18 +123,27 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
 
     The users are a function of (sim.seed, seed) alone, so every policy meets the same users. With
     `explore` = eps, each slate is a uniformly random one with probability eps (epsilon-greedy).
+    With `record`, the log holds every click with the slate it was clicked in (shown_0 ..) and that
+    slate's log-probability under the epsilon-greedy policy (slate_logp), as the simulator's log does.
     """
     users = sim.start_sessions(sessions, np.random.default_rng([sim.p.seed, 31, seed]))
     rng = np.random.default_rng([sim.p.seed, 32, seed])
     k, H = sim.p.slate_size, sim.p.max_session_len
     histories = np.full((sessions, H), -1, dtype=np.int64)
     returns, clicks, purchases, shown = (np.zeros(sessions) for _ in range(4))
+    log_uniform = -(math.lgamma(sim.p.num_items + 1) - math.lgamma(k + 1) - math.lgamma(sim.p.num_items - k + 1))
+    propensity = {}
 
     def choose(sub: Users, active: np.ndarray) -> np.ndarray:
         slates = top_k_slates(policy(histories[active], sub), k)
+        greedy = np.sort(slates, 1)
         if explore > 0:
             explore_rows = rng.random(len(active)) < explore
             slates[explore_rows] = top_k_slates(rng.random((int(explore_rows.sum()), sim.p.num_items)), k)
+        # P(this set of items) under epsilon-greedy: (1 - eps) [it is the greedy set] + eps / C(N, k)
+        same = (np.sort(slates, 1) == greedy).all(1)
+        propensity["logp"] = np.log(np.where(same, 1 - explore, 0.0) + explore * math.exp(log_uniform))
+        propensity["slates"] = slates
         return slates
 
     parts = []
@@ -148,11 +157,14 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
         histories[rows] = np.concatenate([histories[rows, 1:], res.click[hit, None]], axis=1)
         if record:
             parts.append(pd.DataFrame({"session_id": rows, "item_id": res.click[hit], "step": t,
-                                       "purchase": res.purchase[hit]}))
+                                       "purchase": res.purchase[hit],
+                                       **{f"shown_{j}": propensity["slates"][hit, j] for j in range(k)},
+                                       "slate_logp": propensity["logp"][hit]}))
     log = None
     if record:
         log = (pd.concat(parts, ignore_index=True) if parts else
-               pd.DataFrame(columns=["session_id", "item_id", "step", "purchase"]))
+               pd.DataFrame(columns=["session_id", "item_id", "step", "purchase"]
+                            + [f"shown_{j}" for j in range(k)] + ["slate_logp"]))
         log = log.sort_values(["session_id", "step"], kind="stable", ignore_index=True)
     return Rollout(returns, clicks, purchases, shown, log)
 

@@ -27,6 +27,9 @@ class Prepared:
     split_sessions: dict         # split name -> [first, last) session index
     item_ids: np.ndarray         # [N] original id of item 1..N (item_ids[i - 1])
     session_ids: np.ndarray      # [S] original id of each session
+    shown_items: np.ndarray | None = None    # [X] int32, the items shown beside each event, event after event (None: not logged)
+    shown_offsets: np.ndarray | None = None  # [E+1] int64, event e's slate is shown_items[shown_offsets[e]:shown_offsets[e+1]]
+    slate_logp: np.ndarray | None = None     # [E] float32, log-probability of event e's slate under the logging policy
 
     @property
     def num_items(self) -> int:
@@ -62,6 +65,8 @@ def prepare(events: pd.DataFrame, data: dict) -> Prepared:
     session_seq = sessions[starts]
     bounds = np.searchsorted(split[session_seq], np.arange(len(SPLITS) + 1), side="left")
     rows = rows[order]
+    shown = [c for c in events.columns if c.startswith("shown_")]
+    exposures = flat_exposures(events[shown].to_numpy()[rows], np.asarray(item_ids)) if shown else (None, None)
     return Prepared(
         items=(items[order] + 1).astype(np.int32),
         rewards=events["reward"].to_numpy(np.float32)[rows],
@@ -70,7 +75,18 @@ def prepare(events: pd.DataFrame, data: dict) -> Prepared:
         split_sessions={name: [int(bounds[i]), int(bounds[i + 1])] for i, name in enumerate(SPLITS)},
         item_ids=np.asarray(item_ids),
         session_ids=np.asarray(session_ids)[session_seq],
+        shown_items=exposures[0], shown_offsets=exposures[1],
+        slate_logp=events["slate_logp"].to_numpy(np.float32)[rows] if shown else None,
     )
+
+
+def flat_exposures(shown: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slates of original ids [E, k] -> (pool ids [X] of the shown items the pool kept, event after event;
+    offsets [E+1]). item_ids [N] are the pool's original ids, sorted; a shown item not among them
+    (filtered out) is left out of its slate."""
+    at = np.minimum(np.searchsorted(item_ids, shown), len(item_ids) - 1)
+    known = item_ids[at] == shown
+    return (at[known] + 1).astype(np.int32), np.concatenate([[0], np.cumsum(known.sum(1))]).astype(np.int64)
 
 
 def _codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import torch
 from seqrec.atomic import atomic_write, atomic_write_text
 from seqrec.config import Config, save_config
 from seqrec.errors import UserError
+from seqrec.learner import reads_exposures
 
 
 # ------------------------------------------------------------------------------------------------
@@ -50,6 +51,10 @@ def check_trainable(cfg: Config, pool) -> None:
     if cfg.eval.select_metric.startswith("purchase/") and pool.meta["splits"]["valid"]["purchases"] == 0:
         raise UserError("the validation split has no purchase events, so eval.select_metric "
                         f"'{cfg.eval.select_metric}' is undefined; set eval.select_metric=click/NDCG@10")
+    if reads_exposures(cfg) and pool.shown_offsets is None:
+        raise UserError(f"train.negatives_from=exposures and train.ssl_softmax=shown need the slates the log showed, "
+                        f"but the pool in {pool.dir} has none (its log did not record them); use "
+                        "train.negatives_from=uniform and train.ssl_softmax=items")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -181,12 +181,31 @@ class Simulator:
         return StepResult(click=click, purchase=purchase, reward=reward, done=ends)
 
     # ---------------------------------------------------------------- policies that know the world
-    def logging_scores(self, users: Users, rng: np.random.Generator) -> np.ndarray:
-        """The logging policy: popular items and items like the last click, with Gumbel noise. [B, N]"""
+    def logging_preference(self, users: Users) -> np.ndarray:
+        """The logging policy's scores before its noise: item appeal plus similarity to the last click. [B, N]"""
         similar = np.where(users.last_click[:, None] >= 0,
                            self.item_vecs[np.maximum(users.last_click, 0)] @ self.item_vecs.T, 0.0)
+        return self.item_appeal + self.p.logging_similarity * similar
+
+    def logging_scores(self, users: Users, rng: np.random.Generator) -> np.ndarray:
+        """The logging policy: popular items and items like the last click, with Gumbel noise. [B, N]"""
         noise = rng.gumbel(size=(len(users), self.p.num_items)) * self.p.logging_temperature
-        return self.item_appeal + self.p.logging_similarity * similar + noise
+        return self.logging_preference(users) + noise
+
+    def slate_log_prob(self, users: Users, ordered: np.ndarray) -> np.ndarray:
+        """log P(the logging policy shows `ordered` [B, k], in that order): its top k of preference + Gumbel
+        noise at scale tau is a Plackett-Luce draw with weights exp(preference / tau), so
+        P = prod_j w_{i_j} / (sum of all w - sum_{l<j} w_{i_l}). 0 when tau = 0 (no noise). [B]"""
+        tau = self.p.logging_temperature
+        if tau == 0:
+            return np.zeros(len(users))
+        logits = self.logging_preference(users) / tau                                      # [B, N]
+        top = logits.max(1, keepdims=True)
+        weights = np.exp(logits - top)
+        chosen = np.take_along_axis(weights, ordered, 1)                                    # [B, k]
+        before = np.cumsum(chosen, 1) - chosen
+        left = np.maximum(weights.sum(1, keepdims=True) - before, np.finfo(float).tiny)
+        return (np.log(np.maximum(chosen, np.finfo(float).tiny)) - np.log(left)).sum(1)
 
     def logging_slates(self, users: Users, rng: np.random.Generator) -> np.ndarray:
         """The slates the logging policy shows: its k best-scored items. [B, k]"""
@@ -291,8 +310,11 @@ class Simulator:
     def generate_log(self, num_sessions: int | None = None, chunk: int = 4096, progress=None) -> pd.DataFrame:
         """Sessions recorded under the logging policy, as an event log.
 
-        Columns: session_id, item_id, timestamp (seconds), event (`click` | `purchase`). Loops over
-        steps and chunks of sessions, never over events; deterministic in `sim.seed`.
+        Columns: session_id, item_id, timestamp (seconds), event (`click` | `purchase`), and what was
+        shown: shown_0 .. shown_{k-1}, the slate of the click's step in the logging policy's order
+        (its perturbed scores, best first), and slate_logp, the log-probability of that ordered slate
+        (slate_log_prob). The slate shown when the user clicked nothing and left is not recorded.
+        Loops over steps and chunks of sessions, never over events; deterministic in `sim.seed`.
         """
         n = self.p.num_sessions if num_sessions is None else num_sessions
         parts = []
@@ -300,21 +322,33 @@ class Simulator:
             rng = np.random.default_rng([self.p.seed, 1, start])
             users = self.start_sessions(min(chunk, n - start), rng)
             session_ids = np.arange(start, start + len(users))
-            for t, active, _, res in run_sessions(self, users, lambda sub, _: self.logging_slates(sub, rng), rng):
+            shown = {}
+
+            def choose(sub: Users, active: np.ndarray) -> np.ndarray:
+                scores = self.logging_scores(sub, rng)
+                slates = top_k_slates(scores, self.p.slate_size)        # the order the user sees (and the log's draws)
+                ordered = np.take_along_axis(slates, np.argsort(-np.take_along_axis(scores, slates, 1), 1), 1)
+                shown.update(ordered=ordered, logp=self.slate_log_prob(sub, ordered))
+                return slates
+
+            for t, active, _, res in run_sessions(self, users, choose, rng):
                 hit = res.click != NO_CLICK
                 parts.append(pd.DataFrame({
                     "session_id": session_ids[active[hit]], "item_id": res.click[hit],
-                    "step": t, "purchase": res.purchase[hit]}))
+                    "step": t, "purchase": res.purchase[hit],
+                    **{f"shown_{j}": shown["ordered"][hit, j] for j in range(self.p.slate_size)},
+                    "slate_logp": shown["logp"][hit]}))
             if progress is not None:
                 progress.update(len(users))
+        exposure_columns = [f"shown_{j}" for j in range(self.p.slate_size)] + ["slate_logp"]
         log = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-            columns=["session_id", "item_id", "step", "purchase"])
+            columns=["session_id", "item_id", "step", "purchase"] + exposure_columns)
         # A session starts every minute or so; a click takes about 30 seconds.
         jitter = np.random.default_rng([self.p.seed, 2]).uniform(0, 30, size=len(log))
         log["timestamp"] = 1.6e9 + 60.0 * log["session_id"] + 30.0 * log["step"] + jitter
         log["event"] = np.where(log["purchase"], "purchase", "click")
         log = log.sort_values(["session_id", "step"], kind="stable", ignore_index=True)
-        return log[["session_id", "item_id", "timestamp", "event"]]
+        return log[["session_id", "item_id", "timestamp", "event"] + exposure_columns]
 
 
 SlateChooser = Callable[[Users, np.ndarray], np.ndarray]

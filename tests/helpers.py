@@ -12,8 +12,10 @@ from seqrec.simulator import SimParams, Simulator
 
 
 def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[list[bool]] | None = None,
-                       splits=(None, None), reward_click=0.2, reward_purchase=1.0, split_mode="random") -> Pool:
-    """A pool whose sessions are the given lists of item ids (1..N). `splits` = (#train, #valid) sessions."""
+                       splits=(None, None), reward_click=0.2, reward_purchase=1.0, split_mode="random",
+                       shown: list[list[list[int]]] | None = None) -> Pool:
+    """A pool whose sessions are the given lists of item ids (1..N). `splits` = (#train, #valid) sessions;
+    `shown`: each event's slate (lists of item ids, any length), logged as its exposures."""
     purchases = purchases or [[False] * len(s) for s in sessions]
     items = np.array([i for s in sessions for i in s], dtype=np.int32)
     purchase = np.array([p for ps in purchases for p in ps], dtype=bool)
@@ -28,6 +30,11 @@ def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[
                         "test": [n_train + n_valid, S]},
         item_ids=np.array([f"i{i}" for i in range(1, int(items.max()) + 1)], dtype=object),
         session_ids=np.array([f"s{s}" for s in range(S)], dtype=object))
+    if shown is not None:
+        slates = [slate for per_session in shown for slate in per_session]
+        prepared.shown_items = np.array([i for slate in slates for i in slate], dtype=np.int32)
+        prepared.shown_offsets = np.concatenate([[0], np.cumsum([len(slate) for slate in slates])]).astype(np.int64)
+        prepared.slate_logp = np.full(len(items), -1.0, dtype=np.float32)
     meta = {"num_items": int(items.max()), "num_sessions": S, "num_events": len(items),
             "num_purchases": int(purchase.sum()), "config_hash": "test", "split_mode": split_mode,
             "splits_sessions": prepared.split_sessions, "splits": split_stats(prepared, split_mode)}

@@ -349,3 +349,53 @@ def test_mix_scores_mask_seen_items_before_picking_candidates():
     log_pi = torch.log_softmax(net.scores(state, "ssl", seen), -1)
     torch.testing.assert_close(got, rerank(log_pi, net.scores(state, "q"), 1.0, 3))
     assert torch.isinf(got[0, [0, 2, 5]]).all() and torch.isfinite(got[0, [1, 3, 4, 6, 7, 8]]).all()
+
+
+def test_negatives_from_exposures_are_the_slates_other_items_and_uniform_draws_fill_short_ones():
+    """td_negative with logged slates equals negative_losses over the slate's items, where a slate
+    shorter than the widest is padded with the uniform draws of that step."""
+    cfg = load_config(overrides=["pool.horizon=1", "model.ssl_steps=1", "train.q_negatives=3", "train.bootstrap=logged",
+                                 "train.negatives_from=exposures"])
+    torch.manual_seed(6)
+    net, target = (random_q(SeqRecQ(num_items=9, hidden=4, dropout=0.0, ssl_steps=1)) for _ in range(2))
+    shown = torch.tensor([[[4, 7, 2]], [[5, 0, 0]], [[9, 1, 0]]])                  # [B, T, m]: slates of 3, 1, 2
+    batch = Batch(state=torch.tensor([[0, 2], [3, 4], [5, 1]]), actions=torch.tensor([[7], [5], [1]]),
+                  rewards=torch.tensor([[0.2], [1.0], [0.2]]), dones=torch.tensor([[False], [True], [False]]),
+                  valid=torch.ones(3, 1, dtype=torch.bool), after=torch.tensor([3, 0, 8]), shown=shown)
+    _, stats = compute_losses(net, target, batch, cfg.train, step=11)
+    uniform = sampled_items((3, 3), 9, cfg.train.seed, 11, "cpu")
+    drawn = torch.where(shown[:, 0] > 0, shown[:, 0], uniform)
+    with torch.no_grad():
+        states = net.window_states(batch.state, batch.actions)[:, 0]
+        target_states = target.window_states(batch.state, batch.actions)[:, 0]
+        values = target.q_of(target_states, batch.actions[:, 0])              # logged: V(s) = Q_target(s, a)
+        td, _ = negative_losses(net, states, batch.actions[:, 0], net.q_of(states, batch.actions[:, 0]), values, drawn,
+                                cfg.train, torch.nn.functional.mse_loss)
+    assert stats["td_negative"] == pytest.approx(float(td.sum() / 3), rel=1e-5)
+
+
+def test_slate_softmax_is_the_choice_among_the_items_shown():
+    """train.ssl_softmax=shown: step 0's CE is -log softmax over the slate's items (padding out) of the
+    click, by hand; a click outside its slate (nothing recorded) keeps the CE over all items."""
+    over = ["pool.horizon=2", "model.ssl_steps=2", "train.alpha=0.0"]
+    items_cfg, shown_cfg = (load_config(overrides=over + [f"train.ssl_softmax={m}"]).train for m in ("items", "shown"))
+    torch.manual_seed(7)
+    net = SeqRecQ(num_items=9, hidden=4, dropout=0.0, ssl_steps=2)
+    with torch.no_grad():
+        net.ssl.items.weight.normal_()
+    shown = torch.tensor([[[4, 7, 2], [1, 0, 0]], [[5, 6, 0], [2, 3, 0]], [[0, 0, 0], [9, 0, 0]]])   # [B, T, m]
+    batch = Batch(state=torch.tensor([[0, 2], [3, 4], [5, 1]]), actions=torch.tensor([[7, 1], [5, 2], [1, 9]]),
+                  rewards=torch.zeros(3, 2), dones=torch.zeros(3, 2, dtype=torch.bool),
+                  valid=torch.ones(3, 2, dtype=torch.bool), shown=shown)
+    _, plain = compute_losses(net, net, batch, items_cfg)
+    _, chosen = compute_losses(net, net, batch, shown_cfg)
+    with torch.no_grad():
+        logits = net.ssl(net.window_states(batch.state, batch.actions)[:, 0])                       # [B, K, N+1]
+        full = [-torch.log_softmax(logits[b, k], 0)[batch.actions[b, k]] for b in range(3) for k in range(2)]
+        in_slate = [-torch.log_softmax(logits[b, 0, [int(i) for i in shown[b, 0] if i > 0]], 0)[j]
+                    for b, j in ((0, 1), (1, 0))]
+    ws = items_cfg.ssl_weights
+    expected_plain = ws[0] * sum(full[0::2]) / 3 + ws[1] * sum(full[1::2]) / 3
+    expected_shown = ws[0] * (in_slate[0] + in_slate[1] + full[4]) / 3 + ws[1] * sum(full[1::2]) / 3
+    assert plain["ce"] == pytest.approx(float(expected_plain), rel=1e-5)
+    assert chosen["ce"] == pytest.approx(float(expected_shown), rel=1e-5)

@@ -57,3 +57,16 @@ def test_exploration_shows_random_slates():
     explored = rollout(SIM, fixed_ranking, 300, seed=0, explore=1.0, record=True)
     assert greedy.log["item_id"].max() < 10
     assert explored.log["item_id"].nunique() > 20
+
+
+def test_recorded_rollouts_hold_each_clicks_slate_and_its_epsilon_greedy_probability():
+    import math
+    fixed_ranking = lambda histories, users: np.tile(np.arange(40, 0, -1.0), (len(histories), 1))  # greedy: items 0..9
+    log = rollout(SIM, fixed_ranking, 300, seed=1, explore=0.3, record=True).log
+    shown = log[[f"shown_{j}" for j in range(10)]].to_numpy()
+    assert (shown == log["item_id"].to_numpy()[:, None]).any(1).all()
+    greedy = (np.sort(shown, 1) == np.arange(10)).all(1)
+    log_uniform = -math.log(math.comb(40, 10))
+    np.testing.assert_allclose(log["slate_logp"][greedy], math.log(0.7 + 0.3 * math.exp(log_uniform)))
+    np.testing.assert_allclose(log["slate_logp"][~greedy], math.log(0.3) + log_uniform)
+    assert greedy.any() and (~greedy).any()

@@ -151,3 +151,71 @@ def test_append_train_sessions_keeps_validation_and_test(tmp_path):
         np.testing.assert_array_equal(new.state, old.state)
         np.testing.assert_array_equal(new.actions, old.actions)
     assert list(grown.session_ids) == ["s0", "s1", "n1", "n2", "s2", "s3"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Exposures: the slates each event was clicked in
+# ------------------------------------------------------------------------------------------------
+SLATE_SESSIONS = [[1, 2, 3], [4, 5], [2, 6, 1, 3]]
+SLATES = [[[1, 4, 5], [2, 6], [3, 1, 2, 6]], [[4], [5, 2, 1]], [[2, 3], [6, 1, 5], [1, 2, 3], [3, 4]]]
+
+
+@pytest.mark.parametrize("L,T", [(2, 1), (1, 3)])
+def test_windows_and_spans_read_each_steps_slate(tmp_path, L, T):
+    pool = pool_from_sessions(tmp_path / "p", SLATE_SESSIONS, shown=SLATES)
+    flat = [slate for per in SLATES for slate in per]
+    events = np.arange(len(flat))
+    w = pool.windows(events, L, T, training=True, shown=True)
+    assert w.shown.shape == (len(flat), T, 4)
+    session = pool.session_of(events)
+    for e in events:
+        for k in range(T):
+            inside = e + k < pool.offsets[session[e] + 1]
+            expected = flat[e + k] if inside else []
+            assert list(w.shown[e, k]) == expected + [0] * (4 - len(expected)), (e, k)
+    spans = pool.spans(np.array([2, 0, -1]), np.array([1, 0, 0]), 3, training=True, shown=True)
+    assert [list(s[s > 0]) for s in spans.shown[0]] == [[6, 1, 5], [1, 2, 3], [3, 4]]
+    assert [list(s[s > 0]) for s in spans.shown[1]] == [[1, 4, 5], [2, 6], [3, 1, 2, 6]]
+    assert not spans.shown[2].any()                                    # an idle lane
+
+
+def test_a_pool_without_exposures_says_so(tmp_path):
+    from seqrec.errors import UserError
+    pool = pool_from_sessions(tmp_path / "p", SLATE_SESSIONS)
+    assert pool.shown_offsets is None and pool.windows(np.arange(3), 2, 1).shown is None
+    with pytest.raises(UserError, match="has no exposures"):
+        pool.windows(np.arange(3), 2, 1, shown=True)
+
+
+def test_append_train_sessions_splices_exposures(tmp_path):
+    from replay_buffer import append_train_sessions
+    pool = pool_from_sessions(tmp_path / "p", SLATE_SESSIONS, splits=(1, 1), shown=SLATES)
+    grown = append_train_sessions(pool, items=np.array([5, 6]), rewards=np.array([0.2, 0.2]),
+                                  purchase=np.array([False, False]), lengths=np.array([2]),
+                                  session_ids=np.array(["n1"]), folder=tmp_path / "grown",
+                                  shown=np.array([[5, 1, 0], [6, 0, 0]]), slate_logp=np.array([-2.0, -3.0]))
+    expected = SLATES[0] + [[5, 1], [6]] + SLATES[1] + SLATES[2]
+    offsets = np.asarray(grown.shown_offsets)
+    assert [list(grown.shown_items[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == expected
+    np.testing.assert_allclose(np.asarray(grown.slate_logp)[3:5], [-2.0, -3.0])
+
+
+def test_simulated_pool_keeps_the_logged_slates_in_pool_ids(tmp_path):
+    """The pool's exposures are the log's shown_* columns, mapped to pool ids; filtered items are left out."""
+    from seqrec.loaders import load_events
+    from seqrec.simulator import Simulator, SimParams
+    cfg = tiny_config(tmp_path, "data.min_item_count=5")
+    pool = ensure_pool(cfg)
+    log = Simulator(SimParams.from_dict(cfg.sim.to_dict()), 0.2, 1.0).generate_log()
+    assert len(load_events(cfg.data.to_dict(), cfg.sim.to_dict())) == len(log)
+    first = pool.offsets[0]
+    sid = int(pool.session_ids[0])
+    raw = log[log["session_id"] == sid]
+    to_pool = {int(orig): i + 1 for i, orig in enumerate(pool.item_ids)}
+    offsets = np.asarray(pool.shown_offsets)
+    for j, row in enumerate(raw.itertuples()):
+        slate = [to_pool[int(getattr(row, f"shown_{c}"))] for c in range(cfg.sim.slate_size)
+                 if int(getattr(row, f"shown_{c}")) in to_pool]
+        assert list(pool.shown_items[offsets[first + j]:offsets[first + j + 1]]) == slate
+        assert pool.slate_logp[first + j] == pytest.approx(row.slate_logp, rel=1e-5)
+    assert len(pool.shown_items) < cfg.sim.slate_size * len(pool.items)     # some shown items were filtered out

@@ -100,36 +100,45 @@ def test_sliding_lambda_returns_equal_a_loop_over_each_window(horizon, gamma, la
         torch.testing.assert_close(got[:, j], expected)
 
 
-def one_chunk_of_everything(pool, net, target, horizon):
+def one_chunk_of_everything(pool, net, target, horizon, shown=False):
     """The whole training split as one session-path step: a lane per session, a chunk per session."""
     lanes = pool.num_sessions
     carry = (net.encoder.start(lanes), target.encoder.start(lanes))
-    spans = pool.spans(np.arange(lanes), np.zeros(lanes, dtype=np.int64), LONGEST + horizon - 1, training=True)
+    spans = pool.spans(np.arange(lanes), np.zeros(lanes, dtype=np.int64), LONGEST + horizon - 1, training=True,
+                       shown=shown)
     return Chunk.from_spans(spans, LONGEST, carry)
 
 
+# Each event's logged slate: the clicked item among up to 3 others (some slates shorter than others).
+SHOWN = [[[a] + [(a + d) % 9 + 1 for d in range(1, 1 + (i + j) % 4)] for j, a in enumerate(s)] for i, s in enumerate(SESSIONS)]
+
+
 @pytest.mark.parametrize("encoder", ["gru", "sasrec"])
-@pytest.mark.parametrize("split,bootstrap,negatives,sa2c", [
-    ("random", "double", 0, False), ("loo", "double", 0, False), ("loo", "logged", 0, False),
-    ("random", "logged", 3, False), ("loo", "max", 3, False), ("random", "double", 3, True)])
+@pytest.mark.parametrize("split,bootstrap,negatives,sa2c,exposures", [
+    ("random", "double", 0, False, False), ("loo", "double", 0, False, False), ("loo", "logged", 0, False, False),
+    ("random", "logged", 3, False, False), ("loo", "max", 3, False, False), ("random", "double", 3, True, False),
+    ("loo", "logged", 3, False, True)])
 def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_path, encoder, split, bootstrap,
-                                                                          negatives, sa2c):
+                                                                          negatives, sa2c, exposures):
     """At horizon 1 the two paths train the same terms: CE(a_p | s_p) and (Q(s_p, a_p) - r_p - gamma V(s_{p+1}))^2
     for every training event; with states as long as the longest session they are the same states.
-    Leave-one-out truncates sessions before their held-out events; negatives add SNQN's and CQL's terms,
-    SA2C weighs the CE by the advantage."""
-    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, split_mode=split)
+    Leave-one-out truncates sessions before their held-out events; negatives add SNQN's and CQL's terms
+    (uniform draws, or the logged slates, which also make the next-item CE a choice among them), SA2C
+    weighs the CE by the advantage."""
+    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, split_mode=split, shown=SHOWN)
     net = network(encoder, ssl_steps=1)
     target = copy.deepcopy(net)
     with torch.no_grad():
         target.q_transform.mul_(0.5)                            # a target net that differs from the online one
     t = load_config(overrides=["train.alpha=1.0", "train.gamma=0.7", f"train.bootstrap={bootstrap}",
                                f"train.q_negatives={negatives}", f"train.cql_weight={0.1 if negatives else 0}",
-                               f"train.advantage_weighting={sa2c}", "train.advantage_warmup=0"]).train
-    window = Batch.from_windows(pool.windows(pool.events("train"), LONGEST + 1, 1, training=True))
+                               f"train.advantage_weighting={sa2c}", "train.advantage_warmup=0",
+                               f"train.negatives_from={'exposures' if exposures else 'uniform'}",
+                               f"train.ssl_softmax={'shown' if exposures else 'items'}"]).train
+    window = Batch.from_windows(pool.windows(pool.events("train"), LONGEST + 1, 1, training=True, shown=exposures))
     by_windows, stats_w = compute_losses(net, target, window, t)
     grads_w = torch.autograd.grad(by_windows, list(net.parameters()))
-    by_sessions, stats_s = compute_losses(net, target, one_chunk_of_everything(pool, net, target, 1), t)
+    by_sessions, stats_s = compute_losses(net, target, one_chunk_of_everything(pool, net, target, 1, exposures), t)
     grads_s = torch.autograd.grad(by_sessions, list(net.parameters()))
     assert stats_s["ce"] == pytest.approx(stats_w["ce"], rel=1e-5)
     assert stats_s["td"] == pytest.approx(stats_w["td"], rel=1e-5)

@@ -119,3 +119,30 @@ def test_lookahead_scores_by_a_loop_over_candidates():
             value = 0.2 * (1 - q) + 1.0 * q + (1 - q) * (1 - p.exit_prob) * after[0] + q * (1 - p.exit_prob_after_purchase) * after[1]
             expected = sim.click_utility(user, np.array([[item]]))[0, 0] + np.log(value)
             assert got[b, item] == pytest.approx(expected)
+
+
+def test_slate_log_prob_is_the_frequency_of_the_gumbel_top_k_order():
+    """Ordered slates of 2 out of 4 items: the Plackett-Luce probabilities sum to 1 over all 12 orders,
+    and each matches how often the logging policy's noisy top 2 comes out in that order (4 s.e.)."""
+    sim = simulator(num_items=4, num_categories=2, slate_size=2, logging_temperature=0.7)
+    rng = np.random.default_rng(7)
+    users = sim.start_sessions(1, rng)
+    users.last_click[:] = 2
+    orders = np.array([(a, b) for a in range(4) for b in range(4) if a != b])
+    probs = np.exp(sim.slate_log_prob(users.subset(np.zeros(len(orders), dtype=int)), orders))
+    assert probs.sum() == pytest.approx(1.0)
+    n = 60_000
+    scores = sim.logging_scores(users.subset(np.zeros(n, dtype=int)), rng)
+    drawn = np.argsort(-scores, 1)[:, :2]
+    for (a, b), p in zip(orders, probs):
+        freq = np.mean((drawn[:, 0] == a) & (drawn[:, 1] == b))
+        assert abs(freq - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-9, (a, b)
+
+
+def test_the_logged_slate_holds_the_click_and_k_different_items():
+    sim = simulator(**SMALL)
+    log = sim.generate_log()
+    shown = log[[f"shown_{j}" for j in range(sim.p.slate_size)]].to_numpy()
+    assert (shown == log["item_id"].to_numpy()[:, None]).any(1).all()
+    assert (np.sort(shown, 1)[:, 1:] != np.sort(shown, 1)[:, :-1]).all()      # k different items
+    assert (log["slate_logp"] < 0).all() and np.isfinite(log["slate_logp"]).all()
