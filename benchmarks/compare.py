@@ -99,7 +99,7 @@ DATASETS = {
                              quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml1m-loo"])],
 }
 ALL = ("simulated", "movielens")   # --data all; movielens-loo is a part of movielens, movielens-1m takes hours
-# Figures kept in summary.csv: per protocol, the test metrics (ssl head) worth a row.
+# Figures kept in summary.csv: per protocol, the test metrics (of the head each model ranks with, eval.head) worth a row.
 EVENT_METRICS = [f"{kind}/{m}@{k}" for kind in ("click", "purchase") for m in ("HR", "NDCG") for k in (5, 10, 20)]
 LOO_METRICS = [f"all/{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)] + ["all/MRR"]
 ONLINE_METRICS = ["return", "of_oracle", "ctr", "purchase_rate", "length"]
@@ -334,7 +334,7 @@ def describe_protocol(protocol: str) -> str:
     return {"event": "event-level (SQN) protocol, test, seen items not masked",
             "loo": "leave-one-out, test, seen items masked",
             "loo-unmasked": "leave-one-out, test, seen items NOT masked (RecBole's sequential setting)",
-            "online": "online in the simulator (ssl head; return per session)"}[protocol]
+            "online": "online in the simulator (each model ranking with its eval.head; return per session)"}[protocol]
 
 
 def plot_sweeps(summary: pd.DataFrame, png_lambda: Path, png_horizon: Path) -> None:
@@ -404,8 +404,17 @@ def plot_value_sweep(table: pd.DataFrame, png: Path) -> None:
                     ax.axhline(base.mean(), color="gray", ls="--", label="position mean")
             ax.set(title=f"{dataset} {protocol}", xlabel="lambda", ylabel=metric.removeprefix("value/"))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     save_png(fig, png)
+
+
+def gather_value_tables(folders: list[Path], out: Path) -> None:
+    """One value.csv and value_lambda.png in `out` from the value.csv of several compare.py outputs."""
+    table = pd.concat([pd.read_csv(folder / "value.csv") for folder in folders], ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "value.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    plot_value_sweep(table, out / "value_lambda.png")
 
 
 def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
@@ -466,7 +475,12 @@ def main() -> None:
                    "the same dataset, protocol, model and metric are replaced, the others kept")
     p.add_argument("--baselines-only", action="store_true",
                    help="no training: popularity offline and the simulator's policies online, in minutes")
+    p.add_argument("--value-tables", metavar="DIR,DIR", help="train nothing: gather the value.csv of these "
+                   "compare.py outputs into --out's value.csv and value_lambda.png")
     args = p.parse_args()
+    if args.value_tables:
+        gather_value_tables([Path(d) for d in args.value_tables.split(",")], Path(args.out or ROOT / "results"))
+        return
 
     variants = dict(MODELS)
     variants.update(parse_variant(v) for v in args.variant)
