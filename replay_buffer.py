@@ -85,6 +85,9 @@ class Pool:
         problem = self._inconsistency()
         if problem:
             raise UserError(f"the pool in {self.dir} is corrupt ({problem}); {REBUILD}")
+        # The most items shown beside one event (0 without exposures): the width of a batch's slates
+        self.slate_width = (int(np.diff(np.asarray(self.shown_offsets)).max(initial=0))
+                            if self.shown_offsets is not None else 0)
         # Where each session ends for training: leave-one-out hides the held-out events.
         self.train_ends = np.asarray(self.offsets[1:]) - held_out(np.asarray(self.offsets), self.split_mode)
         self._item_ids = self._session_ids = None
@@ -123,17 +126,12 @@ class Pool:
                 return f"shown item ids outside 1..{self.num_items}"
         return None
 
-    @property
-    def slate_width(self) -> int:
-        """The most items shown beside one event (0 without exposures)."""
-        return int(np.diff(np.asarray(self.shown_offsets)).max(initial=0)) if self.shown_offsets is not None else 0
-
     def shown_at(self, pos: np.ndarray, inside: np.ndarray) -> np.ndarray:
         """The slates of the events at flat positions pos [B, W] where `inside` [B, W] -> [B, W, m] item ids,
         padded with 0 (m = slate_width)."""
         if self.shown_offsets is None:
             raise UserError(f"the pool in {self.dir} has no exposures (its log did not record what was shown); "
-                            "use train.negatives_from=uniform")
+                            "use train.negatives_from=uniform and train.ssl_softmax=items")
         if self.slate_width == 0:
             return np.zeros(pos.shape + (0,), dtype=np.int64)
         safe = np.clip(pos, 0, len(self.items) - 1)
