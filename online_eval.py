@@ -5,7 +5,8 @@
     python online_eval.py --set online.rounds=5             # deploy with exploration, collect, fine-tune, repeat
 
 Policies: random, popular (most clicked in the training data), logging (the policy that logged the
-data), oracle (greedy, knows the true preferences), and each checkpoint ranked by its ssl and q heads.
+data), oracle (greedy, knows the true preferences), lookahead-oracle (the same, a click's effect one step
+on), and each checkpoint ranked by its ssl, q and mix heads (mix: eval.beta, eval.rerank_top).
 Every policy meets the same simulated users. Reported per policy: mean return per session with a 95%
 confidence interval and as a fraction of the oracle's, click-through rate (clicks per slate),
 purchase rate (purchases per click), and session length (clicks per session).
