@@ -6,7 +6,7 @@
 
 Policies: random, popular (most clicked in the training data), logging (the policy that logged the
 data), oracle (greedy, knows the true preferences), lookahead-oracle (the same, a click's effect one step
-on), and each checkpoint ranked by its ssl, q and mix heads (mix: eval.beta, eval.rerank_top).
+on), posterior-oracle (knows the world but infers the preferences from the clicks, as a model must), and each checkpoint ranked by its ssl, q and mix heads (mix: eval.beta, eval.rerank_top).
 Every policy meets the same simulated users. Reported per policy: mean return per session with a 95%
 confidence interval and as a fraction of the oracle's, click-through rate (clicks per slate),
 purchase rate (purchases per click), and session length (clicks per session).
@@ -27,7 +27,7 @@ from seqrec.atomic import atomic_write
 from seqrec.config import Config, add_config_args, load_config
 from seqrec.errors import UserError, run_cli
 from seqrec.learner import Learner, train_epoch
-from seqrec.online import ModelPolicy, baseline_policies, rollout, simulator_for
+from seqrec.online import ModelPolicy, baseline_policies, rollout, sim_to_pool_ids, simulator_for
 from seqrec.plots import plot_improvement
 from seqrec.runs import load_checkpoint
 from seqrec.simulator import Simulator
@@ -37,8 +37,7 @@ def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Confi
     if ckpt["config"]["sim"] != cfg.sim.to_dict() or ckpt["config"]["data"]["source"] != "synthetic":
         raise UserError(f"{name} was trained on other data than this simulator's; evaluate it with its own config")
     model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
-    return {f"{name}:{head}": ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, head,
-                                          cfg.eval.beta, cfg.eval.rerank_top) for head in HEADS}
+    return {f"{name}:{head}": ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, cfg, head) for head in HEADS}
 
 
 def evaluate_policies(policies: dict, sim: Simulator, cfg: Config) -> pd.DataFrame:
@@ -67,11 +66,10 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
         raise UserError("improve over time needs a session split (data.split_mode random or temporal)")
     learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), pool.num_items), cfg)
     learner.restore(ckpt)
-    sim_to_pool = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, 1, "ssl").sim_to_pool
+    sim_to_pool = sim_to_pool_ids(pool.item_ids, sim.p.num_items)
     rows = []
     for r in range(o.rounds + 1):
-        policy = ModelPolicy(learner.model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, cfg.eval.head,
-                             cfg.eval.beta, cfg.eval.rerank_top)
+        policy = ModelPolicy.from_config(learner.model, pool.item_ids, sim.p.num_items, cfg)
         row = {"round": r, "pool_events": pool.meta["num_events"],
                **rollout(sim, policy, o.sessions, seed=o.seed).summary()}
         row.update(ci_low=row["return"] - row["return_ci95"], ci_high=row["return"] + row["return_ci95"])

@@ -228,8 +228,7 @@ def collect_run(run: Run) -> list[dict]:
             rows += test_rows(ds, run.model, run.seed, {"loo-unmasked": unmasked[head]})
         if ds.online:
             sim = simulator_for(cfg)
-            policy = ModelPolicy(model, pool.item_ids, sim.p.num_items, cfg.pool.state_len, cfg.eval.head,
-                                 cfg.eval.beta, cfg.eval.rerank_top)
+            policy = ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, cfg)
             summary = rollout(sim, policy, cfg.online.sessions, seed=run.seed).summary()
             rows += online_rows(ds, run.model, run.seed, summary)
     return rows

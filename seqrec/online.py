@@ -53,6 +53,16 @@ def lookahead_oracle_policy(sim: Simulator) -> Policy:
     return lambda histories, users: sim.lookahead_scores(users)
 
 
+def posterior_oracle_policy(sim: Simulator, particles: int = 4096, keep: int = 32, seed: int = 0) -> Policy:
+    """Posterior oracle: knows the world (items, the click and purchase models) but not the user's
+    preferences, which it infers from the clicks seen (Simulator.posterior_oracle_scores): about as much
+    of the greedy oracle's return as a policy that sees only the history can get. (`keep` 32 of 4,096
+    particles did best on held-out users, seed 100: 84% of the oracle, 83% with 128, 81% with 512 of
+    16,384, 75% with 8.)"""
+    prior = sim.start_sessions(particles, np.random.default_rng([sim.p.seed, 23, seed])).prefs
+    return lambda histories, users: sim.posterior_oracle_scores(users, histories, prior, keep)
+
+
 def simulator_for(cfg) -> Simulator:
     """The simulator that generated a config's data set; only synthetic data has one."""
     if cfg.data.source != "synthetic":
@@ -62,13 +72,21 @@ def simulator_for(cfg) -> Simulator:
 
 
 def baseline_policies(sim: Simulator, pool, seed: int) -> dict:
-    """random, popular (clicks in the pool's training split), logging, the greedy and the lookahead oracle, by name."""
+    """random, popular (clicks in the pool's training split), logging, the greedy, lookahead and posterior
+    oracles, by name."""
     train = pool.events("train")
     counts = np.zeros(sim.p.num_items)
     np.add.at(counts, pool.item_ids.astype(np.int64)[np.asarray(pool.items[train]) - 1], 1.0)
     return {"random": random_policy(sim.p.num_items, seed), "popular": popularity_policy(counts),
             "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim),
-            "lookahead-oracle": lookahead_oracle_policy(sim)}
+            "lookahead-oracle": lookahead_oracle_policy(sim), "posterior-oracle": posterior_oracle_policy(sim, seed=seed)}
+
+
+def sim_to_pool_ids(pool_item_ids: np.ndarray, num_items: int) -> np.ndarray:
+    """Simulator item index -> pool item id (1-based; 0 = an item the pool does not know). [num_items]"""
+    out = np.zeros(num_items, dtype=np.int64)
+    out[np.asarray(pool_item_ids).astype(np.int64)] = np.arange(1, len(pool_item_ids) + 1)
+    return out
 
 
 class ModelPolicy:
@@ -81,8 +99,13 @@ class ModelPolicy:
         self.model, self.state_len, self.head, self.num_items = model.eval(), state_len, head, num_items
         self.beta, self.rerank_top = beta, rerank_top
         self.pool_to_sim = np.asarray(pool_item_ids).astype(np.int64)           # pool id i -> [i - 1]
-        self.sim_to_pool = np.zeros(num_items, dtype=np.int64)                  # 0 = unknown/padding
-        self.sim_to_pool[self.pool_to_sim] = np.arange(1, len(self.pool_to_sim) + 1)
+        self.sim_to_pool = sim_to_pool_ids(pool_item_ids, num_items)
+
+    @classmethod
+    def from_config(cls, model, pool_item_ids: np.ndarray, num_items: int, cfg, head: str | None = None) -> "ModelPolicy":
+        """The policy a config deploys: its state length, `eval.head` (or `head`), `eval.beta`, `eval.rerank_top`."""
+        return cls(model, pool_item_ids, num_items, cfg.pool.state_len, head or cfg.eval.head,
+                   cfg.eval.beta, cfg.eval.rerank_top)
 
     @torch.no_grad()
     def __call__(self, histories: np.ndarray, users: Users) -> np.ndarray:

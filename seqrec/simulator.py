@@ -221,6 +221,36 @@ class Simulator:
         value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
         return self.click_utility(users) + np.log(value)
 
+    def posterior_oracle_scores(self, users: Users, histories: np.ndarray, particles: np.ndarray,
+                                keep: int = 128, chunk: int = 64) -> np.ndarray:
+        """The greedy oracle's criterion for a user whose preferences are not known, only what the
+        clicks say of them: each of `particles` [P, d] (preference vectors drawn from the prior, as
+        start_sessions draws them) is weighed by the chance of the user's clicks under the click model,
+        exp(affinity_weight * affinity) per click (the slates' normalisers left out: the clicks alone,
+        `histories` [B, H] of item indices, -1 = none); the `keep` heaviest particles of each user
+        stand for the posterior, and an item scores log E[exp(x_j) * expected reward of a click on j].
+        Reads the interest (a function of the clicks and purchases seen), never `users.prefs`. [B, N]"""
+        aff = particles @ self.item_vecs.T                                                  # [P, N]
+        B, N = len(users), self.p.num_items
+        counts = np.zeros((B, N))
+        rows, cols = np.nonzero(histories >= 0)
+        np.add.at(counts, (rows, histories[rows, cols]), 1.0)
+        log_like = self.p.affinity_weight * counts @ aff.T                                   # [B, P]
+        keep = min(keep, len(particles))
+        top = np.argpartition(-log_like, keep - 1, axis=1)[:, :keep]                         # [B, M]
+        log_w = np.take_along_axis(log_like, top, 1)
+        log_w -= np.logaddexp.reduce(log_w, axis=1, keepdims=True)
+        out = np.empty((B, N))
+        for s in range(0, B, chunk):
+            a = aff[top[s:s + chunk]]                                                        # [b, M, N]
+            interest = users.interest[s:s + chunk][:, None, self.item_category]              # [b, 1, N]
+            buy = self.p.buy_bias + self.item_buyability + self.p.buy_affinity_weight * a + self.p.buy_interest_weight * interest
+            p_buy = 1.0 / (1.0 + np.exp(-buy))
+            value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
+            term = log_w[s:s + chunk, :, None] + self.p.affinity_weight * a + self.item_appeal + np.log(value)
+            out[s:s + chunk] = np.logaddexp.reduce(term, axis=1)
+        return out
+
     def slate_value(self, users: Users) -> np.ndarray:
         """The expected immediate reward of the greedy oracle's slate for each user [B]: sum over its items
         of P(click j) (the logit model, leaving included) times j's expected reward. [B]"""

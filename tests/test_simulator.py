@@ -121,6 +121,38 @@ def test_lookahead_scores_by_a_loop_over_candidates():
             assert got[b, item] == pytest.approx(expected)
 
 
+def test_posterior_oracle_scores_by_a_loop_over_particles():
+    """log sum_p w_p exp(x_pj) E[reward | click j, p] over the `keep` heaviest particles, w_p proportional
+    to exp(affinity_weight * sum over clicks of the particle's affinity); one particle at the true
+    preferences is the greedy oracle."""
+    sim = simulator(**SMALL)
+    rng = np.random.default_rng(8)
+    users = sim.start_sessions(3, rng)
+    users.interest += 2 * rng.random(users.interest.shape)
+    histories = np.array([[-1, -1, -1], [-1, 4, 4], [7, 9, 11]])
+    particles = sim.start_sessions(20, rng).prefs
+
+    def naive(b: int, keep: int) -> np.ndarray:
+        clicks = histories[b][histories[b] >= 0]
+        log_w = np.array([2.0 * (p @ sim.item_vecs[clicks].T).sum() for p in particles])
+        heaviest = np.argsort(-log_w, kind="stable")[:keep]
+        w = np.exp(log_w[heaviest] - log_w[heaviest].max())
+        total = np.zeros(sim.p.num_items)
+        for p, wp in zip(particles[heaviest], w / w.sum()):
+            as_p = users.subset([b])
+            as_p.prefs = p[None]
+            total += wp * np.exp(sim.oracle_scores(as_p)[0])
+        return np.log(total)
+
+    for keep in (20, 5):
+        got = sim.posterior_oracle_scores(users, histories, particles, keep=keep, chunk=2)
+        for b in (1, 2):                                # b = 0 has no clicks: every particle ties
+            np.testing.assert_allclose(got[b], naive(b, keep), rtol=1e-9)
+    np.testing.assert_allclose(sim.posterior_oracle_scores(users, histories, particles, keep=20)[0], naive(0, 20), rtol=1e-9)
+    exact = sim.posterior_oracle_scores(users, histories, users.prefs[:1], keep=1)
+    np.testing.assert_allclose(exact[0], sim.oracle_scores(users)[0], rtol=1e-12)
+
+
 def test_slate_log_prob_is_the_frequency_of_the_gumbel_top_k_order():
     """Ordered slates of 2 out of 4 items: the Plackett-Luce probabilities sum to 1 over all 12 orders,
     and each matches how often the logging policy's noisy top 2 comes out in that order (4 s.e.)."""

@@ -198,5 +198,5 @@ def test_compare_baselines_only_trains_nothing(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = {r["model"] for r in csv.DictReader((out / "summary.csv").open())}
-    assert models == {"popularity", "random", "popular", "logging", "oracle", "lookahead-oracle"}
+    assert models == {"popularity", "random", "popular", "logging", "oracle", "lookahead-oracle", "posterior-oracle"}
     assert not (tmp_path / "runs").exists()
