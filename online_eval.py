@@ -34,7 +34,8 @@ from seqrec.simulator import Simulator
 
 
 def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Config) -> dict:
-    if ckpt["config"]["sim"] != cfg.sim.to_dict() or ckpt["config"]["data"]["source"] != "synthetic":
+    trained_on = load_config(base=ckpt["config"])            # keys added since the checkpoint count at their defaults
+    if trained_on.sim.to_dict() != cfg.sim.to_dict() or trained_on.data.source != "synthetic":
         raise UserError(f"{name} was trained on other data than this simulator's; evaluate it with its own config")
     model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
     return {f"{name}:{head}": ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, cfg, head) for head in HEADS}

@@ -14,7 +14,9 @@ The model (all of it a pure function of `sim.seed`):
   raise the chance of later purchases, so a policy that maximises only the immediate reward is not
   optimal.
 - After a click the user leaves with probability `exit_prob` (`exit_prob_after_purchase` after a
-  purchase); no session runs past `max_session_len` steps.
+  purchase), plus `clickbait_exit` when the item is clickbait (appeal above `clickbait_appeal`:
+  popular, clicked readily, and it disappoints; off by default, on in configs/sim-delayed.yaml);
+  no session runs past `max_session_len` steps.
 - A logged event is one click; its type is `purchase` when the click was followed by a purchase.
 
 The simulator knows no model: a policy is any callable that scores items for users, and the step
@@ -47,6 +49,8 @@ class SimParams:
     leave_utility: float
     exit_prob: float
     exit_prob_after_purchase: float
+    clickbait_appeal: float
+    clickbait_exit: float
     buy_bias: float
     buy_affinity_weight: float
     buy_interest_weight: float
@@ -112,6 +116,7 @@ class Simulator:
         self.item_vecs = _unit(self.centres[self.item_category] + 0.5 * rng.normal(size=(N, d)))
         self.item_appeal = rng.normal(0.0, 0.5, size=N)
         self.item_buyability = rng.normal(0.0, 0.7, size=N)
+        self.item_clickbait = self.item_appeal > params.clickbait_appeal
 
     @classmethod
     def from_config(cls, cfg) -> "Simulator":
@@ -172,13 +177,18 @@ class Simulator:
         users.interest[rows, cats] += 1.0
         users.interest[np.nonzero(purchase)[0], self.item_category[safe[purchase]]] = 0.0
 
-        leave_p = np.where(purchase, self.p.exit_prob_after_purchase, self.p.exit_prob)
+        leave_p = self.leave_prob(safe, purchase)
         users.length += clicked
         ends = ~users.done & (~clicked | (rng.random(B) < leave_p) | (users.length >= self.p.max_session_len))
         users.last_click = np.where(clicked, click, users.last_click)
         users.done = users.done | ends
         reward = np.where(purchase, self.reward_purchase, np.where(clicked, self.reward_click, 0.0))
         return StepResult(click=click, purchase=purchase, reward=reward, done=ends)
+
+    def leave_prob(self, items: np.ndarray, bought: np.ndarray) -> np.ndarray:
+        """The chance that a user who clicked `items` (any shape) and bought where `bought` leaves then."""
+        base = np.where(bought, self.p.exit_prob_after_purchase, self.p.exit_prob)
+        return np.minimum(base + self.p.clickbait_exit * self.item_clickbait[items], 1.0)
 
     # ---------------------------------------------------------------- policies that know the world
     def logging_preference(self, users: Users) -> np.ndarray:
@@ -286,7 +296,8 @@ class Simulator:
             flat_users, flat_items = sub.subset(np.repeat(np.arange(B), width)), cand.reshape(-1)
             later = [self.slate_value(self.after_click(flat_users, flat_items, np.full(B * width, bought))).reshape(B, width)
                      for bought in (False, True)]
-            stay = (1 - p_buy) * (1 - self.p.exit_prob) * later[0] + p_buy * (1 - self.p.exit_prob_after_purchase) * later[1]
+            stay = ((1 - p_buy) * (1 - self.leave_prob(cand, False)) * later[0]
+                    + p_buy * (1 - self.leave_prob(cand, True)) * later[1])
             now = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
             np.put_along_axis(out[start:start + B], cand, self.click_utility(sub, cand) + np.log(now + stay), 1)
         return out

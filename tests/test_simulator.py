@@ -100,10 +100,12 @@ def test_slate_value_is_the_mean_reward_of_the_greedy_slate():
         assert abs(reward.mean() - sim.slate_value(users.subset([b]))[0]) < 4 * reward.std() / np.sqrt(n)
 
 
-def test_lookahead_scores_by_a_loop_over_candidates():
+@pytest.mark.parametrize("clickbait_exit", [0.0, 0.5])
+def test_lookahead_scores_by_a_loop_over_candidates(clickbait_exit):
     """Each of the greedy oracle's top 2k items: log click weight + log(its expected reward + the chance
-    the user stays times the greedy slate's value after the click), the two outcomes apart; others -inf."""
-    sim = simulator(**SMALL)
+    the user stays times the greedy slate's value after the click), the two outcomes apart; others -inf.
+    Clickbait (appeal above 0.2 here) adds clickbait_exit to the chance of leaving."""
+    sim = simulator(**SMALL, clickbait_appeal=0.2, clickbait_exit=clickbait_exit)
     rng = np.random.default_rng(6)
     users = sim.start_sessions(3, rng)
     users.interest += 2 * rng.random(users.interest.shape)
@@ -116,9 +118,24 @@ def test_lookahead_scores_by_a_loop_over_candidates():
         for item in top:
             q = sim.purchase_prob(user, np.array([[item]]))[0, 0]
             after = [sim.slate_value(sim.after_click(user, np.array([item]), np.array([bought])))[0] for bought in (False, True)]
-            value = 0.2 * (1 - q) + 1.0 * q + (1 - q) * (1 - p.exit_prob) * after[0] + q * (1 - p.exit_prob_after_purchase) * after[1]
+            bait = clickbait_exit * (sim.item_appeal[item] > 0.2)
+            value = 0.2 * (1 - q) + 1.0 * q + (1 - q) * (1 - p.exit_prob - bait) * after[0] + q * (1 - p.exit_prob_after_purchase - bait) * after[1]
             expected = sim.click_utility(user, np.array([[item]]))[0, 0] + np.log(value)
             assert got[b, item] == pytest.approx(expected)
+
+
+def test_clickbait_makes_users_leave_after_the_click():
+    """Clicking clickbait (appeal above clickbait_appeal), the user leaves with exit_prob + clickbait_exit
+    (4 s.e.); other items keep exit_prob; no clickbait when clickbait_exit is 0."""
+    sim = simulator(**SMALL, exit_prob_after_purchase=0.08, clickbait_exit=0.5)
+    bait, plain = np.flatnonzero(sim.item_clickbait)[0], np.flatnonzero(~sim.item_clickbait)[0]
+    n = 20_000
+    for item, expected in ((bait, 0.58), (plain, 0.08)):
+        users = sim.start_sessions(n, np.random.default_rng(9))
+        res = sim.respond(users, np.ones(n, dtype=bool), np.full(n, item), np.random.default_rng(10))
+        assert abs(res.done.mean() - expected) < 4 * np.sqrt(expected * (1 - expected) / n)
+    assert 0 < sim.item_clickbait.mean() < 0.5
+    assert (simulator(**SMALL).leave_prob(np.arange(80), np.zeros(80, dtype=bool)) == 0.08).all()
 
 
 def test_posterior_oracle_scores_by_a_loop_over_particles():
