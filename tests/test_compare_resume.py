@@ -43,3 +43,12 @@ def test_merge_into_replaces_rows_with_the_same_key_and_keeps_the_rest(tmp_path)
                                       {**row, "model": "sa2c", "mean": 4.0}]))
     got = pd.read_csv(path).set_index("model")["mean"].to_dict()
     assert got == {"gru4rec": 2.0, "full": 3.0, "sa2c": 4.0}
+
+
+def test_a_data_sets_overrides_win_over_the_models_recipe(tmp_path):
+    """SQN's recipe says gamma 0.5; the clickbait data set says 0.8 for every model, and its config applies."""
+    (run,) = compare.plan(compare.DATASETS["simulated-delayed"], ["gru-sqn"], [0], True, [], compare.MODELS, tmp_path)
+    cfg = run.config()
+    assert cfg.train.gamma == 0.8 and cfg.model.q_head == "linear" and cfg.sim.clickbait_exit == 0.7
+    (plain,) = compare.plan(compare.DATASETS["simulated"], ["gru-sqn"], [0], True, [], compare.MODELS, tmp_path)
+    assert plain.config().train.gamma == 0.5 and plain.config().sim.clickbait_exit == 0.0
