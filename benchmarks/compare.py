@@ -1,7 +1,7 @@
 """Baselines and ablations in one command: the same split, budget and seeds for every model.
 
     python benchmarks/compare.py                        # everything: simulated + MovieLens-100K (117 runs of 2-5 min, ~4 h on 2 cores)
-    python benchmarks/compare.py --data simulated       # or movielens (both protocols)
+    python benchmarks/compare.py --data simulated       # or movielens (both protocols), simulated-delayed (clickbait), movielens-1m
     python benchmarks/compare.py --quick                # a smoke run in minutes (tiny data, 1 seed, 2 epochs)
     python benchmarks/compare.py --baselines-only --out results/baselines   # popularity and the online baselines only
 
