@@ -3,6 +3,7 @@
     python online_eval.py                                   # baselines + train.run_dir/best.pt, if it exists
     python online_eval.py --checkpoint runs/a/best.pt --checkpoint runs/b/best.pt
     python online_eval.py --set online.rounds=5             # deploy with exploration, collect, fine-tune, repeat
+    python online_eval.py --config configs/sim-delayed.yaml # the clickbait simulator (its run: runs/sim-delayed)
 
 Policies: random, popular (most clicked in the training data), logging (the policy that logged the
 data), oracle (greedy, knows the true preferences), lookahead-oracle (the same, a click's effect one step
