@@ -150,6 +150,10 @@ class Simulator:
                  + self.p.buy_interest_weight * interest)
         return 1.0 / (1.0 + np.exp(-logit))
 
+    def click_reward(self, p_buy: np.ndarray) -> np.ndarray:
+        """The expected reward of a click that leads to a purchase with probability `p_buy` (any shape)."""
+        return self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
+
     def step(self, users: Users, slates: np.ndarray, rng: np.random.Generator) -> StepResult:
         """Show slate `slates[b]` (item indices, [B, k]) to each user; users who are done ignore it."""
         B = len(users)
@@ -228,11 +232,10 @@ class Simulator:
         under the logit model up to the slate's shared normaliser; it ignores the delayed effect.
         """
         p_buy = self.purchase_prob(users)
-        value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
-        return self.click_utility(users) + np.log(value)
+        return self.click_utility(users) + np.log(self.click_reward(p_buy))
 
     def posterior_oracle_scores(self, users: Users, histories: np.ndarray, particles: np.ndarray,
-                                keep: int = 128, chunk: int = 64) -> np.ndarray:
+                                keep: int = 32, chunk: int = 64) -> np.ndarray:
         """The greedy oracle's criterion for a user whose preferences are not known, only what the
         clicks say of them: each of `particles` [P, d] (preference vectors drawn from the prior, as
         start_sessions draws them) is weighed by the chance of the user's clicks under the click model,
@@ -255,9 +258,8 @@ class Simulator:
             a = aff[top[s:s + chunk]]                                                        # [b, M, N]
             interest = users.interest[s:s + chunk][:, None, self.item_category]              # [b, 1, N]
             buy = self.p.buy_bias + self.item_buyability + self.p.buy_affinity_weight * a + self.p.buy_interest_weight * interest
-            p_buy = 1.0 / (1.0 + np.exp(-buy))
-            value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
-            term = log_w[s:s + chunk, :, None] + self.p.affinity_weight * a + self.item_appeal + np.log(value)
+            term = (log_w[s:s + chunk, :, None] + self.p.affinity_weight * a + self.item_appeal
+                    + np.log(self.click_reward(1.0 / (1.0 + np.exp(-buy)))))
             out[s:s + chunk] = np.logaddexp.reduce(term, axis=1)
         return out
 
@@ -266,8 +268,7 @@ class Simulator:
         of P(click j) (the logit model, leaving included) times j's expected reward. [B]"""
         slates = top_k_slates(self.oracle_scores(users), self.p.slate_size)
         weight = np.exp(self.click_utility(users, slates))
-        p_buy = self.purchase_prob(users, slates)
-        value = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
+        value = self.click_reward(self.purchase_prob(users, slates))
         return (weight * value).sum(1) / (weight.sum(1) + np.exp(self.p.leave_utility))
 
     def after_click(self, users: Users, items: np.ndarray, bought: np.ndarray) -> Users:
@@ -298,7 +299,7 @@ class Simulator:
                      for bought in (False, True)]
             stay = ((1 - p_buy) * (1 - self.leave_prob(cand, False)) * later[0]
                     + p_buy * (1 - self.leave_prob(cand, True)) * later[1])
-            now = self.reward_click * (1 - p_buy) + self.reward_purchase * p_buy
+            now = self.click_reward(p_buy)
             np.put_along_axis(out[start:start + B], cand, self.click_utility(sub, cand) + np.log(now + stay), 1)
         return out
 
