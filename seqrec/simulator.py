@@ -146,7 +146,11 @@ class Simulator:
         cats = self.item_category if items is None else self.item_category[items]
         buy = self.item_buyability if items is None else self.item_buyability[items]
         interest = users.interest[:, cats] if items is None else np.take_along_axis(users.interest, cats, 1)
-        logit = (self.p.buy_bias + buy + self.p.buy_affinity_weight * self.affinity(users, items)
+        return self._purchase_prob(self.affinity(users, items), buy, interest)
+
+    def _purchase_prob(self, affinity: np.ndarray, buyability: np.ndarray, interest: np.ndarray) -> np.ndarray:
+        """The purchase model itself, from broadcastable affinity, item buyability and category interest."""
+        logit = (self.p.buy_bias + buyability + self.p.buy_affinity_weight * affinity
                  + self.p.buy_interest_weight * interest)
         return 1.0 / (1.0 + np.exp(-logit))
 
@@ -257,9 +261,9 @@ class Simulator:
         for s in range(0, B, chunk):
             a = aff[top[s:s + chunk]]                                                        # [b, M, N]
             interest = users.interest[s:s + chunk][:, None, self.item_category]              # [b, 1, N]
-            buy = self.p.buy_bias + self.item_buyability + self.p.buy_affinity_weight * a + self.p.buy_interest_weight * interest
+            p_buy = self._purchase_prob(a, self.item_buyability, interest)
             term = (log_w[s:s + chunk, :, None] + self.p.affinity_weight * a + self.item_appeal
-                    + np.log(self.click_reward(1.0 / (1.0 + np.exp(-buy)))))
+                    + np.log(self.click_reward(p_buy)))
             out[s:s + chunk] = np.logaddexp.reduce(term, axis=1)
         return out
 
