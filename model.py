@@ -304,8 +304,10 @@ def rerank(log_pi: torch.Tensor, q: torch.Tensor, beta: float, top: int) -> torc
     top = min(top, log_pi.shape[-1])
     cand_log_pi, cand = log_pi.topk(top, -1)                                    # [B, R]
     live = torch.isfinite(cand_log_pi)
-    q_cand = q.gather(1, cand)
-    mean = (q_cand * live).sum(1, keepdim=True) / live.sum(1, keepdim=True).clamp(min=1)
+    # A dead candidate (masked, or padding once `top` reaches past the live items) has Q = -inf:
+    # zeroed before the mean, as -inf * 0 would make every score of the row NaN.
+    q_cand = torch.where(live, q.gather(1, cand), torch.zeros((), dtype=q.dtype, device=q.device))
+    mean = q_cand.sum(1, keepdim=True) / live.sum(1, keepdim=True).clamp(min=1)
     mixed = torch.where(live, cand_log_pi + beta * (q_cand - mean), float("-inf"))
     # the rest: shifted so the best of them (at most the last candidate's log pi) is below the worst candidate
     lowest = mixed.masked_fill(~live, float("inf")).min(1, keepdim=True).values

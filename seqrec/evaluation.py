@@ -13,7 +13,8 @@ import torch
 from tqdm import tqdm
 
 from seqrec.distributed import model_device
-from seqrec.metrics import KINDS, rank_of_targets, summarize
+from seqrec.errors import UserError
+from seqrec.metrics import KINDS, NaNScores, rank_of_targets, summarize
 from seqrec.streamed import rank_of_targets_linear
 from seqrec.value import ValueReference
 
@@ -48,8 +49,12 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
         target = torch.from_numpy(np.asarray(pool.items[batch], dtype=np.int64)).to(device)
         seen = torch.from_numpy(pool.histories(batch)).to(device) if exclude_seen else None
         for head in heads:
-            higher, ties = (rank_of_targets(model.scores(h, head, seen, beta, rerank_top), target) if head == "mix" else
-                            rank_of_targets_linear(*model.score_layer(h, head), target, seen))
+            try:
+                higher, ties = (rank_of_targets(model.scores(h, head, seen, beta, rerank_top), target) if head == "mix"
+                                else rank_of_targets_linear(*model.score_layer(h, head), target, seen))
+            except NaNScores as e:   # a NaN target would rank first: no metric at all is honest
+                raise UserError(f"the {head} head's scores on the {split} split are NaN ({e}), so it has no "
+                                f"metrics; the model diverged (lower train.lr) or the head is broken") from None
             ranks[head][0].append(higher.cpu())
             ranks[head][1].append(ties.cpu())
         purchase.append(torch.from_numpy(np.asarray(pool.purchase[batch], dtype=bool)))

@@ -6,7 +6,7 @@ broken uniformly at random, and every metric is its expectation over that draw: 
 equally likely to be any of higher + 1 ... higher + ties + 1. So a scorer that gives every item the
 same score gets exactly chance level (HR@k = k / N), never the top rank. Callers set the padding item
 (and any excluded item) to -inf first; -inf items are never counted, and a -inf target ranks below
-every finite item.
+every finite item. A NaN score is an error (NaNScores), never a rank.
 
 With ties = 0: HR@k = [r <= k], NDCG@k = [r <= k] / log2(r + 1) (one relevant item, so the ideal DCG
 is 1), MRR = 1 / r, for the rank r = higher + 1.
@@ -17,8 +17,22 @@ import math
 
 import torch
 
+class NaNScores(ValueError):
+    """Scores that hold NaN. No rank can be read off them: NaN compares False with everything, so a NaN
+    target would count no item above it and rank first. Callers name the head and stop."""
+
+
+def require_no_nan(scores: torch.Tensor) -> None:
+    """Raise NaNScores, saying how many rows hold NaN, if any of scores [B, ...] is NaN."""
+    bad = torch.isnan(scores).reshape(len(scores), -1).any(1)
+    if bad.any():
+        raise NaNScores(f"{int(bad.sum())} of {len(scores)} rows hold NaN")
+
+
 def rank_of_targets(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """scores [B, N], targets [B] (column indices) -> (higher [B], ties [B]) int64."""
+    """scores [B, N], targets [B] (column indices) -> (higher [B], ties [B]) int64. NaNScores if any
+    score is NaN."""
+    require_no_nan(scores)
     target_scores = scores.gather(1, targets.view(-1, 1))
     higher = (scores > target_scores).sum(dim=1)
     not_below = ((scores >= target_scores) & torch.isfinite(scores)).sum(dim=1)

@@ -19,6 +19,8 @@ from typing import Iterator
 
 import torch
 
+from seqrec.metrics import NaNScores
+
 CHUNK = 512   # items per block: 768 x 512 floats (1.5 MB) fit in cache; 1024 as fast, 256 and 2048 slower at 67k
 
 
@@ -123,7 +125,12 @@ def rank_of_targets_linear(features: torch.Tensor, weight: torch.Tensor, bias: t
     features [B, H], weight [N+1, H], bias [N+1], targets [B] in 1..N, seen [B, S] item ids to mask
     (0 = none; a masked target ranks below every unmasked item) -> (higher [B], ties [B]) int64: the
     items scored above the target, and the other items tied with it (within `tie_band` of its score).
+    metrics.NaNScores if the layer holds NaN or an infinity, from which NaN scores would come.
     """
+    if not all(bool(torch.isfinite(part).all()) for part in (features, weight, bias)):
+        rows = int((~torch.isfinite(features)).any(1).sum())
+        where = f"{rows} of {len(features)} rows' features" if rows else "the item weights"
+        raise NaNScores(f"{where} hold NaN or inf")
     target_scores = (features * weight[targets]).sum(-1) + bias[targets]
     if seen is not None:
         target_scores = target_scores.masked_fill((seen == targets[:, None]).any(1), float("-inf"))

@@ -7,6 +7,7 @@ import torch
 
 from helpers import pool_from_sessions
 from model import SeqRecQ
+from seqrec.errors import UserError
 from seqrec.evaluation import evaluate
 
 # Long sessions (longer than the state) with repeated items, so masking the whole history differs
@@ -17,7 +18,7 @@ SESSIONS = [[1, 2, 3], [4, 5, 6, 7],
 PURCHASES = [[i % 3 == 2 for i in range(len(s))] for s in SESSIONS]
 
 
-def naive_metrics(model, sessions, purchases, head, state_len, exclude_seen, k=10):
+def naive_metrics(model, sessions, purchases, head, state_len, exclude_seen, k=10, top=4):
     """NDCG@k and HR@k of clicks and purchases, by a loop over events."""
     sums = {}
     for items, buys in zip(sessions, purchases):
@@ -26,7 +27,7 @@ def naive_metrics(model, sessions, purchases, head, state_len, exclude_seen, k=1
             state = ([0] * state_len + history)[-state_len:]
             seen = torch.tensor([history]) if exclude_seen and history else None   # mix picks candidates after masking
             with torch.no_grad():
-                scores = model.scores(model.last_state(torch.tensor([state])), head, seen, beta=1.5, top=4)[0].tolist()
+                scores = model.scores(model.last_state(torch.tensor([state])), head, seen, beta=1.5, top=top)[0].tolist()
             if exclude_seen:
                 for item in history:
                     scores[item] = -math.inf
@@ -55,6 +56,35 @@ def test_evaluate_matches_a_loop_over_events(tmp_path, exclude_seen, head):
     expected = naive_metrics(model, SESSIONS[4:], PURCHASES[4:], head, 3, exclude_seen)
     for name, value in expected.items():
         assert got[name] == pytest.approx(value), name
+
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_mix_reranking_more_items_than_the_catalogue_matches_the_loop(tmp_path, exclude_seen):
+    """eval.rerank_top beyond the live items (12 items, 40 candidates) once gave NaN scores, which the
+    ranking then put first: HR = NDCG = 1."""
+    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, splits=(2, 2))
+    torch.manual_seed(0)
+    model = SeqRecQ(pool.num_items, hidden=8, dropout=0.0, ssl_steps=2).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    got = evaluate(model, pool, "test", state_len=3, ks=[10], batch_size=4, exclude_seen=exclude_seen,
+                   progress=False, heads=("mix",), beta=1.5, rerank_top=40)["mix"]
+    expected = naive_metrics(model, SESSIONS[4:], PURCHASES[4:], "mix", 3, exclude_seen, top=40)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value), name
+    assert got["click/HR@10"] < 1.0
+
+
+@pytest.mark.parametrize("head", ["ssl", "q", "mix"])
+def test_a_head_with_nan_scores_gets_no_metric(tmp_path, head):
+    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, splits=(2, 2))
+    model = SeqRecQ(pool.num_items, hidden=8, dropout=0.0, ssl_steps=2)
+    with torch.no_grad():
+        model.encoder.embed.weight[3] = math.nan                     # one item's embedding: its sessions' states
+    with pytest.raises(UserError, match=f"the {head} head's scores on the test split are NaN"):
+        evaluate(model, pool, "test", state_len=3, ks=[10], batch_size=4, exclude_seen=False, progress=False,
+                 heads=(head,), beta=1.5, rerank_top=4)
 
 
 def test_histories_hold_every_earlier_item_of_the_session(tmp_path):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from seqrec.metrics import hit_rate, ndcg, rank_of_targets, reciprocal_rank, summarize
+from seqrec.metrics import NaNScores, hit_rate, ndcg, rank_of_targets, reciprocal_rank, summarize
 from seqrec.streamed import rank_of_targets_linear
 
 
@@ -120,3 +120,18 @@ def test_streamed_ranks_equal_ranking_the_full_score_matrix(chunk, with_seen, in
         assert (got[0][::4] == N - (scores[::4, 1:] == float("-inf")).sum(1)).all() and (got[1][::4] == 0).all()
     if integer_valued:
         assert expected[1].sum() > B   # ties did occur
+
+
+def test_a_nan_score_is_an_error_not_the_top_rank():
+    scores = mask_padding(torch.tensor([[0.0, 0.9, 0.1, 0.5], [0.0, 0.2, math.nan, 0.1]]))
+    with pytest.raises(NaNScores, match="1 of 2 rows hold NaN"):
+        rank_of_targets(scores, torch.tensor([3, 2]))
+
+
+@pytest.mark.parametrize("where", ["features", "weight", "bias"])
+def test_the_streamed_ranking_refuses_a_layer_that_would_score_nan(where):
+    torch.manual_seed(0)
+    layer = {"features": torch.randn(3, 4), "weight": torch.randn(6, 4), "bias": torch.randn(6)}
+    layer[where].view(-1)[1] = math.inf if where == "weight" else math.nan
+    with pytest.raises(NaNScores, match="hold NaN or inf"):
+        rank_of_targets_linear(layer["features"], layer["weight"], layer["bias"], torch.tensor([1, 2, 3]))

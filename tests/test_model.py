@@ -341,6 +341,22 @@ def test_rerank_orders_items_as_a_sort_would(beta, top):
         assert live == naive_rerank_order(log_pi[b].tolist(), q[b].tolist(), beta, top), b
 
 
+@pytest.mark.parametrize("top", [7, 12, 50])
+def test_rerank_stays_finite_when_its_candidates_reach_past_the_live_items(top):
+    """Q of padding is -inf (scores(state, "q") masks it): a candidate list reaching it (top beyond the
+    unmasked items, or beyond the catalogue) once made every mixed score NaN (-inf * 0)."""
+    torch.manual_seed(4)
+    log_pi, q = torch.log_softmax(torch.randn(3, 12), -1), torch.randn(3, 12)
+    log_pi[:, 0], q[:, 0] = -math.inf, -math.inf
+    log_pi[1, 2:9] = -math.inf                                          # seen: 4 live items left
+    got = rerank(log_pi, q, 2.0, top)
+    assert not torch.isnan(got).any()
+    assert (torch.isfinite(got) == torch.isfinite(log_pi)).all()
+    for b in range(3):
+        live = [i for i in torch.argsort(got[b], descending=True).tolist() if got[b, i] > -math.inf]
+        assert live == naive_rerank_order(log_pi[b].tolist(), q[b].tolist(), 2.0, top), b
+
+
 def test_mix_scores_mask_seen_items_before_picking_candidates():
     torch.manual_seed(5)
     net = random_q(SeqRecQ(num_items=8, hidden=4, dropout=0.0, ssl_steps=1))
