@@ -65,7 +65,8 @@ def load_csv(path: Path, data: dict) -> pd.DataFrame:
                         f"rename it or set data.columns.{names[missing[0]]}")
     event = cols["event"] if cols["event"] in header else None
     reward = cols["reward"] if event is None and cols["reward"] in header else None
-    frame = _read_csv(path, usecols=required + [c for c in (event, reward) if c])
+    slates = exposure_columns(pd.DataFrame(columns=header), str(path))
+    frame = _read_csv(path, usecols=required + [c for c in (event, reward) if c] + slates)
     return _to_canonical(frame, *required, event, reward, data, str(path))
 
 
@@ -236,20 +237,59 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
                 if reward is not None and event is None else
                 f"data.reward_click / data.reward_purchase ({rewards[first]:g}) is not a finite 32-bit number")
         raise UserError(f"{where}: {what}; rewards must be finite and below 3.4e38 in size")
-    shown = exposure_columns(frame)             # what was shown beside each event, where the log has it
+    shown = exposure_columns(frame, where)      # what was shown beside each event, where the log has it
+    items = _ids(frame[item])
     return pd.DataFrame({
-        "session": _ids(frame[session]), "item": _ids(frame[item]),
+        "session": _ids(frame[session]), "item": items,
         "timestamp": parse_timestamps(frame[timestamp], where, timestamp),
         "reward": rewards32, "purchase": purchase.astype(bool),
-        **{c: _ids(frame[c]) for c in shown[:-1]}, **({"slate_logp": frame["slate_logp"].to_numpy(np.float64)} if shown else {}),
+        **{c: exposure_ids(frame[c], items, where) for c in shown[:-1]},
+        **({"slate_logp": slate_log_probabilities(frame["slate_logp"], where)} if shown else {}),
     })
 
 
-def exposure_columns(frame: pd.DataFrame) -> list[str]:
+def exposure_columns(frame: pd.DataFrame, where: str = "log") -> list[str]:
     """The exposure columns of a log: shown_0, shown_1, ... (the items of the slate each event was
-    clicked in) and slate_logp (the slate's log-probability under the logging policy); [] if it has none."""
+    clicked in) and slate_logp (the slate's log-probability under the logging policy); [] if it has
+    none, with a warning if it has slates without their probability (the pool keeps both or neither)."""
     shown = sorted((c for c in frame.columns if c.startswith("shown_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
+    if shown and "slate_logp" not in frame.columns:
+        print(f"warning: {where}: the {', '.join(shown[:2])}{', ...' if len(shown) > 2 else ''} columns are ignored: "
+              "slates are kept only with a slate_logp column (each slate's log-probability)", file=sys.stderr)
     return shown + ["slate_logp"] if shown and "slate_logp" in frame.columns else []
+
+
+NO_ITEM = np.iinfo(np.int64).min    # an empty cell of a slate of integer ids: matches no item
+
+
+def exposure_ids(column: pd.Series, items: np.ndarray, where: str) -> np.ndarray:
+    """A shown_* column as ids of the same kind as the logged items [E]; an empty cell is a shorter
+    slate. A UserError if the column holds values that cannot be item ids (text where the items are
+    integers), or no item the log has at all: its slates would be dropped without a word."""
+    present = column.notna().to_numpy() & column.astype(str).str.strip().ne("").to_numpy()
+    if items.dtype != object:                   # integer item ids: the slate must hold integers too
+        numbers = pd.to_numeric(column[present], errors="coerce")
+        bad = numbers.isna().to_numpy() | (np.mod(numbers.fillna(0.5).to_numpy(), 1) != 0)
+        if bad.any():
+            raise UserError(f"{where}: column {column.name!r} holds {column[present][bad].iloc[0]!r}, which is not an "
+                            f"item id (the items are integers); fix the slates or drop the shown_* columns")
+        ids = np.full(len(column), NO_ITEM, dtype=np.int64)
+        ids[present] = numbers.to_numpy(np.int64)
+    else:
+        ids = np.where(present, column.astype(str).str.strip().to_numpy(dtype=object), "")
+    if present.any() and not np.isin(ids[present], items).any():
+        raise UserError(f"{where}: column {column.name!r} names no item of the log (e.g. {column[present].iloc[0]!r}); "
+                        "shown_* columns must hold the item ids of the slate each event was clicked in")
+    return ids
+
+
+def slate_log_probabilities(column: pd.Series, where: str) -> np.ndarray:
+    """slate_logp [E] as float64, or a UserError naming a value that is not a number."""
+    values = pd.to_numeric(column, errors="coerce")
+    if values.isna().any():
+        raise UserError(f"{where}: column 'slate_logp' holds {column[values.isna()].iloc[0]!r}, which is not a "
+                        "number; it must be each slate's log-probability under the logging policy")
+    return values.to_numpy(np.float64)
 
 
 def _drop_missing(frame: pd.DataFrame, columns: list[str], where: str) -> pd.DataFrame:

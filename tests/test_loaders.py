@@ -231,3 +231,36 @@ def test_iso_times_far_from_1970(tmp_path):
     ev = load("data.source=csv", f"data.path={f}")
     t = ev["timestamp"].to_numpy()
     assert t[0] < t[2] < t[1] and t[2] == pytest.approx(1704067230.5)
+
+
+SLATES = ("session_id,item_id,timestamp,shown_0,shown_1,shown_2,slate_logp\n"
+          "1,10,1,10,11,12,-1.5\n1,11,2,11,10,,-2.0\n2,12,1,99,12,10,-1.0\n")
+
+
+def test_csv_slates_are_read_with_their_probabilities(tmp_path):
+    ev = load("data.source=csv", f"data.path={write(tmp_path / 'log.csv', SLATES)}")
+    assert ev["shown_0"].tolist() == [10, 11, 99] and ev["shown_2"].tolist()[0] == 12
+    assert ev["shown_2"].tolist()[1] not in (10, 11, 12, 99)            # an empty cell: a shorter slate
+    np.testing.assert_allclose(ev["slate_logp"], [-1.5, -2.0, -1.0])
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("1,11,2,11,10,,", "1,11,2,11,ten,,", "column 'shown_1' holds 'ten', which is not an item id"),
+    ("-2.0\n", "often\n", "column 'slate_logp' holds 'often', which is not a number"),
+])
+def test_csv_slates_that_are_not_item_ids_are_an_error(tmp_path, old, new, message):
+    with pytest.raises(UserError, match=message):
+        load("data.source=csv", f"data.path={write(tmp_path / 'log.csv', SLATES.replace(old, new, 1))}")
+
+
+def test_csv_slates_naming_no_logged_item_are_an_error(tmp_path):
+    text = "session_id,item_id,timestamp,shown_0,slate_logp\nu,a,1,x,-1\nu,b,2,y,-1\n"
+    with pytest.raises(UserError, match="column 'shown_0' names no item of the log"):
+        load("data.source=csv", f"data.path={write(tmp_path / 'log.csv', text)}")
+
+
+def test_csv_slates_without_probabilities_are_ignored_with_a_warning(tmp_path, capsys):
+    text = "session_id,item_id,timestamp,shown_0\n1,10,1,10\n1,11,2,10\n"
+    ev = load("data.source=csv", f"data.path={write(tmp_path / 'log.csv', text)}")
+    assert "shown_0" not in ev.columns
+    assert "shown_0 columns are ignored" in capsys.readouterr().err
