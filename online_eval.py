@@ -30,14 +30,18 @@ from seqrec.errors import UserError, run_cli
 from seqrec.learner import Learner, train_epoch
 from seqrec.online import ModelPolicy, baseline_policies, rollout, sim_to_pool_ids, simulator_for
 from seqrec.plots import plot_improvement
-from seqrec.runs import load_checkpoint
+from seqrec.runs import check_network_unchanged, load_checkpoint
 from seqrec.simulator import Simulator
 
 
-def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Config) -> dict:
+def check_trained_here(name: str, ckpt: dict, cfg: Config) -> None:
+    """A UserError unless the checkpoint was trained on this simulator's data."""
     trained_on = load_config(base=ckpt["config"])            # keys added since the checkpoint count at their defaults
     if trained_on.sim.to_dict() != cfg.sim.to_dict() or trained_on.data.source != "synthetic":
         raise UserError(f"{name} was trained on other data than this simulator's; evaluate it with its own config")
+
+
+def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Config) -> dict:
     model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
     return {f"{name}:{head}": ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, cfg, head) for head in HEADS}
 
@@ -114,13 +118,22 @@ def main() -> None:
                    help="a trained model to evaluate (repeatable; default train.run_dir/best.pt if it exists)")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
-    torch.manual_seed(cfg.train.seed)
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    sim = simulator_for(cfg)
-    pool = ensure_pool(cfg)
     run_dir = Path(cfg.train.run_dir)
+    # The inputs first: a missing checkpoint or a wrong combination is named before any simulation.
+    sim = simulator_for(cfg)
     paths = [Path(c) for c in args.checkpoint] or [q for q in [run_dir / "best.pt"] if q.is_file()]
     ckpts = {str(path): load_checkpoint(path) for path in paths}
+    for name, ckpt in ckpts.items():
+        check_trained_here(name, ckpt, cfg)
+    if cfg.online.rounds > 0:
+        if not ckpts:
+            raise UserError("improve over time starts from a trained model: train first or pass --checkpoint")
+        first = next(iter(ckpts.values()))
+        tuned = load_config(args.config, args.overrides, base=first["config"])
+        check_network_unchanged(tuned, first)
+    torch.manual_seed(cfg.train.seed)
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    pool = ensure_pool(cfg)
     policies = baseline_policies(sim, pool, cfg.online.seed)
     for name, ckpt in ckpts.items():
         policies.update(model_policies(name, ckpt, pool, sim, cfg))
@@ -130,11 +143,7 @@ def main() -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "online.csv", lambda tmp: table.to_csv(tmp, index=False))
     if cfg.online.rounds > 0:
-        if not ckpts:
-            raise UserError("improve over time starts from a trained model: train first or pass --checkpoint")
-        first = next(iter(ckpts.values()))
-        rounds = improve_over_time(first, pool, sim, load_config(args.config, args.overrides, base=first["config"]),
-                                   run_dir)
+        rounds = improve_over_time(first, pool, sim, tuned, run_dir)
         atomic_write(run_dir / "improve.csv", lambda tmp: rounds.to_csv(tmp, index=False))
         oracle = float(table.loc[table["policy"] == "oracle", "return"].iloc[0])
         plot_improvement(rounds, oracle, run_dir / "improve.png")

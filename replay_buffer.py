@@ -26,7 +26,7 @@ from seqrec.atomic import atomic_directory
 from seqrec.config import Config, add_config_args, load_config
 from seqrec.errors import UserError, run_cli
 from seqrec.loaders import load_events
-from seqrec.preprocess import SPLITS, Prepared, held_out, prepare, split_events
+from seqrec.preprocess import REBUILD, SPLITS, Prepared, held_out, prepare, read_original_ids, split_events
 
 FORMAT_VERSION = 3     # 3: exposures (what was shown beside each event) where the log has them
 
@@ -220,28 +220,18 @@ class Pool:
     def item_ids(self) -> np.ndarray:
         """Original id (as text) of item i at `item_ids[i - 1]`. [N]"""
         if self._item_ids is None:
-            self._item_ids = _read_ids(self.dir / "item_ids.csv")
+            self._item_ids = read_original_ids(self.dir / "item_ids.csv")
         return self._item_ids
 
     @property
     def session_ids(self) -> np.ndarray:
         """Original id (as text) of each session, in pool order. [S]"""
         if self._session_ids is None:
-            self._session_ids = _read_ids(self.dir / "session_ids.csv")
+            self._session_ids = read_original_ids(self.dir / "session_ids.csv")
         return self._session_ids
 
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())
-
-
-REBUILD = "rebuild it with: python replay_buffer.py --force (with the --config/--set of your run)"
-
-
-def _read_ids(path: Path) -> np.ndarray:
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)["original_id"].to_numpy()
-    except (OSError, ValueError, KeyError, pd.errors.ParserError) as e:
-        raise UserError(f"the pool's {path.name} in {path.parent} is unreadable ({_reason(e)}); {REBUILD}") from None
 
 
 def _reason(e: Exception) -> str:

@@ -4,6 +4,7 @@
     python train_offline.py --resume                 # continue the run in train.run_dir
     python train_offline.py --mode eval              # evaluate the run's best checkpoint, no training
     python train_offline.py --mode recommend --user 42      (or --history "12,7,42")
+    python train_offline.py --mode recommend --all --out recs.csv   # every session's top-k, to a CSV
     torchrun --nproc_per_node=2 train_offline.py     # DistributedDataParallel, one shard of each batch per rank
 
 What happens, and where each part lives:
@@ -34,14 +35,16 @@ from seqrec.config import Config, add_config_args, load_config
 from seqrec.distributed import SINGLE, Dist
 from seqrec.distributed import setup as setup_distributed
 from seqrec.distributed import teardown as teardown_distributed
-from seqrec.errors import run_cli
+from seqrec.errors import UserError, run_cli
 from seqrec.evaluation import evaluate, format_table, format_value
 from seqrec.learner import Learner, epoch_means, train_epoch
 from seqrec.recommend import (
+    SPLITS,
     example_user,
     format_recommendations,
     history_from_ids,
     history_of_user,
+    recommend_all,
     top_k,
 )
 from seqrec.value import ValueReference, value_reference
@@ -68,6 +71,7 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
         runs.start_run(run_dir, cfg, learner.epoch if resume else None)
 
     every, e = cfg.train.checkpoint_every, cfg.eval
+    board = runs.tensorboard_writer(run_dir) if cfg.train.tensorboard and dist.main else None
     reference = value_reference_of(cfg, pool) if dist.main else None
 
     def checkpoint_now(lr: Learner) -> None:
@@ -84,6 +88,8 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
             row = {"epoch": learner.epoch + 1, "step": learner.step, "seconds": round(time.perf_counter() - t0, 2),
                    **stats, **{f"valid/{head}/{m}": v for head, ms in valid.items() for m, v in ms.items()}}
             runs.append_row(run_dir / "metrics.csv", row)
+            if board is not None:
+                runs.write_scalars(board, row)
             score = valid[e.head][e.select_metric]
             improved = score > best["value"]
             if improved:
@@ -102,6 +108,8 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
             break
     if dist.main:
         runs.plot_curves(run_dir)
+    if board is not None:
+        board.close()
 
 
 # ================================================================================================
@@ -134,18 +142,23 @@ def value_reference_of(cfg: Config, pool: Pool) -> ValueReference:
     return reference
 
 
-def recommend(cfg: Config, pool: Pool, ckpt: dict, user: str | None, history: str | None,
-              device: torch.device | str = "cpu") -> None:
+def recommend(cfg: Config, pool: Pool, ckpt: dict, args: argparse.Namespace, device: torch.device | str = "cpu") -> None:
+    """Top-k for one user or history (printed), or with --all for every session of --split (a CSV)."""
     model = SeqRecQ.from_checkpoint(ckpt, pool.num_items).to(device)
-    if history is not None:
-        who, items = "the given history", history_from_ids(pool, history)
+    r, e, k = cfg.recommend, cfg.eval, args.k or cfg.recommend.k
+    if args.all:
+        out = Path(args.out) if args.out else Path(cfg.train.run_dir) / "recommendations.csv"
+        rows = recommend_all(model, pool, out, args.split, cfg.pool.state_len, k, e.head, r.exclude_seen, e.beta,
+                             e.rerank_top)
+        print(f"top-{k} of every session of split '{args.split}' by the {e.head} head: {rows:,} rows in {out}")
+        return
+    if args.history is not None:
+        who, items = "the given history", history_from_ids(pool, args.history)
     else:
-        user = user if user is not None else example_user(pool)
+        user = args.user if args.user is not None else example_user(pool)
         who, items = f"user {user}", history_of_user(pool, user)
-    r = cfg.recommend
-    ids, scores = top_k(model, items, cfg.pool.state_len, r.k, cfg.eval.head, r.exclude_seen, cfg.eval.beta,
-                        cfg.eval.rerank_top)
-    print(format_recommendations(pool, who, items, ids, scores, cfg.eval.head))
+    ids, scores = top_k(model, items, cfg.pool.state_len, k, e.head, r.exclude_seen, e.beta, e.rerank_top)
+    print(format_recommendations(pool, who, items, ids, scores, e.head))
 
 
 # ================================================================================================
@@ -161,7 +174,27 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint for eval/recommend (default run_dir/best.pt)")
     p.add_argument("--user", metavar="ID", help="recommend for this user/session id (original id)")
     p.add_argument("--history", metavar="IDS", help='recommend after these original item ids, e.g. "12,7,42"')
-    return p.parse_args()
+    p.add_argument("--all", action="store_true", help="recommend for every session of --split, written to --out")
+    p.add_argument("--split", choices=SPLITS, default="all", help="with --all: the sessions to recommend for")
+    p.add_argument("--out", metavar="CSV", help="with --all: where to write (default train.run_dir/recommendations.csv)")
+    p.add_argument("--k", type=int, metavar="N", help="how many items per list (default recommend.k)")
+    args = p.parse_args()
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Combinations that cannot work, refused before any data is read."""
+    if args.k is not None and args.k < 1:
+        raise UserError(f"--k must be at least 1, got {args.k}")
+    if args.all and (args.user is not None or args.history is not None):
+        raise UserError("--all recommends for every session; drop --user / --history")
+    if (args.out or args.split != "all") and not args.all:
+        raise UserError("--out and --split go with --all (recommend for every session)")
+    if (args.all or args.user is not None or args.history is not None) and args.mode != "recommend":
+        raise UserError("--all, --user and --history go with --mode recommend")
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; give a file name, e.g. {Path(args.out) / 'recs.csv'}")
 
 
 def main() -> None:
@@ -170,9 +203,13 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.train.run_dir)
     if args.mode != "train" or args.resume:
-        # A saved run carries its own config; the command line still overrides it.
+        # A saved run carries its own config; the command line overrides what does not define the net.
         path = Path(args.checkpoint) if args.checkpoint else run_dir / ("last.pt" if args.resume else "best.pt")
-        cfg = load_config(args.config, args.overrides, base=runs.load_checkpoint(path)["config"])
+        saved = runs.load_checkpoint(path)
+        cfg = load_config(args.config, args.overrides, base=saved["config"])
+        runs.check_network_unchanged(cfg, saved)
+    if args.mode == "train" and cfg.train.tensorboard:
+        runs.summary_writer_class()                   # a missing optional package is named before any work
     dist, device = setup_distributed(cfg.device)      # a no-op unless started by torchrun
     try:
         torch.manual_seed(cfg.train.seed)             # the same initial weights on every rank
@@ -192,7 +229,7 @@ def main() -> None:
         if args.mode in ("train", "eval"):
             test(cfg, pool, ckpt, run_dir if args.mode == "train" else None, device)
         if args.mode in ("train", "recommend"):
-            recommend(cfg, pool, ckpt, args.user, args.history, device)
+            recommend(cfg, pool, ckpt, args, device)
     finally:
         teardown_distributed()
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from seqrec.atomic import atomic_write  # noqa: E402
 from seqrec.config import load_config  # noqa: E402
+from seqrec.errors import run_cli  # noqa: E402
 from replay_buffer import pool_from_events  # noqa: E402
 
 FIGURES: list[tuple[str, float, str, str]] = []
@@ -402,4 +403,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

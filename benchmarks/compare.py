@@ -36,7 +36,7 @@ from model import SeqRecQ  # noqa: E402
 from replay_buffer import Pool, ensure_pool  # noqa: E402
 from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
 from seqrec.config import load_config  # noqa: E402
-from seqrec.errors import UserError  # noqa: E402
+from seqrec.errors import UserError, run_cli  # noqa: E402
 from seqrec.evaluation import evaluate  # noqa: E402
 from seqrec.online import ModelPolicy, baseline_policies, rollout, simulator_for  # noqa: E402
 from seqrec.plots import pyplot, save_png  # noqa: E402
@@ -501,6 +501,8 @@ def main() -> None:
     datasets = [ds for key in keys for ds in DATASETS[key]]
     out = Path(args.out) if args.out else ROOT / "results" / ("quick" if args.quick else "")
     runs = plan(datasets, models, seeds, args.quick, extra, variants, Path(args.runs).resolve())
+    for run in runs:                              # every config checked before any pool is built
+        run.config()
 
     build_pools(runs)
     todo = [r for r in runs if not is_done(r)]
@@ -541,4 +543,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seqrec.config import add_config_args, load_config  # noqa: E402
+from seqrec.errors import run_cli  # noqa: E402
 from seqrec.metrics import rank_of_targets, summarize  # noqa: E402
 from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions  # noqa: E402
 
@@ -65,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -14,6 +14,7 @@ import pandas as pd
 from seqrec.errors import UserError
 
 SPLITS = ("train", "valid", "test")
+REBUILD = "rebuild it with: python replay_buffer.py --force (with the --config/--set of your run)"
 LOO_HOLDOUT = 2  # leave-one-out: a session's last event is its test query, the one before its validation query
 
 
@@ -182,3 +183,14 @@ def split_events(offsets: np.ndarray, split_sessions: dict, split_mode: str, spl
     keep = np.ones(int(offsets[-1]), dtype=bool)
     keep[ends - 1] = keep[ends - 2] = False
     return np.flatnonzero(keep)
+
+
+def read_original_ids(path) -> np.ndarray:
+    """A pool's item_ids.csv or session_ids.csv: the original id (as text) of each item or session, in
+    pool order. [N] A UserError if the file is missing or not one of ours."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)["original_id"].to_numpy()
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"the pool's {path.name} in {path.parent} is unreadable ({type(e).__name__}: {reason}); "
+                        f"{REBUILD}") from None

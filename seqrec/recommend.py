@@ -1,13 +1,39 @@
-"""Top-k recommendations for a user (their latest history in the pool) or for a given history."""
+"""Top-k recommendations: for one user or history (printed), for every session of a pool (a CSV,
+streamed in batches), and from Python (`Recommender.load`: a checkpoint loaded once).
+
+Every path ranks a batch of histories with `top_k_batch`, so a user's list is the same whichever way
+it was asked for.
+"""
 from __future__ import annotations
 
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
 import numpy as np
+import pandas as pd
 import torch
+from tqdm import tqdm
 
-from seqrec.errors import UserError
+from seqrec.atomic import atomic_write
+from seqrec.config import load_config
 from seqrec.distributed import model_device
+from seqrec.errors import UserError
+from seqrec.metrics import NaNScores, require_no_nan
+from seqrec.preprocess import read_original_ids
+from seqrec.runs import check_network_unchanged, load_checkpoint
+
+SPLITS = ("all", "train", "valid", "test")
+# A batch of whole histories is padded to its longest: cap rows x width (the encoder's activations)
+# and rows x width^2 (SASRec's attention mask), so memory stays flat whatever the sessions' lengths.
+MAX_CELLS, MAX_ATTENTION = 1 << 18, 1 << 24
+CSV_COLUMNS = ["session_id", "rank", "item_id", "score"]
 
 
+# ================================================================================================
+# Histories: original ids in, internal ids out
+# ================================================================================================
 def history_of_user(pool, user: str) -> np.ndarray:
     """Internal item ids of the session/user with original id `user`, in time order. [n]"""
     matches = np.flatnonzero(pool.session_ids == str(user).strip())
@@ -23,12 +49,18 @@ def history_from_ids(pool, text: str) -> np.ndarray:
     wanted = [t.strip() for t in text.split(",") if t.strip()]
     if not wanted:
         raise UserError("--history is empty; give original item ids, e.g. --history '12,7,42'")
-    lookup = {orig: i + 1 for i, orig in enumerate(pool.item_ids)}
-    unknown = [w for w in wanted if w not in lookup]
+    return internal_ids(pool.item_ids, wanted, "--history")
+
+
+def internal_ids(item_ids: np.ndarray, wanted: Sequence, where: str) -> np.ndarray:
+    """Original item ids (any type; compared as text) -> internal ids [n] in 1..N, or a UserError
+    naming the first unknown one. item_ids [N] are the pool's original ids."""
+    lookup = {str(orig): i + 1 for i, orig in enumerate(item_ids)}
+    unknown = [w for w in wanted if str(w).strip() not in lookup]
     if unknown:
-        raise UserError(f"unknown item '{unknown[0]}' in --history: not among the {pool.num_items:,} items "
-                        f"in the pool (e.g. {', '.join(pool.item_ids[:3])})")
-    return np.array([lookup[w] for w in wanted], dtype=np.int64)
+        raise UserError(f"unknown item '{unknown[0]}' in {where}: not among the {len(item_ids):,} items "
+                        f"in the pool (e.g. {', '.join(map(str, item_ids[:3]))})")
+    return np.array([lookup[str(w).strip()] for w in wanted], dtype=np.int64)
 
 
 def example_user(pool) -> str:
@@ -37,26 +69,169 @@ def example_user(pool) -> str:
     return str(pool.session_ids[first if last > first else 0])
 
 
+# ================================================================================================
+# Ranking a batch of histories
+# ================================================================================================
 @torch.no_grad()
-def top_k(model, history: np.ndarray, state_len: int, k: int, head: str, exclude_seen: bool, beta: float = 0.0,
-          rerank_top: int = 1):
-    """(internal item ids [k], scores [k]) for a history of internal ids: its last `state_len` items
-    (left-padded if fewer), or all of them with state_len 0. Head `mix` reranks with `beta`, `rerank_top`."""
+def top_k_batch(model, histories: Sequence[np.ndarray], state_len: int, k: int, head: str, exclude_seen: bool,
+                beta: float = 0.0, rerank_top: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each history of internal ids: its last `state_len` items (left-padded), or all of them
+    with state_len 0 -> (item ids [B, k'], scores [B, k']), k' = min(k, N); a row with fewer than k'
+    rankable items (the rest seen) ends in score -inf. Head `mix` reranks with `beta`, `rerank_top`.
+    A UserError if the head's scores hold NaN (a NaN would be ranked first)."""
     model.eval()
     device = model_device(model)
-    state_len = state_len or max(len(history), 1)
-    state = np.zeros(state_len, dtype=np.int64)
-    tail = history[-state_len:]
-    state[state_len - len(tail):] = tail
-    seen = torch.from_numpy(np.asarray(history, dtype=np.int64))[None].to(device) if exclude_seen and len(history) else None
-    scores = model.scores(model.last_state(torch.from_numpy(state)[None].to(device)), head, seen, beta, rerank_top)
-    k = min(k, int(torch.isfinite(scores).sum()))
-    values, items = torch.topk(scores[0], k)
+    width = state_len or max(max((len(h) for h in histories), default=1), 1)
+    state = np.zeros((len(histories), width), dtype=np.int64)
+    for row, h in enumerate(histories):
+        tail = np.asarray(h, dtype=np.int64)[-width:]
+        state[row, width - len(tail):] = tail
+    seen = None
+    if exclude_seen:
+        seen_np = np.zeros((len(histories), max(max((len(h) for h in histories), default=1), 1)), dtype=np.int64)
+        for row, h in enumerate(histories):
+            seen_np[row, :len(h)] = h
+        seen = torch.from_numpy(seen_np).to(device)
+    scores = model.scores(model.last_state(torch.from_numpy(state).to(device)), head, seen, beta, rerank_top)
+    refuse_nan(scores, head)
+    values, items = torch.topk(scores, min(k, scores.shape[1] - 1), dim=1)
     return items.cpu().numpy(), values.cpu().numpy()
 
 
+def refuse_nan(scores: torch.Tensor, head: str) -> None:
+    """A UserError naming the head if scores [B, N+1] hold NaN (topk would put NaN first)."""
+    try:
+        require_no_nan(scores)
+    except NaNScores as e:
+        raise UserError(f"the {head} head's scores are NaN ({e}), so it cannot rank; the model diverged "
+                        "(lower train.lr) or the head is broken") from None
+
+
+def top_k(model, history: np.ndarray, state_len: int, k: int, head: str, exclude_seen: bool, beta: float = 0.0,
+          rerank_top: int = 1):
+    """(internal item ids [k], scores [k]) for one history of internal ids (see top_k_batch)."""
+    items, scores = top_k_batch(model, [np.asarray(history, dtype=np.int64)], state_len, k, head, exclude_seen,
+                                beta, rerank_top)
+    live = np.isfinite(scores[0])
+    return items[0][live], scores[0][live]
+
+
+def length_batches(lengths: np.ndarray, state_len: int, max_rows: int) -> Iterator[slice]:
+    """Consecutive slices of rows whose padded batch [rows, width] stays under MAX_CELLS and, for
+    attention, MAX_ATTENTION (width: the batch's longest history, or state_len)."""
+    start = 0
+    while start < len(lengths):
+        end, widest = start, 1
+        while end < len(lengths) and end - start < max_rows:
+            w = max(widest, state_len or int(lengths[end]))
+            if end > start and ((end - start + 1) * w > MAX_CELLS or (end - start + 1) * w * w > MAX_ATTENTION):
+                break
+            widest, end = w, end + 1
+        yield slice(start, end)
+        start = end
+
+
+# ================================================================================================
+# Every session of a pool, to a CSV
+# ================================================================================================
+def sessions_of_split(pool, split: str) -> range:
+    """Session indices of `split` (train, valid, test) or of the whole pool (all)."""
+    if split == "all":
+        return range(pool.num_sessions)
+    first, last = pool.session_range(split)
+    return range(first, last)
+
+
+def recommend_all(model, pool, out: Path, split: str, state_len: int, k: int, head: str, exclude_seen: bool,
+                  beta: float = 0.0, rerank_top: int = 1, batch_size: int = 256) -> int:
+    """Write the top k of every session of `split` (from its whole logged history) to the CSV `out`:
+    session_id, rank, item_id, score, original ids, best first; streamed batch by batch to a temporary
+    name, renamed when complete. -> rows written."""
+    sessions = np.asarray(sessions_of_split(pool, split), dtype=np.int64)
+    if len(sessions) == 0:
+        raise UserError(f"the {split} split has no sessions; pick another with --split")
+    offsets = np.asarray(pool.offsets)
+    lengths = offsets[sessions + 1] - offsets[sessions]
+    item_ids, session_ids = pool.item_ids, pool.session_ids
+    written = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal written
+        with tmp.open("w", newline="") as f, tqdm(total=len(sessions), desc="recommending", unit="session") as bar:
+            writer = csv.writer(f)
+            writer.writerow(CSV_COLUMNS)
+            for part in length_batches(lengths, state_len, batch_size):
+                batch = sessions[part]
+                histories = [pool.session_items(int(s)) for s in batch]
+                items, scores = top_k_batch(model, histories, state_len, k, head, exclude_seen, beta, rerank_top)
+                for s, row_items, row_scores in zip(batch, items, scores):
+                    live = np.isfinite(row_scores)
+                    writer.writerows(zip([session_ids[s]] * int(live.sum()), range(1, k + 1),
+                                         item_ids[row_items[live] - 1], (f"{v:.6g}" for v in row_scores[live])))
+                    written += int(live.sum())
+                bar.update(len(batch))
+
+    atomic_write(Path(out), write)
+    return written
+
+
+# ================================================================================================
+# From Python
+# ================================================================================================
+@dataclass
+class Recommender:
+    """A trained model with the pool's item ids: rank for histories given as original item ids.
+
+        from model import SeqRecQ
+        from seqrec.recommend import Recommender
+        rec = Recommender.load("runs/default/best.pt", SeqRecQ)   # the checkpoint and item ids, once
+        rec.top_k([["941", "79", "679"], []], k=5)                # one DataFrame: query, rank, item_id, score
+
+    The model ranks with `head` (the run's eval.head unless told) from the state the run trained on
+    (`state_len`); seen items are left out with `exclude_seen` (recommend.exclude_seen).
+    """
+    model: torch.nn.Module
+    item_ids: np.ndarray          # [N] original ids; internal id i is item_ids[i - 1]
+    state_len: int
+    head: str = "ssl"
+    exclude_seen: bool = True
+    beta: float = 0.0
+    rerank_top: int = 1
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, network, overrides: Sequence[str] = ()) -> "Recommender":
+        """The checkpoint's network (`network`: the class, model.SeqRecQ, whose from_checkpoint builds
+        it) with the item ids of its pool (the run's pool.dir). `overrides` are --set strings for keys
+        that do not define the network, e.g. ["eval.head=mix", "recommend.exclude_seen=false"]."""
+        ckpt = load_checkpoint(Path(checkpoint))
+        cfg = load_config(overrides=overrides, base=ckpt["config"])
+        check_network_unchanged(cfg, ckpt)
+        item_ids = read_original_ids(Path(cfg.pool.dir) / "item_ids.csv")
+        e = cfg.eval
+        return cls(network.from_checkpoint(ckpt, len(item_ids)), item_ids, cfg.pool.state_len, e.head,
+                   cfg.recommend.exclude_seen, e.beta, e.rerank_top)
+
+    def top_k(self, histories: Sequence[Sequence], k: int = 10, batch_size: int = 256) -> pd.DataFrame:
+        """Top k for each history (a list of original item ids, oldest first; [] for a new user) ->
+        DataFrame with columns query (the history's index in `histories`), rank (1 = best), item_id
+        (original id), score; rows of one query best first. An unknown item is a UserError."""
+        internal = [internal_ids(self.item_ids, list(h), f"history {q}") for q, h in enumerate(histories)]
+        lengths = np.array([len(h) for h in internal], dtype=np.int64)
+        frames = []
+        for part in length_batches(lengths, self.state_len, batch_size):
+            items, scores = top_k_batch(self.model, internal[part], self.state_len, k, self.head, self.exclude_seen,
+                                        self.beta, self.rerank_top)
+            queries = np.repeat(np.arange(part.start, part.stop), items.shape[1])
+            ranks = np.tile(np.arange(1, items.shape[1] + 1), len(items))
+            frame = pd.DataFrame({"query": queries, "rank": ranks, "item_id": self.item_ids[items.ravel() - 1],
+                                  "score": scores.ravel()})
+            frames.append(frame[np.isfinite(frame["score"].to_numpy())])
+        return (pd.concat(frames, ignore_index=True) if frames else
+                pd.DataFrame({"query": [], "rank": [], "item_id": [], "score": []}))
+
+
 def format_recommendations(pool, who: str, history: np.ndarray, items, scores, head: str) -> str:
-    shown = ", ".join(pool.item_ids[history[-5:] - 1])
+    shown = ", ".join(map(str, pool.item_ids[history[-5:] - 1]))
     more = "... " if len(history) > 5 else ""
     lines = [f"top-{len(items)} for {who} (history of {len(history)} items: {more}{shown}), ranked by the {head} head:",
              f"  {'rank':>4s}  {'score':>9s}  item"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from seqrec.atomic import atomic_write, atomic_write_text
-from seqrec.config import Config, save_config
+from seqrec.config import Config, load_config, save_config
 from seqrec.errors import UserError
 from seqrec.learner import reads_exposures
 
@@ -42,6 +42,39 @@ def check_resumable(ckpt: dict, cfg: Config, pool) -> None:
     if ckpt["num_items"] != pool.num_items or ckpt["config"]["model"] != cfg.model.to_dict():
         raise UserError("the checkpoint was trained on another pool or model config "
                         f"(items {ckpt['num_items']} vs {pool.num_items}); use the config it was trained with")
+
+
+# What the saved network is: its architecture (model.*) and the states it was trained to read
+# (pool.state_len: windows of that many items, or 0 = whole sessions).
+NETWORK_KEYS = ("model", "pool.state_len")
+
+
+def check_network_unchanged(cfg: Config, ckpt: dict) -> None:
+    """A UserError naming the first network-defining key (NETWORK_KEYS) whose value in `cfg` differs
+    from the checkpoint's: a saved network is rebuilt from its own config, so an override of one of
+    these would be ignored without a word."""
+    saved = load_config(base=ckpt["config"])          # keys added since the checkpoint at their defaults
+    for key in NETWORK_KEYS:
+        for name, ours, theirs in _leaves(key, _at(cfg.to_dict(), key), _at(saved.to_dict(), key)):
+            if ours != theirs:
+                raise UserError(f"{name} is {ours!r} here but the checkpoint's network was trained with {theirs!r}; "
+                                f"keys that define the network ({', '.join(k + '.*' if '.' not in k else k for k in NETWORK_KEYS)}) "
+                                "cannot change after training: drop the override, or train a new run")
+
+
+def _at(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _leaves(key: str, ours, theirs):
+    """(dotted key, our value, the checkpoint's value) of every leaf under `key`."""
+    if isinstance(ours, dict):
+        for name in ours:
+            yield from _leaves(f"{key}.{name}", ours[name], theirs.get(name))
+    else:
+        yield key, ours, theirs
 
 
 def check_trainable(cfg: Config, pool) -> None:
@@ -104,6 +137,30 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+
+
+def summary_writer_class():
+    """torch's TensorBoard SummaryWriter (train.tensorboard), or a UserError if the optional
+    tensorboard package is missing: called before any work, so a run never fails at its first epoch."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("train.tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or leave train.tensorboard false; metrics.csv has the same figures)") from None
+    return SummaryWriter
+
+
+def tensorboard_writer(run_dir: Path):
+    """A SummaryWriter whose event files go into the run folder."""
+    return summary_writer_class()(log_dir=str(run_dir))
+
+
+def write_scalars(writer, row: dict) -> None:
+    """One metrics.csv row as scalars at step `epoch` (tags as the CSV's columns; NaN left out)."""
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+            writer.add_scalar(key, value, row["epoch"])
+    writer.flush()
 
 
 def write_final(run_dir: Path, final: dict) -> None:

@@ -91,6 +91,45 @@ def test_eval_and_recommend_modes_load_without_training(trained):
     assert (tmp / "run" / "last.pt").stat().st_mtime_ns == before
 
 
+def test_recommend_all_writes_what_recommend_user_prints(trained):
+    tmp, _ = trained
+    out = tmp / "recs" / "all.csv"
+    proc = run("train_offline.py", "--mode", "recommend", "--all", "--out", str(out), "--k", "4", tmp=tmp)
+    assert f"rows in {out}" in proc.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["session_id", "rank", "item_id", "score"]
+    sessions = (tmp / "pool" / "session_ids.csv").read_text().split()[1:]
+    assert [r["session_id"] for r in rows[::4]] == sessions and len(rows) == 4 * len(sessions)
+    for user in (sessions[0], sessions[len(sessions) // 2], sessions[-1]):
+        printed = run("train_offline.py", "--mode", "recommend", "--user", user, "--k", "4", tmp=tmp).stdout
+        lines = [l.split(None, 2) for l in printed.splitlines() if l.strip()[:1].isdigit()]
+        mine = [r for r in rows if r["session_id"] == user]
+        assert [r["item_id"] for r in mine] == [item for _, _, item in lines]
+        assert [float(r["score"]) for r in mine] == pytest.approx([float(score) for _, score, _ in lines], abs=1e-4)
+    run("train_offline.py", "--mode", "recommend", "--all", "--split", "test", tmp=tmp)
+    test_rows = list(csv.DictReader((tmp / "run" / "recommendations.csv").open()))
+    assert {r["session_id"] for r in test_rows} < set(sessions) and test_rows
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mode", "eval", "--set", "model.encoder=sasrec"],
+     "model.encoder is 'sasrec' here but the checkpoint's network was trained with 'gru'"),
+    (["--mode", "recommend", "--set", "pool.state_len=10"], "pool.state_len is 10 here but"),
+    (["--mode", "recommend", "--all", "--user", "x"], "--all recommends for every session"),
+    (["--mode", "eval", "--out", "x.csv"], "--out and --split go with --all"),
+    (["--mode", "recommend", "--all", "--k", "0"], "--k must be at least 1"),
+])
+def test_overrides_that_cannot_act_on_a_saved_run_fail_cleanly(trained, args, message):
+    tmp, _ = trained
+    assert_clean_failure(run("train_offline.py", *args, tmp=tmp, check=False), message)
+
+
+def test_online_eval_checks_its_checkpoint_before_simulating(tmp_path):
+    proc = run("online_eval.py", "--checkpoint", "missing.pt", tmp=tmp_path, check=False)
+    assert_clean_failure(proc, "no checkpoint at missing.pt")
+    assert not (tmp_path / "pool").exists(), "a pool was built before the missing checkpoint was noticed"
+
+
 def test_replay_buffer_script(tmp_path):
     first = run("replay_buffer.py", tmp=tmp_path)
     assert "sessions" in first.stdout and (tmp_path / "pool" / "meta.json").is_file()
