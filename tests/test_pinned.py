@@ -15,7 +15,13 @@ from seqrec.config import load_config
 from seqrec.online import logging_policy, oracle_policy, random_policy, rollout
 from seqrec.simulator import Simulator
 
-DEFAULT_POOL = "ee77472897adc9bb44cc586dd58073b5f7959181c3a009c61b334c28b120269b"
+# numpy's vectorized exp/log round differently where it dispatches to AVX-512 (NumPy's X86_V4 /
+# AVX512_ICL targets), so the simulator's Gumbel draws, and a few slates and clicks, differ on such CPUs:
+# one digest per build. The committed results were made on the first.
+DEFAULT_POOLS = {
+    "ee77472897adc9bb44cc586dd58073b5f7959181c3a009c61b334c28b120269b": "without AVX-512",
+    "2cee8c3d32a430d3137a4fb87e11c8dd7ca3ec84bfe2b3a4f527b2cfb7ba7d28": "with AVX-512 (same pool counts)",
+}
 ROLLOUTS = {  # 300 users, seed 3, 20% random slates: summed return, clicks, purchases, slates, log digest
     "logging": (350.6, 1361, 98, 1514, "e05ba4026c9370c9225b7f85a31eb8d3109245af7ef907b82c97d95d5b5fe7a8"),
     "oracle": (544.8, 1688, 259, 1785, "39bef717a2eb994c09c4b2cb6a94e18a6554166a53e709b511edbbac4eb49535"),
@@ -36,7 +42,7 @@ def test_default_pool_is_unchanged(tmp_path):
     pool = build_pool(load_config(overrides=[f"pool.dir={tmp_path / 'pool'}"]))
     assert (pool.meta["num_events"], pool.meta["num_sessions"]) == (99_131, 14_865)
     assert digest(pool.items, pool.rewards, pool.purchase, pool.offsets,
-                  texts=(pool.item_ids, pool.session_ids)) == DEFAULT_POOL
+                  texts=(pool.item_ids, pool.session_ids)) in DEFAULT_POOLS
 
 
 @pytest.mark.parametrize("name", sorted(ROLLOUTS))
