@@ -67,7 +67,7 @@ MODELS: dict[str, list[str]] = {
     "td-lambda-ssl1": multi_step(3, 1, alpha=1.0, lam=0.8),           # TD(lambda), one-step self-supervision
     **{f"full-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) for T in (3, 5) for lam in (0.0, 0.5, 0.8, 1.0)},
     "full-T1": multi_step(1, 1, alpha=1.0),                           # one-step TD: lambda has no effect at T = 1
-    # alpha picked on validation figures only (README, "What was tried"): TD weight 3 instead of 1
+    # alpha picked on validation figures only (docs/history.md, "The validation sweep"): TD weight 3 instead of 1
     "full-T3-lam0.8-a3": multi_step(3, 3, alpha=3.0, lam=0.8),
     "full": multi_step(3, 3, alpha=1.0, lam=0.8),                      # the default model, ranking with the ssl head
     "full-mix": multi_step(3, 3, alpha=1.0, lam=0.8) + ["eval.head=mix"],   # the full model ranking with the value

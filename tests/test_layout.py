@@ -1,7 +1,11 @@
 """The repository's shape: the top level shows the design card and the entry scripts, support code lives
 in seqrec/, which never imports the top level, and no script imports another script."""
 import ast
+import re
+import shlex
 from pathlib import Path
+
+from seqrec.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN_CARD = {"replay_buffer.py", "model.py", "ssl_heads.py", "td_lambda.py", "train_offline.py"}
@@ -45,3 +49,44 @@ def test_no_script_imports_another_script_and_nothing_imports_an_entry_script():
 
 def test_train_offline_reads_as_a_table_of_contents():
     assert len((ROOT / "train_offline.py").read_text().splitlines()) <= 300
+
+
+README = ROOT / "README.md"
+
+
+def readme_commands() -> list[str]:
+    """Each command line of the README's bash blocks (continuations joined, comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    joined = "\n".join(blocks).replace("\\\n", " ")
+    return [line.split("  #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_readme_is_a_front_door_of_at_most_250_lines():
+    assert len(README.read_text().splitlines()) <= 250
+    for doc in ("method", "simulator", "results", "speed", "history"):
+        assert (ROOT / "docs" / f"{doc}.md").is_file(), doc
+
+
+def test_no_readme_command_but_the_default_run_trains_into_runs_default():
+    """A command that trains (not --resume, not --mode eval/recommend) writes train.run_dir: only the
+    plain default run may use runs/default, so the README's --resume line continues that run."""
+    default = load_config().train.run_dir
+    trains = [c for c in readme_commands() if "train_offline.py" in c and "--mode" not in c and "--resume" not in c]
+    assert trains, "no training command found in the README"
+    for command in trains:
+        words = shlex.split(command)
+        path = words[words.index("--config") + 1] if "--config" in words else None
+        overrides = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+        run_dir = load_config(ROOT / path if path else None, overrides).train.run_dir
+        plain = words[-1] == "train_offline.py" and words[0] in ("python", "pip")
+        assert run_dir != default or plain, f"'{command}' would overwrite {default}"
+
+
+def test_every_readme_link_to_a_file_or_section_exists():
+    for target in re.findall(r"\]\(((?:docs|configs|results)/[^)]*)\)", README.read_text()):
+        path, _, anchor = target.partition("#")
+        assert (ROOT / path).exists(), target
+        if anchor:
+            headings = [h.strip() for h in re.findall(r"^#+ (.*)$", (ROOT / path).read_text(), flags=re.M)]
+            slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+            assert anchor in slugs, target
