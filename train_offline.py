@@ -134,7 +134,9 @@ def test(cfg: Config, pool: Pool, ckpt: dict, run_dir: Path | None, device: torc
 def value_reference_of(cfg: Config, pool: Pool) -> ValueReference:
     """What Q values are scored against: realized returns and the position-mean baseline, and on
     simulated data the logging policy's true values of some validation and test events."""
-    reference = value_reference(pool, cfg.train.gamma)
+    # The simulator's sessions end when the user leaves; a real log's end cuts them (seqrec/value.py).
+    cut = cfg.data.source != "synthetic"
+    reference = value_reference(pool, cfg.train.gamma, cfg.eval.value_observed if cut else None)
     truths = [t for t in (online.true_event_values(cfg, pool, split) for split in ("valid", "test")) if t is not None]
     if truths:
         reference.true_events = np.concatenate([events for events, _ in truths])

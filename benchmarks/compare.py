@@ -106,7 +106,7 @@ ALL = ("simulated", "movielens")   # --data all; movielens-loo is a part of movi
 EVENT_METRICS = [f"{kind}/{m}@{k}" for kind in ("click", "purchase") for m in ("HR", "NDCG") for k in (5, 10, 20)]
 LOO_METRICS = [f"all/{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)] + ["all/MRR"]
 ONLINE_METRICS = ["return", "of_oracle", "ctr", "purchase_rate", "length"]
-VALUE_METRICS = ["rmse", "bias", "spearman", "baseline_rmse", "true_r2"]
+VALUE_METRICS = ["rmse", "bias", "spearman", "baseline_rmse", "true_r2", "n"]
 
 
 @dataclass

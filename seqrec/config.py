@@ -238,7 +238,7 @@ RANGES = {
         "eval.beta",
         "sim.logging_temperature")},
     **{key: SHARE for key in (
-        "train.gamma", "train.lam", "online.explore", "sim.exit_prob", "sim.exit_prob_after_purchase", "sim.clickbait_exit",
+        "train.gamma", "train.lam", "online.explore", "eval.value_observed", "sim.exit_prob", "sim.exit_prob_after_purchase", "sim.clickbait_exit",
         "sim.interest_decay")},
     "train.lr": ABOVE_0, "train.advantage_clip": ABOVE_0, "train.tau": (0, 1, False), "model.dropout": (0, 1, True),
 }

@@ -125,5 +125,7 @@ def format_table(results: dict[str, dict[str, float]], ks, title: str) -> str:
 def format_value(value: dict[str, float]) -> str:
     """One line on the Q head against realized returns (and the simulator's true values)."""
     true = f", R^2 against true values {value['true_r2']:.3f} (n {value['true_n']})" if "true_r2" in value else ""
-    return (f"value of Q(s, a) against realized returns (n {value['n']}): rmse {value['rmse']:.4f} (position mean "
+    cut = value.get("n_held_out", value["n"]) - value["n"]
+    scored = f"n {value['n']}" + (f"; {cut} of {value['n_held_out']} left out, their return not observed" if cut else "")
+    return (f"value of Q(s, a) against realized returns ({scored}): rmse {value['rmse']:.4f} (position mean "
             f"{value['baseline_rmse']:.4f}), bias {value['bias']:+.4f}, spearman {value['spearman']:.3f}{true}")

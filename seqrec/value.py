@@ -9,6 +9,11 @@ held-out events by
   (fit on the training split): a value function worth the name beats it;
 - true_r2 (simulated data): R^2 of Q against the logging policy's expected return from the same
   simulator state (mean of many rollouts; seqrec/online.py), the quantity G only samples.
+
+Where a session ends because the log stops, not the user (MovieLens: the data was collected up to a
+day), G is cut short: the rest it misses starts gamma^(events left) down, counting the event and those
+after it. Such logs are scored only on events whose rest is observed to within a share `within` of
+that weight (gamma^(events left) <= within, eval.value_observed): `n` of `n_held_out` events.
 """
 from __future__ import annotations
 
@@ -34,6 +39,21 @@ def discounted_returns(rewards: np.ndarray, offsets: np.ndarray, gamma: float) -
         e = order[bounds[d - 1]:bounds[d]]                          # events d steps before their end
         returns[e] += gamma * returns[e + 1]
     return returns
+
+
+def events_left(offsets: np.ndarray) -> np.ndarray:
+    """How many events each event's session has from it to its end, itself included (1 for the last):
+    offsets [S+1] -> [E] int64."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    return np.repeat(offsets[1:], np.diff(offsets)) - np.arange(offsets[-1])
+
+
+def observed_returns(offsets: np.ndarray, gamma: float, within: float) -> np.ndarray:
+    """Events whose return the log shows to within `within`: were the session to go on past the log's
+    end, the first reward it does not show would count gamma^(events left) <= within. offsets [S+1]
+    -> [E] bool."""
+    with np.errstate(under="ignore"):
+        return np.power(float(gamma), events_left(offsets).astype(np.float64)) <= within
 
 
 def positions(offsets: np.ndarray) -> np.ndarray:
@@ -80,14 +100,21 @@ class ValueReference:
     baseline: np.ndarray                  # [E] the position-mean prediction of G_t
     true_events: np.ndarray | None = None  # [m] events with a simulated true value
     true_values: np.ndarray | None = None  # [m] the logging policy's expected return after them
+    observed: np.ndarray | None = None     # [E] bool: events whose return the log shows (None: all)
 
     def metrics(self, events: np.ndarray, q: np.ndarray) -> dict[str, float]:
-        """rmse, bias, spearman, baseline_rmse, n (and true_r2, true_n where true values exist among
-        `events`) of Q(s_t, a_t) `q` [n] for `events` [n]."""
+        """rmse, bias, spearman, baseline_rmse, n (events scored), n_held_out (events given) and, where
+        true values exist among them, true_r2 and true_n, of Q(s_t, a_t) `q` [n] for `events` [n]; only
+        `observed` events are scored."""
         events, q = np.asarray(events, dtype=np.int64), np.asarray(q, dtype=np.float64)
+        given = len(events)
+        if self.observed is not None:
+            keep = self.observed[events]
+            events, q = events[keep], q[keep]
         g = self.returns[events]
         out = {"rmse": rmse(q, g), "bias": float((q - g).mean()) if len(q) else float("nan"),
-               "spearman": spearman(q, g), "baseline_rmse": rmse(self.baseline[events], g), "n": len(q)}
+               "spearman": spearman(q, g), "baseline_rmse": rmse(self.baseline[events], g), "n": len(q),
+               "n_held_out": given}
         if self.true_events is not None:
             where = {int(e): i for i, e in enumerate(events)}
             rows = [(where[int(e)], v) for e, v in zip(self.true_events, self.true_values) if int(e) in where]
@@ -101,11 +128,15 @@ def rmse(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt(((np.asarray(predicted) - np.asarray(truth)) ** 2).mean())) if len(truth) else float("nan")
 
 
-def value_reference(pool, gamma: float) -> ValueReference:
-    """Returns of every event of `pool` (to the true session end, held-out events included) and the
-    position-mean predictor fit on its training events."""
+def value_reference(pool, gamma: float, within: float | None = None) -> ValueReference:
+    """Returns of every event of `pool` (to the session's end in the log, held-out events included)
+    and the position-mean predictor fit on its training events. With `within` (a log whose sessions
+    end by truncation), only events whose return is observed to within it count, for the predictor's
+    fit as for the scores."""
     offsets = np.asarray(pool.offsets)
     returns = discounted_returns(np.asarray(pool.rewards), offsets, gamma)
     place = positions(offsets)
-    table = position_means(returns, place, pool.events("train"))
-    return ValueReference(gamma, returns, table[np.minimum(place, len(table) - 1)])
+    observed = observed_returns(offsets, gamma, within) if within is not None else None
+    fit = pool.events("train")
+    table = position_means(returns, place, fit[observed[fit]] if observed is not None else fit)
+    return ValueReference(gamma, returns, table[np.minimum(place, len(table) - 1)], observed=observed)

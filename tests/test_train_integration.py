@@ -51,7 +51,7 @@ def test_train_writes_everything_and_recommends(trained):
     assert "top-10 for user" in proc.stdout
     # The value function against returns: every figure, per epoch and at the end.
     value = final["value"]
-    assert set(value) == {"rmse", "bias", "spearman", "baseline_rmse", "n", "true_r2", "true_n"}
+    assert set(value) == {"rmse", "bias", "spearman", "baseline_rmse", "n", "n_held_out", "true_r2", "true_n"}
     assert value["n"] == json.loads((tmp / "pool" / "meta.json").read_text())["splits"]["test"]["events"]
     assert value["rmse"] > 0 and value["baseline_rmse"] > 0 and 0 < value["true_n"] <= value["n"]
     assert "valid/value/rmse" in rows[0] and "valid/value/true_r2" in rows[0]

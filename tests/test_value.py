@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 
 from helpers import pool_from_sessions, simulator
-from seqrec.value import ValueReference, discounted_returns, position_means, positions, spearman, value_reference
+from seqrec.evaluation import format_value
+from seqrec.value import (
+    ValueReference,
+    discounted_returns,
+    events_left,
+    observed_returns,
+    position_means,
+    positions,
+    spearman,
+    value_reference,
+)
 
 
 def loop_returns(rewards, offsets, gamma):
@@ -58,6 +68,35 @@ def test_value_reference_of_a_pool_fits_the_baseline_on_training_events(tmp_path
     np.testing.assert_allclose(ref.returns[:3], [0.2 + 0.1 + 0.25, 0.2 + 0.5, 1.0])
     np.testing.assert_allclose(ref.baseline[:3], ref.returns[:3])           # every training session alike
     np.testing.assert_array_equal(positions(np.asarray(pool.offsets))[:5], [0, 1, 2, 0, 1])
+
+
+def test_events_left_and_the_observed_horizon_by_hand():
+    offsets = np.array([0, 3, 5, 6])
+    np.testing.assert_array_equal(events_left(offsets), [3, 2, 1, 2, 1, 1])
+    # gamma 0.5: the unseen rest starts 0.125, 0.25, 0.5, 0.25, 0.5, 0.5 down; within 0.2 keeps the first
+    np.testing.assert_array_equal(observed_returns(offsets, 0.5, 0.2), [True, False, False, False, False, False])
+    np.testing.assert_array_equal(observed_returns(offsets, 0.5, 0.5), [True, True, True, True, True, True])
+    assert observed_returns(offsets, 0.0, 0.01).all()                    # gamma 0: only the event's own reward
+    long = observed_returns(np.array([0, 500]), 0.9, 0.01)               # 0.9^44 = 0.0097 <= 0.01 < 0.9^43
+    assert long.sum() == 500 - 43 and long[:457].all() and not long[457:].any()
+
+
+def test_truncated_logs_are_scored_only_where_the_return_is_observed(tmp_path):
+    """Sessions of 5 and 2 events, gamma 0.5, within 0.1: 0.5^k <= 0.1 needs k >= 4 events left, so only
+    the first two events of each 5-event session count, for the scores and for the baseline's fit."""
+    sessions = [[1, 2, 3, 4, 5]] * 40 + [[6, 7]] * 40 + [[1, 2, 3, 4, 5], [6, 7]] * 5
+    pool = pool_from_sessions(tmp_path / "p", sessions, splits=(80, 0))
+    ref = value_reference(pool, 0.5, within=0.1)
+    np.testing.assert_array_equal(ref.observed[:200].reshape(40, 5), [[True, True, False, False, False]] * 40)
+    assert not ref.observed[200:280].any()                                  # 2-event sessions: never
+    g = ref.returns
+    assert ref.baseline[0] == pytest.approx(g[0]) and ref.baseline[1] == pytest.approx(g[1])
+    test = pool.events("test")
+    out = ref.metrics(test, g[test] + 0.1)
+    assert out["n"] == 5 * 2 and out["n_held_out"] == 5 * 7 and out["bias"] == pytest.approx(0.1)
+    assert "n 10; 25 of 35 left out, their return not observed" in format_value(out)
+    everything = value_reference(pool, 0.5).metrics(test, g[test] + 0.1)
+    assert everything["n"] == everything["n_held_out"] == 35
 
 
 def test_restored_users_are_the_users_the_simulator_had():
