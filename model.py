@@ -182,6 +182,13 @@ class SeqRecQ(nn.Module):
             self.q_transform = nn.Parameter(torch.zeros(hidden, hidden))
             self.q_shift = nn.Parameter(torch.zeros(hidden))
             self.q_bias = nn.Parameter(torch.zeros(num_items + 1))
+        # `dueling`: Q(s, a) = V(s) + A(s, a), A the shared head above and V(s) = v . s + v0 a level of
+        # the state's own, which SNQN's negatives do not move (negative_losses): they teach the
+        # ranking (A), the logged transitions the level.
+        self.q_level = nn.Linear(hidden, 1) if q_head == "dueling" else None
+        if self.q_level is not None:
+            nn.init.zeros_(self.q_level.weight)
+            nn.init.zeros_(self.q_level.bias)
 
     @classmethod
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
@@ -237,12 +244,19 @@ class SeqRecQ(nn.Module):
         """state [B, L] -> s_t [B, H], the state after the last item of the history."""
         return self.encoder(state)[:, -1]
 
-    def q_layer(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The Q head as a linear layer over items: states [..., H] -> (features [..., H], weight [N+1, H],
-        bias [N+1]), Q(s, a) = features . weight[a] + bias[a]."""
+    def q_layer(self, states: torch.Tensor, fixed_level: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The Q head as a linear layer over items: states [..., H] -> (features [..., F], weight [N+1, F],
+        bias [N+1]), Q(s, a) = features . weight[a] + bias[a]. The dueling head appends V(s) to the
+        features and a column of ones to the weight (F = H + 1); `fixed_level` detaches V(s)."""
         if self.q_head is not None:
             return states, self.q_head.weight, self.q_head.bias
-        return states @ self.q_transform + self.q_shift, self.ssl.items.weight, self.q_bias
+        features = states @ self.q_transform + self.q_shift
+        if self.q_level is None:
+            return features, self.ssl.items.weight, self.q_bias
+        level = self.q_level(states)
+        ones = self.ssl.items.weight.new_ones(len(self.q_bias), 1)
+        return (torch.cat([features, level.detach() if fixed_level else level], -1),
+                torch.cat([self.ssl.items.weight, ones], 1), self.q_bias)
 
     def q_values(self, states: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """states [..., H] -> Q [..., N+1] (column 0 is padding: mask it before max or ranking), or
@@ -264,13 +278,14 @@ class SeqRecQ(nn.Module):
         q = self.q_values(states, candidates)
         return (q if candidates is not None else q[..., 1:]).max(-1).values
 
-    def q_of(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def q_of(self, states: torch.Tensor, actions: torch.Tensor, fixed_level: bool = False) -> torch.Tensor:
         """Q(s, a) of given actions only: states [..., H], actions [...] -> [...].
 
         Equal to q_values(states).gather(-1, actions), without scoring every item: the TD loss needs
         gradients for the taken actions alone. Broadcasts: states [n, 1, H] with actions [n, m] -> [n, m].
+        `fixed_level`: the dueling head's V(s) gets no gradient (only A(s, a) learns).
         """
-        features, weight, bias = self.q_layer(states)
+        features, weight, bias = self.q_layer(states, fixed_level)
         return (features * weight[actions]).sum(-1) + bias[actions]
 
     def score_layer(self, state: torch.Tensor, head: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -362,7 +377,7 @@ def negative_losses(net: SeqRecQ, states: torch.Tensor, taken: torch.Tensor, q_t
     towards r_negative + gamma V(s) (the user did not move). Returns per-state (TD loss [n], CQL
     penalty [n]): the mean TD loss over the state's draws other than the taken item, and
     logsumexp(Q over draws + taken) - Q(taken)."""
-    q_neg = net.q_of(states[:, None, :], drawn)                                                     # [n, m]
+    q_neg = net.q_of(states[:, None, :], drawn, fixed_level=True)         # [n, m]; dueling: they move A only
     other = (drawn != taken[:, None]).to(q_neg.dtype)
     target = (t.reward_negative + t.gamma * values)[:, None].expand_as(q_neg)
     td = (td_fn(q_neg, target, reduction="none") * other).sum(1) / other.sum(1).clamp(min=1.0)

@@ -24,7 +24,7 @@ CHOICES = {
     "data.source": ("synthetic", "csv", "retailrocket", "yoochoose", "movielens", "recbole"),
     "data.movielens": ("100k", "1m"),
     "model.encoder": ("gru", "sasrec"),
-    "model.q_head": ("shared", "linear"),
+    "model.q_head": ("shared", "linear", "dueling"),
     "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),
     "train.bootstrap": ("double", "max", "logged", "swap"),

@@ -8,6 +8,8 @@ import math
 from model import SeqRecQ, compute_losses, negative_losses, rerank, sampled_items, state_values
 from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
 from seqrec.config import load_config
+from seqrec.metrics import rank_of_targets
+from seqrec.streamed import rank_of_targets_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
 
 
@@ -74,14 +76,14 @@ def test_multi_step_loss_matches_a_loop():
 def random_q(net: SeqRecQ) -> SeqRecQ:
     """A Q head with random values (the shared head starts at Q = 0 everywhere)."""
     with torch.no_grad():
-        for p in net.q_layer(torch.zeros(1, net.ssl.items.weight.shape[1]))[1:]:
+        head = [net.q_head.weight, net.q_head.bias] if net.q_head is not None else \
+            [net.ssl.items.weight, net.q_bias, net.q_transform]
+        for p in head + (list(net.q_level.parameters()) if net.q_level is not None else []):
             p.normal_()
-        if net.q_head is None:
-            net.q_transform.normal_()
     return net
 
 
-@pytest.mark.parametrize("q_head", ["shared", "linear"])
+@pytest.mark.parametrize("q_head", ["shared", "linear", "dueling"])
 @pytest.mark.parametrize("with_candidates", [False, True])
 def test_state_values_double_and_max(with_candidates, q_head):
     """Double: the target net's Q at the online net's argmax; max: the target's max. Padding never wins."""
@@ -116,6 +118,37 @@ def test_state_values_logged():
     pi = [torch.softmax(online.ssl(states[2:3])[0, 0, 1:], 0)[i] for i in range(6)]
     expected = torch.stack([q[0, 5], torch.tensor(0.0), sum(pi[i] * q[2, i + 1] for i in range(6))])
     torch.testing.assert_close(got, expected)
+
+
+def test_the_dueling_head_is_the_shared_head_plus_a_level_of_the_state():
+    torch.manual_seed(3)
+    duel = random_q(SeqRecQ(num_items=7, hidden=4, dropout=0.0, ssl_steps=1, q_head="dueling"))
+    states = torch.randn(5, 4)
+    shared = (states @ duel.q_transform + duel.q_shift) @ duel.ssl.items.weight.T + duel.q_bias        # A [5, 8]
+    level = states @ duel.q_level.weight[0] + duel.q_level.bias                                       # V [5]
+    torch.testing.assert_close(duel.q_values(states), shared + level[:, None])
+    actions = torch.tensor([1, 3, 7, 2, 2])
+    torch.testing.assert_close(duel.q_of(states, actions), (shared + level[:, None]).gather(1, actions[:, None])[:, 0])
+    assert (duel.greedy_items(states) == shared[:, 1:].argmax(1) + 1).all()       # V does not change a ranking
+    higher, ties = rank_of_targets_linear(*duel.score_layer(states, "q"), actions)
+    dense_higher, dense_ties = rank_of_targets(duel.scores(states, "q"), actions)
+    assert (higher == dense_higher).all() and (ties == dense_ties).all()
+
+
+def test_negatives_move_the_dueling_advantage_only_and_logged_transitions_the_level_too():
+    cfg = load_config(overrides=["train.q_negatives=3", "model.q_head=dueling"])
+    torch.manual_seed(4)
+    net = random_q(SeqRecQ(num_items=6, hidden=4, dropout=0.0, ssl_steps=1, q_head="dueling"))
+    states, taken = torch.randn(3, 4), torch.tensor([1, 2, 3])
+    drawn, values = torch.tensor([[4, 5, 6], [1, 3, 6], [2, 4, 5]]), torch.tensor([0.3, 0.1, 0.5])
+    td, cql = negative_losses(net, states, taken, net.q_of(states, taken).detach(), values, drawn, cfg.train,
+                              td_fn=torch.nn.functional.mse_loss)
+    td.sum().backward()
+    assert net.q_level.weight.grad is None or not net.q_level.weight.grad.any()
+    assert net.q_bias.grad[[4, 5, 6]].abs().sum() > 0 and net.q_transform.grad.abs().sum() > 0
+    net.zero_grad()
+    net.q_of(states, taken).sum().backward()                                   # the logged TD's Q: both parts
+    assert net.q_level.weight.grad.abs().sum() > 0 and net.q_bias.grad[[1, 2, 3]].abs().sum() > 0
 
 
 def test_negatives_pull_towards_gamma_v_and_cql_matches_its_definition():
