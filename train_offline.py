@@ -36,7 +36,7 @@ from seqrec.distributed import SINGLE, Dist
 from seqrec.distributed import setup as setup_distributed
 from seqrec.distributed import teardown as teardown_distributed
 from seqrec.errors import UserError, run_cli
-from seqrec.evaluation import evaluate, format_table, format_value
+from seqrec.evaluation import evaluate, format_selection, format_table, format_value, selection_score
 from seqrec.learner import Learner, epoch_means, train_epoch
 from seqrec.recommend import (
     SPLITS,
@@ -90,14 +90,14 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
             runs.append_row(run_dir / "metrics.csv", row)
             if board is not None:
                 runs.write_scalars(board, row)
-            score = valid[e.head][e.select_metric]
+            score = selection_score(valid, e.head, e.select_metric)
             improved = score > best["value"]
             if improved:
                 best = {"value": score, "epoch": learner.epoch}
                 runs.save_checkpoint(run_dir / "best.pt", learner.state(cfg, pool, best))
             print(f"epoch {learner.epoch + 1}/{cfg.train.epochs}{'' if finished else ' (stopped at train.max_steps)'}  "
                   f"loss {row['loss']:.4f} (ce {row['ce']:.4f}, td {row['td']:.4f}, Q {row['q_mean']:.3f})  "
-                  f"valid {e.select_metric} ssl {valid['ssl'][e.select_metric]:.4f} q {valid['q'][e.select_metric]:.4f} mix {valid['mix'][e.select_metric]:.4f}"
+                  f"valid {format_selection(valid, e.select_metric)}"
                   f"  value rmse {valid['value']['rmse']:.3f} bias {valid['value']['bias']:+.3f}"
                   f"{'  *best' if improved else ''}  [{row['seconds']:.0f} s]", flush=True)
         if finished:

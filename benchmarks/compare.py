@@ -431,7 +431,8 @@ def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
         for model in ("gru4rec", "gru-sqn", "ssl-multistep", best_full(summary, dataset, protocol)):
             curves = [pd.read_csv(r.run_dir / "metrics.csv") for r in group if r.model == model]
             if curves:
-                mean = pd.concat([c.set_index("epoch")[f"valid/ssl/{metric}"] for c in curves], axis=1).mean(axis=1)
+                column = f"valid/{metric}" if metric.startswith("value/") else f"valid/ssl/{metric}"
+                mean = pd.concat([c.set_index("epoch")[column] for c in curves], axis=1).mean(axis=1)
                 ax.plot(mean.index, mean.values, marker="o", label=model)
         ax.set(title=f"{dataset} {protocol}: validation", xlabel="epoch", ylabel=metric)
         ax.grid(alpha=0.3)

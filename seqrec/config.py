@@ -281,9 +281,12 @@ def _validate(tree: dict) -> None:
     metric = ev["select_metric"]
     kind, _, name = metric.partition("/")
     valid_names = {f"{m}@{k}" for m in ("HR", "NDCG") for k in ev["ks"]} | {"MRR"}
-    if kind not in ("all", "click", "purchase") or name not in valid_names:
-        raise UserError(f"eval.select_metric '{metric}' is not one of all|click|purchase / "
+    if metric != "value/rmse" and (kind not in ("all", "click", "purchase") or name not in valid_names):
+        raise UserError(f"eval.select_metric '{metric}' is not value/rmse or one of all|click|purchase / "
                         f"{'|'.join(sorted(valid_names))}")
+    if metric == "value/rmse" and train["alpha"] == 0:
+        raise UserError("eval.select_metric value/rmse scores the Q head, which train.alpha 0 does not train; "
+                        "pick a ranking metric, e.g. purchase/NDCG@10")
 
 
 def _deep_copy(tree: Any) -> Any:

@@ -8,6 +8,8 @@ session (not only those in the state) is masked, as RecBole masks a user's histo
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -108,6 +110,32 @@ def session_query_states(encoder, pool, events: np.ndarray, batch_size: int, dev
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+# Validation figures that can pick the best checkpoint besides the ranking metrics (eval.select_metric),
+# with the sign that makes higher better.
+VALUE_SELECTION = {"value/rmse": -1.0}
+
+
+def selection_score(valid: dict[str, dict[str, float]], head: str, metric: str) -> float:
+    """The figure that picks the best checkpoint, higher = better: `metric` (e.g. purchase/NDCG@10) of
+    `head`, or a value figure of VALUE_SELECTION (value/rmse, negated). A UserError where it is
+    undefined (NaN: no held-out return observed, or no event of that kind)."""
+    if metric in VALUE_SELECTION:
+        score = VALUE_SELECTION[metric] * valid["value"][metric.removeprefix("value/")]
+    else:
+        score = valid[head][metric]
+    if math.isnan(score):
+        raise UserError(f"eval.select_metric {metric} is undefined on this validation split (NaN: no event it "
+                        "scores); pick another, e.g. eval.select_metric=all/NDCG@10")
+    return score
+
+
+def format_selection(valid: dict[str, dict[str, float]], metric: str) -> str:
+    """The selection metric on one line: of every head, or the value figure."""
+    if metric in VALUE_SELECTION:
+        return f"{metric} {valid['value'][metric.removeprefix('value/')]:.4f}"
+    return f"{metric} " + " ".join(f"{head} {ms[metric]:.4f}" for head, ms in valid.items() if head != "value")
 
 
 def format_table(results: dict[str, dict[str, float]], ks, title: str) -> str:

@@ -106,3 +106,11 @@ def test_advantage_weighting_needs_negatives_and_a_q_head(other):
 def test_mix_reranks_at_least_one_item():
     with pytest.raises(UserError, match="eval.rerank_top must be at least 1"):
         load_config(overrides=["eval.head=mix", "eval.rerank_top=0"])
+
+
+def test_selection_by_the_value_needs_a_trained_q_head():
+    assert load_config(overrides=["eval.select_metric=value/rmse"]).eval.select_metric == "value/rmse"
+    with pytest.raises(UserError, match="value/rmse scores the Q head, which train.alpha 0 does not train"):
+        load_config(overrides=["eval.select_metric=value/rmse", "train.alpha=0"])
+    with pytest.raises(UserError, match="is not value/rmse or one of"):
+        load_config(overrides=["eval.select_metric=value/bias"])

@@ -95,3 +95,13 @@ def test_histories_hold_every_earlier_item_of_the_session(tmp_path):
         [3, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0],
         [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5],
         [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]])
+
+
+def test_the_selection_score_is_higher_for_the_better_checkpoint():
+    from seqrec.evaluation import selection_score
+    valid = {"ssl": {"purchase/NDCG@10": 0.25}, "q": {"purchase/NDCG@10": 0.1},
+             "value": {"rmse": 0.3, "bias": -0.1}}
+    assert selection_score(valid, "q", "purchase/NDCG@10") == 0.1
+    assert selection_score(valid, "ssl", "value/rmse") == -0.3                # lower RMSE, higher score
+    with pytest.raises(UserError, match="eval.select_metric value/rmse is undefined"):
+        selection_score({**valid, "value": {"rmse": math.nan}}, "ssl", "value/rmse")
