@@ -169,7 +169,7 @@ class SeqRecQ(nn.Module):
     """State encoder (GRU or SASRec) + K-step self-supervised heads + Q head over all items."""
 
     def __init__(self, num_items: int, *, hidden: int, dropout: float, ssl_steps: int,
-                 encoder: nn.Module | None = None, q_head: str = "shared"):
+                 encoder: nn.Module | None = None, q_head: str = "shared", v_head: bool = False):
         super().__init__()
         self.num_items = num_items
         self.encoder = encoder if encoder is not None else GRUStateEncoder(num_items, hidden, dropout)
@@ -189,11 +189,14 @@ class SeqRecQ(nn.Module):
         if self.q_level is not None:
             nn.init.zeros_(self.q_level.weight)
             nn.init.zeros_(self.q_level.bias)
+        # `v_head`: a state value V(s) of its own (IQL's; train.bootstrap = expectile), learnt as an
+        # expectile of Q over the logged actions and bootstrapped from in Q's targets.
+        self.v_head = nn.Linear(hidden, 1) if v_head else None
 
     @classmethod
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
         return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"],
-                   encoder=state_encoder(num_items, model), q_head=model["q_head"])
+                   encoder=state_encoder(num_items, model), q_head=model["q_head"], v_head=model["v_head"])
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, num_items: int) -> "SeqRecQ":
@@ -278,6 +281,10 @@ class SeqRecQ(nn.Module):
         q = self.q_values(states, candidates)
         return (q if candidates is not None else q[..., 1:]).max(-1).values
 
+    def state_value(self, states: torch.Tensor) -> torch.Tensor:
+        """V(s) of the value head (model.v_head): states [..., H] -> [...]."""
+        return self.v_head(states)[..., 0]
+
     def q_of(self, states: torch.Tensor, actions: torch.Tensor, fixed_level: bool = False) -> torch.Tensor:
         """Q(s, a) of given actions only: states [..., H], actions [...] -> [...].
 
@@ -353,6 +360,12 @@ def state_values(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target
     if cut is not None and cut.any():
         values[cut] = policy_value(net, target_net, states[cut], target_states[cut])
     return values
+
+
+def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
+    """IQL's asymmetric square |tau - 1(diff < 0)| * diff^2, elementwise; diff = target - prediction.
+    tau 0.5 is half the squared error (the mean); tau -> 1 approaches the maximum of the targets."""
+    return torch.where(diff < 0, 1.0 - tau, tau) * diff.square()
 
 
 def policy_value(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target_states: torch.Tensor) -> torch.Tensor:
@@ -485,8 +498,9 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
         else:
             target_states = target_net.window_states(b.state, actions)                         # [B, T+1, H]
         values = torch.zeros(need.shape, dtype=states.dtype, device=states.device)              # V(s_j) [B, W+1]
-        values[need] = state_values(net, target_net, states[need], target_states[need], logged[need], t.bootstrap,
-                                    cand, follows_cut[need])
+        values[need] = (net.state_value(states[need]) if t.bootstrap == "expectile" else   # IQL: no max, no
+                        state_values(net, target_net, states[need], target_states[need],  # out-of-log action
+                                     logged[need], t.bootstrap, cand, follows_cut[need]))
         returns = (sliding_lambda_returns(b.rewards, values[:, 1:], b.dones, t.gamma, t.lam, actions.shape[1] - C + 1,
                                           b.truncated) if chunked else
                    lambda_returns(b.rewards, values[:, 1:], b.dones, t.gamma, t.lam, b.truncated))  # [B, C]
@@ -498,6 +512,12 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
     td = (td_fn(q_taken, returns, reduction="none") * weight).sum() / count
     loss = ce + t.alpha * td
     stats = {}
+    if t.bootstrap == "expectile":     # IQL: V(s) an upper expectile of the target's Q over the logged actions
+        with torch.no_grad():
+            q_logged = target_net.q_of(target_states[:, :C], actions[:, :C])                   # [B, C]
+        v_loss = (expectile_loss(q_logged - net.state_value(states[:, :C]), t.expectile) * weight).sum() / count
+        stats["v_loss"] = v_loss.item()
+        loss = loss + t.alpha * v_loss
     if t.q_negatives:
         n = int(valid.sum())
         first, total = dist.offset(n)                          # draws follow the global order of trained states

@@ -27,7 +27,7 @@ CHOICES = {
     "model.q_head": ("shared", "linear", "dueling"),
     "data.split_mode": ("random", "temporal", "loo"),
     "train.td_loss": ("mse", "huber"),
-    "train.bootstrap": ("double", "max", "logged", "swap"),
+    "train.bootstrap": ("double", "max", "logged", "swap", "expectile"),
     "train.negatives_from": ("uniform", "exposures"),
     "train.ssl_softmax": ("items", "shown"),
     "train.target_update": ("polyak", "hard"),
@@ -241,6 +241,7 @@ RANGES = {
         "train.gamma", "train.lam", "online.explore", "eval.value_observed", "sim.exit_prob", "sim.exit_prob_after_purchase", "sim.clickbait_exit",
         "sim.interest_decay")},
     "train.lr": ABOVE_0, "train.advantage_clip": ABOVE_0, "train.tau": (0, 1, False), "model.dropout": (0, 1, True),
+    "train.expectile": (0, 1, False),
 }
 
 
@@ -268,6 +269,11 @@ def _validate(tree: dict) -> None:
     if len(train["ssl_weights"]) < model["ssl_steps"]:
         raise UserError(f"train.ssl_weights needs at least {model['ssl_steps']} weights (one per model.ssl_steps), "
                         f"got {len(train['ssl_weights'])}")
+    if (train["bootstrap"] == "expectile") != model["v_head"]:
+        raise UserError("train.bootstrap=expectile (IQL) bootstraps from the value head, and only it trains one: "
+                        f"set both or neither (train.bootstrap {train['bootstrap']}, model.v_head {model['v_head']})")
+    if train["expectile"] >= 1:
+        raise UserError(f"train.expectile must be below 1 (1 is the maximum, which IQL avoids), got {train['expectile']}")
     if train["cql_weight"] > 0 and train["q_negatives"] == 0:
         raise UserError("train.cql_weight needs sampled items to compare the taken one with; set train.q_negatives, e.g. 10")
     if train["advantage_weighting"] and (train["q_negatives"] == 0 or train["alpha"] == 0):

@@ -5,9 +5,10 @@ import torch
 
 import math
 
-from model import SeqRecQ, compute_losses, negative_losses, rerank, sampled_items, state_values
+from model import SeqRecQ, compute_losses, expectile_loss, negative_losses, rerank, sampled_items, state_values
 from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
 from seqrec.config import load_config
+from seqrec.errors import UserError
 from seqrec.metrics import rank_of_targets
 from seqrec.streamed import rank_of_targets_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
@@ -202,6 +203,44 @@ def test_td_target_of_a_one_step_window_is_r_plus_gamma_v():
     v = q[0, 1, 1:].max()
     expected = (q[0, 0, 3] - (0.2 + cfg.train.gamma * v)) ** 2
     assert stats["td"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_expectile_loss_by_hand():
+    got = expectile_loss(torch.tensor([-2.0, 1.0, 0.0]), 0.7)
+    torch.testing.assert_close(got, torch.tensor([0.3 * 4.0, 0.7 * 1.0, 0.0]))
+    diff = torch.randn(50)
+    torch.testing.assert_close(expectile_loss(diff, 0.5), 0.5 * diff ** 2)    # tau 0.5: the mean's loss
+
+
+def test_iql_targets_bootstrap_the_value_head_which_learns_an_expectile_of_the_logged_q():
+    """bootstrap expectile, T = 1: TD (Q(s,a) - (r + gamma V(s')))^2 with V the online value head, and
+    v_loss the expectile loss of the target net's Q(s, a) - V(s), each by hand."""
+    cfg = load_config(overrides=["pool.horizon=1", "model.ssl_steps=1", "train.bootstrap=expectile", "model.v_head=true",
+                                 "train.expectile=0.8", "train.q_negatives=0", "train.alpha=1.0"])
+    torch.manual_seed(0)
+    model = random_q(SeqRecQ.from_config({**cfg.model.to_dict(), "hidden": 4, "dropout": 0.0}, 5))
+    target = random_q(SeqRecQ.from_config({**cfg.model.to_dict(), "hidden": 4, "dropout": 0.0}, 5))
+    with torch.no_grad():
+        model.v_head.weight.normal_()
+    batch = Batch(state=torch.tensor([[1, 2], [0, 4]]), actions=torch.tensor([[3], [5]]),
+                  rewards=torch.tensor([[0.2], [1.0]]), dones=torch.tensor([[False], [True]]),
+                  valid=torch.tensor([[True], [True]]))
+    loss, stats = compute_losses(model, target, batch, cfg.train)
+    h, h_target = model.window_states(batch.state, batch.actions), target.window_states(batch.state, batch.actions)
+    q = model.q_of(h[:, 0], batch.actions[:, 0])
+    returns = torch.tensor([0.2, 1.0]) + cfg.train.gamma * torch.tensor([1.0, 0.0]) * model.state_value(h[:, 1])
+    assert stats["td"] == pytest.approx(((q - returns) ** 2).mean().item(), rel=1e-5)
+    diff = target.q_of(h_target[:, 0], batch.actions[:, 0]) - model.state_value(h[:, 0])
+    assert stats["v_loss"] == pytest.approx(expectile_loss(diff, 0.8).mean().item(), rel=1e-5)
+    loss.backward()
+    assert model.v_head.weight.grad.abs().sum() > 0
+
+
+def test_iql_needs_the_value_head_and_the_value_head_needs_iql():
+    with pytest.raises(UserError, match="set both or neither"):
+        load_config(overrides=["train.bootstrap=expectile"])
+    with pytest.raises(UserError, match="set both or neither"):
+        load_config(overrides=["model.v_head=true"])
 
 
 def test_candidate_scores_equal_the_full_scores_at_those_items():
