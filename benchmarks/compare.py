@@ -73,6 +73,17 @@ MODELS: dict[str, list[str]] = {
     "full-mix": multi_step(3, 3, alpha=1.0, lam=0.8) + ["eval.head=mix"],   # the full model ranking with the value
 }
 LAMBDAS = (0.0, 0.5, 0.8, 1.0)
+# Issue 21's Q-ranking family: the recipe picked on the clickbait preset's validation value figures
+# (docs/results.md, "Calibrating the value"): IQL's expectile bootstrap, the checkpoint with the lowest
+# validation value RMSE, 10 epochs; every model ranks with its Q head.
+Q_RECIPE = ["train.bootstrap=expectile", "model.v_head=true", "eval.select_metric=value/rmse", "train.epochs=10",
+            "eval.head=q"]
+MODELS.update({
+    "q-T1": multi_step(1, 1, alpha=1.0) + Q_RECIPE,
+    "q-T1-w10": multi_step(1, 1, alpha=1.0) + Q_RECIPE + ["pool.state_len=10"],   # SQN's 10-item windows
+    **{f"q-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) + Q_RECIPE for T in (3, 5) for lam in LAMBDAS},
+    "q-T3-K1-lam0.8": multi_step(3, 1, alpha=1.0, lam=0.8) + Q_RECIPE,     # multi-step TD, one-step self-supervision
+})
 QUICK_MODELS = ["gru4rec", "gru-sqn", "ssl-multistep", "td-lambda-ssl1", "full-T3-lam0.8"]
 
 
@@ -375,31 +386,40 @@ def plot_sweeps(summary: pd.DataFrame, png_lambda: Path, png_horizon: Path) -> N
         save_png(fig, png)
 
 
+VALUE_COLUMNS = ["dataset", "protocol", "recipe", "T", "lam", "metric", "mean", "std", "n_seeds"]
+
+
 def value_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """value.csv: the value figures of the lambda x T grid (full-T{T}-lam{lam}, full-T1), one row per
-    (dataset, protocol, T, lam, metric) with mean, std and seeds. T = 1 is one run: lambda does not act."""
+    """value.csv: the value figures of the lambda x T grids, `full` (full-T{T}-lam{lam}, full-T1) and `q`
+    (q-T{T}-lam{lam}, q-T1: Q_RECIPE), one row per (dataset, protocol, recipe, T, lam, metric) with mean,
+    std and seeds; online return rows too where the models were run online. T = 1 is one run: lambda
+    does not act."""
     rows = []
-    for model, (T, lams) in {**{f"full-T{T}-lam{lam:g}": (T, [lam]) for T in (3, 5) for lam in LAMBDAS},
-                             "full-T1": (1, LAMBDAS)}.items():
-        block = summary[(summary["model"] == model) & summary["metric"].str.contains("value/")]
-        for lam in lams:
-            rows += [{"dataset": r.dataset, "protocol": r.protocol, "T": T, "lam": lam, "metric": r.metric,
-                      "mean": r.mean, "std": r.std, "n_seeds": r.n_seeds} for r in block.itertuples()]
-    return pd.DataFrame(rows, columns=["dataset", "protocol", "T", "lam", "metric", "mean", "std", "n_seeds"])
+    for recipe in ("full", "q"):
+        grid = {**{f"{recipe}-T{T}-lam{lam:g}": (T, [lam]) for T in (3, 5) for lam in LAMBDAS}, f"{recipe}-T1": (1, LAMBDAS)}
+        for model, (T, lams) in grid.items():
+            block = summary[(summary["model"] == model) & (summary["metric"].str.contains("value/")
+                                                           | (summary["metric"] == "return"))]
+            for lam in lams:
+                rows += [{"dataset": r.dataset, "protocol": r.protocol, "recipe": recipe, "T": T, "lam": lam,
+                          "metric": r.metric, "mean": r.mean, "std": r.std, "n_seeds": r.n_seeds} for r in block.itertuples()]
+    return pd.DataFrame(rows, columns=VALUE_COLUMNS)
 
 
 def plot_value_sweep(table: pd.DataFrame, png: Path) -> None:
     """Test value figures against lambda, a line per T, a row of panels per data set."""
     plt = pyplot()
+    table = table.assign(recipe=table["recipe"].fillna("full")) if "recipe" in table else table.assign(recipe="full")
     sets = list(dict.fromkeys(zip(table["dataset"], table["protocol"])))
-    metrics = ["value/rmse", "value/bias", "value/spearman", "value/true_r2"]
+    metrics = ["value/rmse", "value/bias", "value/spearman", "value/true_r2"] + (["return"] if (table["metric"] == "return").any() else [])
     fig, axes = plt.subplots(len(sets), len(metrics), figsize=(4.2 * len(metrics), 3.3 * len(sets)), squeeze=False)
     for row, (dataset, protocol) in zip(axes, sets):
         mine = table[(table["dataset"] == dataset) & (table["protocol"] == protocol)]
         for ax, metric in zip(row, metrics):
-            for T, line in mine[mine["metric"] == metric].groupby("T"):
+            for (recipe, T), line in mine[mine["metric"] == metric].groupby(["recipe", "T"]):
                 line = line.sort_values("lam")
-                ax.errorbar(line["lam"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3, label=f"T={T}")
+                ax.errorbar(line["lam"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3,
+                            label=f"{recipe} T={T}", ls="-" if recipe == "q" else "--")
             if metric == "value/rmse":
                 base = mine[mine["metric"] == "value/baseline_rmse"]["mean"]
                 if len(base):
@@ -414,6 +434,7 @@ def plot_value_sweep(table: pd.DataFrame, png: Path) -> None:
 def gather_value_tables(folders: list[Path], out: Path) -> None:
     """One value.csv and value_lambda.png in `out` from the value.csv of several compare.py outputs."""
     table = pd.concat([pd.read_csv(folder / "value.csv") for folder in folders], ignore_index=True)
+    table = table.assign(recipe=table["recipe"].fillna("full") if "recipe" in table else "full")[VALUE_COLUMNS]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "value.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     plot_value_sweep(table, out / "value_lambda.png")

@@ -52,3 +52,21 @@ def test_a_data_sets_overrides_win_over_the_models_recipe(tmp_path):
     assert cfg.train.gamma == 0.8 and cfg.model.q_head == "linear" and cfg.sim.clickbait_exit == 0.7
     (plain,) = compare.plan(compare.DATASETS["simulated"], ["gru-sqn"], [0], True, [], compare.MODELS, tmp_path)
     assert plain.config().train.gamma == 0.5 and plain.config().sim.clickbait_exit == 0.0
+
+
+def test_the_value_table_gathers_both_recipes_grids():
+    import pandas as pd
+    summary = pd.DataFrame([
+        {"dataset": "d", "protocol": "event", "model": "full-T3-lam0.8", "metric": "value/rmse", "mean": 0.4, "std": 0.01, "n_seeds": 3},
+        {"dataset": "d", "protocol": "event", "model": "q-T1", "metric": "value/rmse", "mean": 0.5, "std": 0.02, "n_seeds": 3},
+        {"dataset": "d", "protocol": "online", "model": "q-T1", "metric": "return", "mean": 1.8, "std": 0.1, "n_seeds": 3},
+        {"dataset": "d", "protocol": "event", "model": "q-T1", "metric": "purchase/NDCG@10", "mean": 0.1, "std": 0.0, "n_seeds": 3},
+        {"dataset": "d", "protocol": "event", "model": "gru4rec", "metric": "value/rmse", "mean": 9.0, "std": 0.0, "n_seeds": 3},
+    ])
+    table = compare.value_table(summary)
+    assert list(table.columns) == compare.VALUE_COLUMNS
+    full = table[table["recipe"] == "full"]
+    assert full[["T", "lam", "mean"]].values.tolist() == [[3, 0.8, 0.4]]
+    q = table[table["recipe"] == "q"]
+    assert sorted(q["lam"][q["metric"] == "value/rmse"]) == list(compare.LAMBDAS)     # T 1: one run for every lambda
+    assert set(q["metric"]) == {"value/rmse", "return"} and (q["T"] == 1).all()
