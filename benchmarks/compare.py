@@ -407,16 +407,23 @@ def value_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_value_sweep(table: pd.DataFrame, png: Path) -> None:
-    """Test value figures against lambda, a line per T, a row of panels per data set."""
+    """Test value figures against lambda, a line per recipe and T, a row of panels per data set; where
+    the data set was also run online, a last panel with the online return."""
     plt = pyplot()
     table = table.assign(recipe=table["recipe"].fillna("full")) if "recipe" in table else table.assign(recipe="full")
-    sets = list(dict.fromkeys(zip(table["dataset"], table["protocol"])))
-    metrics = ["value/rmse", "value/bias", "value/spearman", "value/true_r2"] + (["return"] if (table["metric"] == "return").any() else [])
-    fig, axes = plt.subplots(len(sets), len(metrics), figsize=(4.2 * len(metrics), 3.3 * len(sets)), squeeze=False)
+    sets = [key for key in dict.fromkeys(zip(table["dataset"], table["protocol"])) if key[1] != "online"]
+    metrics = ["value/rmse", "value/bias", "value/spearman", "value/true_r2"]
+    online = (table["protocol"] == "online") & (table["metric"] == "return")
+    columns = len(metrics) + int(online.any())
+    fig, axes = plt.subplots(len(sets), columns, figsize=(4.2 * columns, 3.3 * len(sets)), squeeze=False)
     for row, (dataset, protocol) in zip(axes, sets):
         mine = table[(table["dataset"] == dataset) & (table["protocol"] == protocol)]
-        for ax, metric in zip(row, metrics):
-            for (recipe, T), line in mine[mine["metric"] == metric].groupby(["recipe", "T"]):
+        panels = [(m, mine) for m in metrics] + [("return", table[online & (table["dataset"] == dataset)])]
+        for ax, (metric, rows) in zip(row, panels):
+            if not (rows["metric"] == metric).any():
+                ax.axis("off")
+                continue
+            for (recipe, T), line in rows[rows["metric"] == metric].groupby(["recipe", "T"]):
                 line = line.sort_values("lam")
                 ax.errorbar(line["lam"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3,
                             label=f"{recipe} T={T}", ls="-" if recipe == "q" else "--")
@@ -424,10 +431,10 @@ def plot_value_sweep(table: pd.DataFrame, png: Path) -> None:
                 base = mine[mine["metric"] == "value/baseline_rmse"]["mean"]
                 if len(base):
                     ax.axhline(base.mean(), color="gray", ls="--", label="position mean")
-            ax.set(title=f"{dataset} {protocol}", xlabel="lambda", ylabel=metric.removeprefix("value/"))
+            ax.set(title=f"{dataset} {'online' if metric == 'return' else protocol}", xlabel="lambda",
+                   ylabel=metric.removeprefix("value/"))
             ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
+            ax.legend(fontsize=7)
     save_png(fig, png)
 
 
