@@ -107,6 +107,8 @@ DATASETS = {
                           quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-event"]),
                   Dataset("movielens", "loo", "configs/movielens-loo.yaml",
                           quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-loo"])],
+    "movielens-event": [Dataset("movielens", "event", "configs/movielens-event.yaml",
+                                quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-event"])],
     "movielens-loo": [Dataset("movielens", "loo", "configs/movielens-loo.yaml",
                               quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-loo"])],
     "movielens-1m": [Dataset("movielens-1m", "loo", "configs/movielens-1m-loo.yaml",
