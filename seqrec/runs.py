@@ -38,9 +38,11 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def check_resumable(ckpt: dict, cfg: Config, pool) -> None:
-    """--resume continues the same network on the same items, or a UserError."""
-    if ckpt["num_items"] != pool.num_items or ckpt["config"]["model"] != cfg.model.to_dict():
-        raise UserError("the checkpoint was trained on another pool or model config "
+    """--resume continues the same network (check_network_unchanged: keys added since the checkpoint
+    count at their defaults) on the same items, or a UserError."""
+    check_network_unchanged(cfg, ckpt)
+    if ckpt["num_items"] != pool.num_items:
+        raise UserError("the checkpoint was trained on another pool "
                         f"(items {ckpt['num_items']} vs {pool.num_items}); use the config it was trained with")
 
 
@@ -110,10 +112,20 @@ def start_run(run_dir: Path, cfg: Config, epochs_done: int | None) -> None:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """One epoch's row of metrics.csv (the header comes with the first row)."""
+    """One epoch's row of metrics.csv (the header comes with the first row). A resumed run whose rows
+    carry columns the file lacks (figures added since it was made) rewrites the file with them, the
+    earlier rows left empty there: a CSV keeps one header."""
     new = not path.exists()
+    header = list(row)
+    if not new:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if set(row) - set(header):
+            rows = read_rows(path) + [row]
+            atomic_write(path, lambda tmp: _write_rows(tmp, rows))
+            return
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer = csv.DictWriter(f, fieldnames=header, restval="")
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -134,7 +146,8 @@ def read_rows(path: Path) -> list[dict]:
 def _write_rows(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as f:
         if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            columns = list(dict.fromkeys(key for r in rows for key in r))      # every row's, in order of first use
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
 
