@@ -204,6 +204,7 @@ def main() -> None:
     keep_freed_memory()                               # steps reuse big freed tensors (see seqrec/allocator.py)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.train.run_dir)
+    saved = None
     if args.mode != "train" or args.resume:
         # A saved run carries its own config; the command line overrides what does not define the net.
         path = Path(args.checkpoint) if args.checkpoint else run_dir / ("last.pt" if args.resume else "best.pt")
@@ -227,7 +228,9 @@ def main() -> None:
             train(cfg, pool, run_dir, args.resume, device, dist)
         if not dist.main:
             return
-        ckpt = runs.load_checkpoint(Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt")
+        # eval and recommend use the checkpoint read above; training tests the best.pt it just wrote
+        ckpt = saved if args.mode != "train" else runs.load_checkpoint(Path(args.checkpoint) if args.checkpoint
+                                                                         else run_dir / "best.pt")
         if args.mode in ("train", "eval"):
             test(cfg, pool, ckpt, run_dir if args.mode == "train" else None, device)
         if args.mode in ("train", "recommend"):

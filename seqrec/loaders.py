@@ -65,7 +65,7 @@ def load_csv(path: Path, data: dict) -> pd.DataFrame:
                         f"rename it or set data.columns.{names[missing[0]]}")
     event = cols["event"] if cols["event"] in header else None
     reward = cols["reward"] if event is None and cols["reward"] in header else None
-    slates = exposure_columns(pd.DataFrame(columns=header), str(path))
+    slates = exposure_columns(header, str(path))
     frame = _read_csv(path, usecols=required + [c for c in (event, reward) if c] + slates)
     return _to_canonical(frame, *required, event, reward, data, str(path))
 
@@ -237,7 +237,7 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
                 if reward is not None and event is None else
                 f"data.reward_click / data.reward_purchase ({rewards[first]:g}) is not a finite 32-bit number")
         raise UserError(f"{where}: {what}; rewards must be finite and below 3.4e38 in size")
-    shown = exposure_columns(frame, where)      # what was shown beside each event, where the log has it
+    shown = exposure_columns(frame.columns, where)   # what was shown beside each event, where the log has it
     items = _ids(frame[item])
     return pd.DataFrame({
         "session": _ids(frame[session]), "item": items,
@@ -248,15 +248,16 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
     })
 
 
-def exposure_columns(frame: pd.DataFrame, where: str = "log") -> list[str]:
-    """The exposure columns of a log: shown_0, shown_1, ... (the items of the slate each event was
-    clicked in) and slate_logp (the slate's log-probability under the logging policy); [] if it has
-    none, with a warning if it has slates without their probability (the pool keeps both or neither)."""
-    shown = sorted((c for c in frame.columns if c.startswith("shown_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
-    if shown and "slate_logp" not in frame.columns:
+def exposure_columns(columns, where: str = "log") -> list[str]:
+    """The exposure columns among a log's `columns`: shown_0, shown_1, ... (the items of the slate each
+    event was clicked in) and slate_logp (the slate's log-probability under the logging policy); [] if it
+    has none, with a warning if it has slates without their probability (the pool keeps both or neither)."""
+    columns = [str(c) for c in columns]
+    shown = sorted((c for c in columns if c.startswith("shown_") and c[6:].isdigit()), key=lambda c: int(c[6:]))
+    if shown and "slate_logp" not in columns:
         print(f"warning: {where}: the {', '.join(shown[:2])}{', ...' if len(shown) > 2 else ''} columns are ignored: "
               "slates are kept only with a slate_logp column (each slate's log-probability)", file=sys.stderr)
-    return shown + ["slate_logp"] if shown and "slate_logp" in frame.columns else []
+    return shown + ["slate_logp"] if shown and "slate_logp" in columns else []
 
 
 NO_ITEM = np.iinfo(np.int64).min    # an empty cell of a slate of integer ids: matches no item

@@ -81,17 +81,15 @@ def top_k_batch(model, histories: Sequence[np.ndarray], state_len: int, k: int, 
     A UserError if the head's scores hold NaN (a NaN would be ranked first)."""
     model.eval()
     device = model_device(model)
-    width = state_len or max(max((len(h) for h in histories), default=1), 1)
-    state = np.zeros((len(histories), width), dtype=np.int64)
+    longest = max(max((len(h) for h in histories), default=1), 1)
+    width = state_len or longest
+    state = np.zeros((len(histories), width), dtype=np.int64)                 # left-padded
+    seen = np.zeros((len(histories), longest), dtype=np.int64)                # every item before, 0 = none
     for row, h in enumerate(histories):
         tail = np.asarray(h, dtype=np.int64)[-width:]
         state[row, width - len(tail):] = tail
-    seen = None
-    if exclude_seen:
-        seen_np = np.zeros((len(histories), max(max((len(h) for h in histories), default=1), 1)), dtype=np.int64)
-        for row, h in enumerate(histories):
-            seen_np[row, :len(h)] = h
-        seen = torch.from_numpy(seen_np).to(device)
+        seen[row, :len(h)] = h
+    seen = torch.from_numpy(seen).to(device) if exclude_seen else None
     scores = model.scores(model.last_state(torch.from_numpy(state).to(device)), head, seen, beta, rerank_top)
     refuse_nan(scores, head)
     values, items = torch.topk(scores, min(k, scores.shape[1] - 1), dim=1)
