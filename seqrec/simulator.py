@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from seqrec.errors import UserError
+from seqrec.ope import plackett_luce_log_probs
 
 NO_CLICK = -1
 
@@ -217,13 +218,12 @@ class Simulator:
         tau = self.p.logging_temperature
         if tau == 0:
             return np.zeros(len(users))
-        logits = self.logging_preference(users) / tau                                      # [B, N]
-        top = logits.max(1, keepdims=True)
-        weights = np.exp(logits - top)
-        chosen = np.take_along_axis(weights, ordered, 1)                                    # [B, k]
-        before = np.cumsum(chosen, 1) - chosen
-        left = np.maximum(weights.sum(1, keepdims=True) - before, np.finfo(float).tiny)
-        return (np.log(np.maximum(chosen, np.finfo(float).tiny)) - np.log(left)).sum(1)
+        return plackett_luce_log_probs(self.logging_preference(users) / tau, ordered).sum(1)
+
+    def slate_position_log_probs(self, users: Users, ordered: np.ndarray) -> np.ndarray:
+        """log P(ordered[:, l] at position l | the items above it) under the logging policy (summed over
+        positions: slate_log_prob). [B, k]; requires logging_temperature > 0."""
+        return plackett_luce_log_probs(self.logging_preference(users) / self.p.logging_temperature, ordered)
 
     def logging_slates(self, users: Users, rng: np.random.Generator) -> np.ndarray:
         """The slates the logging policy shows: its k best-scored items. [B, k]"""
@@ -339,18 +339,50 @@ class Simulator:
             users.last_click = np.where(on, items[:, t], users.last_click)
         return users
 
-    def logging_value(self, users: Users, items: np.ndarray, gamma: float, rollouts: int,
-                      rng: np.random.Generator) -> np.ndarray:
-        """The logging policy's Q(s, a): the expected discounted return when each user [B] clicks
-        `items` [B] now and is then shown the logging policy's slates; the mean of `rollouts` runs. [B]"""
+    def click_value(self, users: Users, items: np.ndarray, choose: "SlateChooser", gamma: float,
+                    rollouts: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Q(s, a) of the policy whose slates `choose` picks: the discounted return when each user [B]
+        clicks `items` [B] now and is then shown that policy's slates, sampled `rollouts` times.
+        Returns the mean and its standard error, each [B]."""
         B = len(users)
         many = users.subset(np.tile(np.arange(B), rollouts))                   # [rollouts * B]
         first = self.respond(many, np.ones(len(many), dtype=bool), np.tile(items, rollouts), rng)
         total, discount = first.reward.astype(np.float64), gamma
-        for _, active, _, res in run_sessions(self, many, lambda sub, _: self.logging_slates(sub, rng), rng):
+        for _, active, _, res in run_sessions(self, many, choose, rng):
             total[active] += discount * res.reward
             discount *= gamma
-        return total.reshape(rollouts, B).mean(0)
+        runs = total.reshape(rollouts, B)
+        sem = runs.std(0, ddof=1) / np.sqrt(rollouts) if rollouts > 1 else np.full(B, np.nan)
+        return runs.mean(0), sem
+
+    def logging_value(self, users: Users, items: np.ndarray, gamma: float, rollouts: int,
+                      rng: np.random.Generator) -> np.ndarray:
+        """The logging policy's Q(s, a) (click_value under its slates), the mean of `rollouts` runs. [B]"""
+        return self.click_value(users, items, lambda sub, _: self.logging_slates(sub, rng), gamma, rollouts, rng)[0]
+
+    def rollout_scores(self, users: Users, rollouts: int, rng: np.random.Generator, width: int | None = None,
+                       max_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+        """Rollout oracle (one step of policy improvement on the greedy oracle): the greedy oracle's `width`
+        (default 2 slates, as the lookahead oracle) best items rescored by the click weight times the undiscounted return of a click
+        on them when the greedy oracle shows every later slate, the mean of `rollouts` sampled sessions
+        (Simulator.click_value). Returns the scores [B, N] (others -inf) and the return estimates'
+        standard errors relative to their means [B, width]. At most `max_rows` sessions run at once."""
+        width = min(width or 2 * self.p.slate_size, self.p.num_items)
+        out = np.full((len(users), self.p.num_items), -np.inf)
+        rel_sem = np.zeros((len(users), width))
+        greedy = lambda sub, _: top_k_slates(self.oracle_scores(sub), self.p.slate_size)
+        chunk = max(1, max_rows // (width * rollouts))
+        for start in range(0, len(users), chunk):
+            sub = users.subset(np.arange(start, min(start + chunk, len(users))))
+            B = len(sub)
+            cand = top_k_slates(self.oracle_scores(sub), width)                               # [B, M]
+            flat_users = sub.subset(np.repeat(np.arange(B), width))
+            value, sem = self.click_value(flat_users, cand.reshape(-1), greedy, 1.0, rollouts, rng)
+            value, sem = value.reshape(B, width), sem.reshape(B, width)
+            rel_sem[start:start + B] = sem / np.maximum(value, np.finfo(float).tiny)
+            score = self.click_utility(sub, cand) + np.log(np.maximum(value, np.finfo(float).tiny))
+            np.put_along_axis(out[start:start + B], cand, score, 1)
+        return out, rel_sem
 
     # ---------------------------------------------------------------- the logged data set
     def generate_log(self, num_sessions: int | None = None, chunk: int = 4096, progress=None) -> pd.DataFrame:

@@ -124,6 +124,38 @@ def test_lookahead_scores_by_a_loop_over_candidates(clickbait_exit):
             assert got[b, item] == pytest.approx(expected)
 
 
+def test_rollout_scores_two_steps_deep_are_the_lookahead_oracles_within_sampling_error():
+    """With sessions capped at 2 clicks, a click now and the greedy slate next is the whole rest of the
+    session: the rollout oracle's sampled return of each candidate must match the lookahead oracle's exact
+    one (4 standard errors), on the same candidates (the greedy oracle's top 2k)."""
+    sim = simulator(**{**SMALL, "max_session_len": 2}, clickbait_appeal=0.2, clickbait_exit=0.5)
+    rng = np.random.default_rng(11)
+    users = sim.start_sessions(3, rng)
+    users.interest += 2 * rng.random(users.interest.shape)
+    rollouts = 4000
+    got, rel_sem = sim.rollout_scores(users, rollouts, np.random.default_rng(12))
+    exact = sim.lookahead_scores(users)
+    assert (np.isfinite(got) == np.isfinite(exact)).all()
+    cand = top_k_slates(sim.oracle_scores(users), 2 * sim.p.slate_size)     # rollout_scores' candidate order
+    utility = np.take_along_axis(sim.click_utility(users), cand, 1)
+    value = np.exp(np.take_along_axis(got, cand, 1) - utility)
+    expected = np.exp(np.take_along_axis(exact, cand, 1) - utility)
+    assert np.all(np.abs(value - expected) < 4 * rel_sem * value + 1e-12)
+
+
+def test_rollout_scores_of_clicks_that_end_the_session_are_their_expected_reward():
+    """Every user leaves after a click: a candidate's return is its click reward, so the rollout oracle
+    ranks as the greedy oracle does (its score within sampling error of the greedy criterion)."""
+    sim = simulator(**SMALL, exit_prob=1.0, exit_prob_after_purchase=1.0)
+    users = sim.start_sessions(4, np.random.default_rng(13))
+    got, rel_sem = sim.rollout_scores(users, 2000, np.random.default_rng(14), width=5)
+    greedy = sim.oracle_scores(users)
+    cand = top_k_slates(greedy, 5)
+    assert (np.isfinite(got).sum(1) == 5).all()
+    ratio = np.exp(np.take_along_axis(got, cand, 1) - np.take_along_axis(greedy, cand, 1))
+    assert np.all(np.abs(ratio - 1) < 4 * rel_sem)
+
+
 def test_clickbait_makes_users_leave_after_the_click():
     """Clicking clickbait (appeal above clickbait_appeal), the user leaves with exit_prob + clickbait_exit
     (4 s.e.); other items keep exit_prob; no clickbait when clickbait_exit is 0."""
