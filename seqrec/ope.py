@@ -1,0 +1,169 @@
+"""Off-policy evaluation of slate policies from a logged impression log: pure functions over arrays.
+
+The log holds S slates (every slate shown, clicked or not) of n sessions: `session` [S] (0 .. n-1),
+`slates` [S, k] item ids in the logging policy's order, `log_cond_logp` [S, k] the logging policy's
+log-probability of each position's item given the items above it (Plackett-Luce chain rule), `click_pos`
+[S] the position clicked (-1 = none) and `reward` [S]. A target policy enters through the same kind of
+arrays: its probability of each logged (item, position) pair, or of each logged prefix.
+
+Every estimator returns per-session numerators and denominators, so that one function turns them into
+an estimate (sum num / sum den) and one bootstraps its interval over sessions:
+
+- item-position IPS (Li et al. 2018; obp's SlateIndependentIPS): the reward at position l weighted by
+  pi(item at l) / mu(item at l); its self-normalised form divides by the mean weight;
+- reward-interaction IPS (McInerney et al. 2020; obp's SlateRewardInteractionIPS): the weight of
+  position l is the ratio of the probabilities of the prefix 1..l;
+- sequential: a session's rewards weighted by the running product of each step's clicked-position weight
+  (per-decision importance sampling over the session), clipped.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from seqrec.errors import UserError
+
+TINY = np.finfo(float).tiny
+
+
+# ================================================================================================
+# Propensities
+# ================================================================================================
+def plackett_luce_log_probs(logits: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """log P(ordered[:, l] at position l | the items above it) when a slate is drawn from Plackett-Luce
+    weights exp(logits): w_{i_l} / (sum of all w - sum_{m<l} w_{i_m}). logits [S, N], ordered [S, k] ->
+    [S, k]; their sum over positions is the slate's log-probability, their cumulative sum its prefixes'."""
+    weights = np.exp(logits - logits.max(1, keepdims=True))
+    chosen = np.take_along_axis(weights, ordered, 1)                                    # [S, k]
+    before = np.cumsum(chosen, 1) - chosen
+    left = np.maximum(weights.sum(1, keepdims=True) - before, TINY)
+    return np.log(np.maximum(chosen, TINY)) - np.log(left)
+
+
+def ranked_top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """A deterministic policy's slate, best first (ties to the lower item id). scores [S, N] -> [S, k]"""
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.lexsort((top, -np.take_along_axis(scores, top, 1)), axis=1)
+    return np.take_along_axis(top, order, 1)
+
+
+def deterministic_position_probs(target_slates: np.ndarray, slates: np.ndarray) -> np.ndarray:
+    """pi(item at l) of a deterministic policy: 1 where it shows the logged item at the logged position.
+    target_slates, slates [S, k] -> [S, k]"""
+    return (target_slates == slates).astype(np.float64)
+
+
+def deterministic_prefix_probs(target_slates: np.ndarray, slates: np.ndarray) -> np.ndarray:
+    """pi(prefix 1..l) of a deterministic policy: 1 where its first l items are the logged ones, in order.
+    [S, k], [S, k] -> [S, k]"""
+    return np.cumprod(target_slates == slates, axis=1).astype(np.float64)
+
+
+def position_marginals(logits: np.ndarray, slates: np.ndarray, draws: int, rng: np.random.Generator,
+                       chunk: int = 256) -> np.ndarray:
+    """P(slates[s, l] at position l) under Plackett-Luce weights exp(logits[s]), by drawing `draws` slates
+    per row with the Gumbel trick (the top k of logits + Gumbel noise is a Plackett-Luce draw). The
+    logged slate counts as one more draw, (count + 1) / (draws + 1), so a logged pair never gets 0: a
+    slightly biased but finite estimate. logits [S, N], slates [S, k] -> [S, k]"""
+    S, k = slates.shape
+    counts = np.zeros((S, k))
+    for start in range(0, S, chunk):
+        rows = slice(start, min(start + chunk, S))
+        for _ in range(draws):
+            noisy = logits[rows] + rng.gumbel(size=logits[rows].shape)
+            counts[rows] += ranked_top_k(noisy, k) == slates[rows]
+    return (counts + 1.0) / (draws + 1.0)
+
+
+# ================================================================================================
+# Estimators: per-session numerators and denominators
+# ================================================================================================
+def position_rewards(click_pos: np.ndarray, reward: np.ndarray, k: int) -> np.ndarray:
+    """The reward of each slate at the position clicked, 0 elsewhere. [S], [S] -> [S, k]"""
+    out = np.zeros((len(click_pos), k))
+    hit = click_pos >= 0
+    out[np.flatnonzero(hit), click_pos[hit]] = reward[hit]
+    return out
+
+
+def per_session(values: np.ndarray, session: np.ndarray, n_sessions: int) -> np.ndarray:
+    """Sum of `values` [S] within each session. -> [n_sessions]"""
+    return np.bincount(session, weights=values, minlength=n_sessions)
+
+
+def slate_ips(rewards: np.ndarray, weights: np.ndarray, session: np.ndarray, n_sessions: int,
+              self_normalised: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """IPS over positions: the return of a session is sum over its slates and positions of w * r.
+    rewards, weights [S, k] (item-position or prefix weights), session [S] -> (num, den) [n_sessions].
+    Plain: den = 1 per session. Self-normalised: a weight's expectation under the logging policy is 1,
+    so den is the session's weights summed over slates and averaged over positions, divided by the
+    mean number of slates per session: sum num / sum den = slates per session * sum w r / mean w."""
+    num = per_session((weights * rewards).sum(1), session, n_sessions)
+    if not self_normalised:
+        return num, np.ones(n_sessions)
+    slates_per_session = len(session) / n_sessions
+    return num, per_session(weights.mean(1), session, n_sessions) / slates_per_session
+
+
+def sequential_ips(rewards: np.ndarray, weights: np.ndarray, click_pos: np.ndarray, session: np.ndarray,
+                   step: np.ndarray, n_sessions: int, clip: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-decision importance sampling over a session: the reward at step t weighted by the product of
+    the clicked positions' weights at steps 0..t (a slate without a click has reward 0 and ends the
+    session, so it adds nothing), each product clipped at `clip`. rewards, weights [S, k]; click_pos,
+    session, step [S] (slates of a session in step order) -> (num, den = 1) [n_sessions] and the share
+    of rewarded steps whose weight was clipped."""
+    order = np.lexsort((step, session))
+    s, clicked = session[order], click_pos[order]
+    w = np.where(clicked >= 0, weights[order, np.maximum(clicked, 0)], 1.0)
+    r = np.where(clicked >= 0, rewards[order, np.maximum(clicked, 0)], 0.0)
+    first = np.r_[True, s[1:] != s[:-1]]
+    place = np.arange(len(s)) - np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))  # step index in its session
+    running = w.copy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j in range(1, int(place.max(initial=0)) + 1):              # the product of the weights so far
+            rows = np.flatnonzero(place == j)
+            running[rows] *= running[rows - 1]
+    running = np.nan_to_num(running, nan=0.0)                            # inf * 0: a zero weight wins
+    product = np.minimum(running, clip)
+    clipped = float(((running > clip) & (r != 0)).sum() / max((r != 0).sum(), 1))
+    return per_session(product * r, s, n_sessions), np.ones(n_sessions), clipped
+
+
+# ================================================================================================
+# Estimates and intervals
+# ================================================================================================
+def estimate(num: np.ndarray, den: np.ndarray) -> float:
+    """The estimate of per-session numerators and denominators: sum num / sum den."""
+    total = den.sum()
+    return float(num.sum() / total) if total > 0 else float("nan")
+
+
+def bootstrap_interval(num: np.ndarray, den: np.ndarray, rng: np.random.Generator, resamples: int = 1000,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `estimate` over `resamples` resamplings of the sessions with replacement."""
+    n = len(num)
+    picks = rng.integers(0, n, size=(resamples, n))
+    nums, dens = num[picks].sum(1), den[picks].sum(1)
+    values = np.where(dens > 0, nums / np.where(dens > 0, dens, 1.0), np.nan)
+    lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+# ================================================================================================
+# Checks
+# ================================================================================================
+def check_log_propensities(log_cond_logp: np.ndarray, where: str = "log") -> None:
+    """The logging policy's conditional log-probabilities [S, k] must be finite and at most 0."""
+    bad = ~np.isfinite(log_cond_logp) | (log_cond_logp > 1e-9)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(1))[0])
+        raise UserError(f"{where}: slate {row} has logging log-probability {log_cond_logp[row][bad[row]][0]!r} "
+                        f"(a propensity must be a finite log-probability, at most 0: a zero, missing or "
+                        f"non-finite propensity cannot be weighted); fix or drop those slates")
+
+
+def check_support(target_probs: np.ndarray, log_probs: np.ndarray, where: str = "target policy") -> None:
+    """A target that puts mass where the logging policy put none cannot be evaluated by weighting."""
+    bad = (target_probs > 0) & (log_probs <= 0)
+    if bad.any():
+        raise UserError(f"{where} puts probability on {int(bad.sum())} (item, position) pairs the logging "
+                        f"policy never shows (support violation): importance weights would be infinite")
