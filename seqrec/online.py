@@ -192,6 +192,49 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
     return Rollout(returns, clicks, purchases, shown, log)
 
 
+@dataclass
+class ImpressionLog:
+    """Every slate the logging policy showed, clicked or not (seqrec/ope.py's input). S slates of n sessions."""
+    session: np.ndarray        # [S] 0 .. n-1
+    step: np.ndarray           # [S] the slate's step in its session
+    slates: np.ndarray         # [S, k] simulator item ids, in the logging policy's order (best first)
+    log_cond_logp: np.ndarray  # [S, k] log P(item at l | the items above) under the logging policy
+    click_pos: np.ndarray      # [S] the position clicked, -1 = none (the session ends)
+    reward: np.ndarray         # [S]
+    histories: np.ndarray      # [S, H] the session's clicks before the slate, most recent last, -1 padded
+    n_sessions: int
+
+
+def impression_log(sim: Simulator, sessions: int, seed: int = 0) -> ImpressionLog:
+    """`sessions` fresh users (a function of (sim.seed, seed), none of them the online evaluation's) under
+    the logging policy, every slate recorded with its positions' chain-rule propensities."""
+    users = sim.start_sessions(sessions, np.random.default_rng([sim.p.seed, 51, seed]))
+    rng = np.random.default_rng([sim.p.seed, 52, seed])
+    H = sim.p.max_session_len
+    histories = np.full((sessions, H), -1, dtype=np.int64)
+    shown, parts = {}, []
+
+    def choose(sub: Users, active: np.ndarray) -> np.ndarray:
+        scores = sim.logging_scores(sub, rng)
+        slates = top_k_slates(scores, sim.p.slate_size)
+        ordered = np.take_along_axis(slates, np.argsort(-np.take_along_axis(scores, slates, 1), 1), 1)
+        shown.update(ordered=ordered, logp=sim.slate_position_log_probs(sub, ordered),
+                     histories=histories[active].copy())
+        return ordered
+
+    for t, active, _, res in run_sessions(sim, users, choose, rng):
+        hit = res.click != NO_CLICK
+        position = np.where(hit, (shown["ordered"] == res.click[:, None]).argmax(1), -1)
+        parts.append((active, np.full(len(active), t), shown["ordered"], shown["logp"], position,
+                      res.reward, shown["histories"]))
+        rows = active[hit]
+        histories[rows] = np.concatenate([histories[rows, 1:], res.click[hit, None]], axis=1)
+    if not parts:
+        raise UserError("the impression log is empty: ask for at least one session")
+    session, step, slates, logp, click_pos, reward, hist = (np.concatenate(x) for x in zip(*parts))
+    return ImpressionLog(session, step, slates, logp, click_pos, reward.astype(np.float64), hist, sessions)
+
+
 # ================================================================================================
 # True values of logged events
 # ================================================================================================

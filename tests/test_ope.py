@@ -159,3 +159,28 @@ def test_support_violation_is_refused():
     with pytest.raises(UserError, match="support violation"):
         check_support(np.array([[1.0, 0.0]]), np.array([[0.0, 0.1]]))
     check_support(np.array([[1.0, 0.0]]), np.array([[0.2, 0.0]]))
+
+
+def test_impression_log_records_every_slate_with_its_propensities():
+    """Every session's slates, step by step, the last one unclicked unless a click ended the session; the
+    positions' log-probabilities sum to the slate's; the clicked position holds the clicked item; the
+    history before a slate is the session's earlier clicks."""
+    from helpers import simulator
+    from seqrec.online import impression_log
+    sim = simulator(num_items=60, num_categories=5, max_session_len=8)
+    log = impression_log(sim, 40, seed=1)
+    assert set(log.session) == set(range(40))
+    for s in range(40):
+        rows = np.flatnonzero(log.session == s)
+        assert (log.step[rows] == np.arange(len(rows))).all()
+        assert (log.click_pos[rows[:-1]] >= 0).all()                 # only a click lets a session go on
+        clicks = [log.slates[r, log.click_pos[r]] for r in rows if log.click_pos[r] >= 0]
+        for j, r in enumerate(rows):
+            before = log.histories[r][log.histories[r] >= 0].tolist()
+            assert before == clicks[:j]
+    assert (log.reward[log.click_pos < 0] == 0).all() and (log.reward[log.click_pos >= 0] > 0).all()
+    from seqrec.simulator import Users
+    stub = Users(prefs=np.zeros((len(log.session), sim.p.dim)), interest=np.zeros((len(log.session), 5)),
+                 last_click=np.array([h[h >= 0][-1] if (h >= 0).any() else -1 for h in log.histories]),
+                 length=np.zeros(len(log.session), dtype=np.int64), done=np.zeros(len(log.session), dtype=bool))
+    np.testing.assert_allclose(log.log_cond_logp.sum(1), sim.slate_log_prob(stub, log.slates), rtol=1e-10)
