@@ -38,7 +38,8 @@ from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
 from seqrec.config import load_config  # noqa: E402
 from seqrec.errors import UserError, run_cli  # noqa: E402
 from seqrec.evaluation import evaluate  # noqa: E402
-from seqrec.online import ModelPolicy, baseline_policies, rollout, simulator_for  # noqa: E402
+from seqrec.online import ModelPolicy, baseline_policies, impression_log, rollout, simulator_for  # noqa: E402
+from seqrec.ope_eval import Target, assess, estimates, logging_propensities, target_propensities  # noqa: E402
 from seqrec.plots import pyplot, save_png  # noqa: E402
 from seqrec.runs import load_checkpoint  # noqa: E402
 
@@ -290,6 +291,75 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
     return rows
 
 
+# ================================================================================================
+# Off-policy evaluation (--ope)
+# ================================================================================================
+OPE_BASELINES = {"random": "uniform", "logging": "logging", "popular": "scores"}
+
+
+def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int) -> list[dict]:
+    """Every history-only policy of `ds` (the baselines, and each model's seed-0 checkpoint) estimated by
+    each off-policy estimator on an impression log of online.sessions fresh logging-policy sessions, beside
+    its true online return (seed 0), plus the offline NDCG@10 rows the assessment compares with."""
+    sim, pool = simulator_for(cfg), Pool(Path(cfg.pool.dir))
+    log = impression_log(sim, cfg.online.sessions, seed=0)
+    rng = np.random.default_rng([cfg.sim.seed, 61])
+    logging = logging_propensities(sim, log, draws, rng)
+    popular = baseline_policies(sim, pool, 0)["popular"]
+    targets = {"random": Target("uniform"), "logging": Target("logging"),
+               "popular": Target("scores", lambda h: popular(h, None))}
+    for run in runs:
+        if run.dataset is ds and run.seed == 0:
+            model = SeqRecQ.from_checkpoint(load_checkpoint(run.run_dir / "best.pt"), pool.num_items)
+            policy = ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, run.config())
+            targets[run.model] = Target("scores", lambda h, policy=policy: policy(h, None))
+    seed0 = rows[(rows["dataset"] == ds.name) & (rows["seed"] == 0) & (rows["split"] == "test")]
+    truth = seed0[(seed0["protocol"] == "online") & (seed0["metric"] == "return")].set_index("model")["value"]
+    out = []
+    for name, target in tqdm(targets.items(), desc=f"off-policy estimates ({ds.name})", unit="policy"):
+        for r in estimates(log, target_propensities(target, log, logging, sim.p.num_items), logging, rng):
+            out.append({"dataset": ds.name, "policy": name, **r, "truth": truth.get(name, np.nan)})
+        offline_name = "popularity" if name == "popular" else name
+        for kind in ("click", "purchase"):
+            hit = seed0[(seed0["protocol"] == ds.protocol) & (seed0["model"] == offline_name)
+                        & (seed0["metric"] == f"{kind}/NDCG@10")]["value"]
+            if len(hit):
+                out.append({"dataset": ds.name, "policy": name, "estimator": f"offline-{kind}-ndcg@10",
+                            "estimate": float(hit.iloc[0]), "ci_low": np.nan, "ci_high": np.nan,
+                            "truth": truth.get(name, np.nan), "clipped": np.nan})
+    return out
+
+
+def plot_ope(table: pd.DataFrame, png: Path) -> None:
+    """Estimate against true return, a panel per estimator, a colour per data set, the diagonal drawn."""
+    plt = pyplot()
+    names = [e for e in dict.fromkeys(table["estimator"]) if not e.startswith("offline-")]
+    cols = min(4, len(names))
+    rows_ = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(4 * cols, 3.6 * rows_), squeeze=False)
+    for ax, name in zip(axes.ravel(), names):
+        for dataset, g in table[table["estimator"] == name].groupby("dataset"):
+            ax.errorbar(g["truth"], g["estimate"], yerr=[g["estimate"] - g["ci_low"], g["ci_high"] - g["estimate"]],
+                        fmt="o", capsize=2, label=dataset)
+        top = max(table["truth"].max(), 0.1)
+        ax.plot([0, top], [0, top], color="gray", ls="--", lw=1)
+        ax.set(title=name, xlabel="true return (online)", ylabel="estimate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    save_png(fig, png)
+
+
+def write_ope(table: pd.DataFrame, out: Path) -> pd.DataFrame:
+    columns = ["dataset", "policy", "estimator", "estimate", "ci_low", "ci_high", "truth"]
+    atomic_write(out / "ope.csv", lambda tmp: table[columns].to_csv(tmp, index=False, float_format="%.6g"))
+    assessment = assess(table)
+    atomic_write(out / "ope-assessment.csv", lambda tmp: assessment.to_csv(tmp, index=False, float_format="%.4g"))
+    plot_ope(table, out / "ope.png")
+    return assessment
+
+
 def with_oracle_fraction(rows: pd.DataFrame) -> pd.DataFrame:
     """Online return as a fraction of the oracle's on the same simulated users (same seed)."""
     ret = rows[(rows["protocol"] == "online") & (rows["metric"] == "return")]
@@ -508,6 +578,12 @@ def main() -> None:
                    "the same dataset, protocol, model and metric are replaced, the others kept")
     p.add_argument("--baselines-only", action="store_true",
                    help="no training: popularity offline and the simulator's policies online, in minutes")
+    p.add_argument("--ope", action="store_true", help="also estimate every history-only policy's return off-policy "
+                   "on the simulated data sets (seed-0 runs): ope.csv, ope.png and ope-assessment.csv in --ope-out")
+    p.add_argument("--ope-out", default=str(ROOT / "results"), help="where ope.csv, ope.png and "
+                   "ope-assessment.csv go (--ope; default results/)")
+    p.add_argument("--ope-draws", type=int, default=100, help="Gumbel draws per slate for the logging "
+                   "policy's position marginals (--ope)")
     p.add_argument("--value-tables", metavar="DIR,DIR", help="train nothing: gather the value.csv of these "
                    "compare.py outputs into --out's value.csv and value_lambda.png")
     args = p.parse_args()
@@ -553,6 +629,15 @@ def main() -> None:
         rows += baseline_rows(ds, cfg, seeds)
     rows = with_oracle_fraction(pd.DataFrame(rows))
     summary = summarize(rows)
+    ope_table = []
+    if args.ope:
+        for ds in datasets:
+            if not ds.online:
+                print(f"{ds.name} ({ds.protocol}): the log holds no propensities and no simulator knows the truth: "
+                      f"the importance-weighted estimators do not apply (the direct method and FQE are not built yet)")
+                continue
+            cfg = load_config(ROOT / ds.config if ds.config else None, ds.overrides + (ds.quick if args.quick else []) + extra)
+            ope_table += ope_rows(ds, cfg, runs, rows, args.ope_draws)
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6g"))
@@ -570,7 +655,13 @@ def main() -> None:
         atomic_write(out / "value.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
         plot_value_sweep(table, out / "value_lambda.png")
     print(text)
-    print(f"written to {out}")
+    if ope_table:
+        table = pd.DataFrame(ope_table)
+        assessment = write_ope(table, Path(args.ope_out))
+        clipped = table.loc[table["estimator"] == "sequential", "clipped"]
+        print(f"off-policy evaluation (sequential weights clipped at 100 for {clipped.mean():.1%} of rewarded steps "
+              f"on average):\n{assessment.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
+    print(f"written to {out}" + (f" and {args.ope_out}" if ope_table else ""))
 
 
 if __name__ == "__main__":

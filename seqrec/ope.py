@@ -11,6 +11,8 @@ an estimate (sum num / sum den) and one bootstraps its interval over sessions:
 
 - item-position IPS (Li et al. 2018; obp's SlateIndependentIPS): the reward at position l weighted by
   pi(item at l) / mu(item at l); its self-normalised form divides by the mean weight;
+- item IPS: the same with pi(item in the slate) / mu(item in the slate), for users who, like the
+  simulator's, do not look at positions;
 - reward-interaction IPS (McInerney et al. 2020; obp's SlateRewardInteractionIPS): the weight of
   position l is the ratio of the probabilities of the prefix 1..l;
 - sequential: a session's rewards weighted by the running product of each step's clicked-position weight
@@ -58,20 +60,28 @@ def deterministic_prefix_probs(target_slates: np.ndarray, slates: np.ndarray) ->
     return np.cumprod(target_slates == slates, axis=1).astype(np.float64)
 
 
+def deterministic_membership_probs(target_slates: np.ndarray, slates: np.ndarray) -> np.ndarray:
+    """pi(item in the slate) of a deterministic policy: 1 where it shows the logged item anywhere.
+    [S, k], [S, k] -> [S, k]"""
+    return (slates[:, :, None] == target_slates[:, None, :]).any(2).astype(np.float64)
+
+
 def position_marginals(logits: np.ndarray, slates: np.ndarray, draws: int, rng: np.random.Generator,
-                       chunk: int = 256) -> np.ndarray:
-    """P(slates[s, l] at position l) under Plackett-Luce weights exp(logits[s]), by drawing `draws` slates
-    per row with the Gumbel trick (the top k of logits + Gumbel noise is a Plackett-Luce draw). The
-    logged slate counts as one more draw, (count + 1) / (draws + 1), so a logged pair never gets 0: a
-    slightly biased but finite estimate. logits [S, N], slates [S, k] -> [S, k]"""
+                       chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """P(slates[s, l] at position l) and P(slates[s, l] anywhere in the slate) under Plackett-Luce weights
+    exp(logits[s]), by drawing `draws` slates per row with the Gumbel trick (the top k of logits + Gumbel
+    noise is a Plackett-Luce draw). The logged slate counts as one more draw, (count + 1) / (draws + 1),
+    so a logged pair never gets 0: a slightly biased but finite estimate. logits [S, N], slates [S, k] ->
+    ([S, k], [S, k])"""
     S, k = slates.shape
-    counts = np.zeros((S, k))
+    at, anywhere = np.zeros((S, k)), np.zeros((S, k))
     for start in range(0, S, chunk):
         rows = slice(start, min(start + chunk, S))
         for _ in range(draws):
-            noisy = logits[rows] + rng.gumbel(size=logits[rows].shape)
-            counts[rows] += ranked_top_k(noisy, k) == slates[rows]
-    return (counts + 1.0) / (draws + 1.0)
+            drawn = ranked_top_k(logits[rows] + rng.gumbel(size=logits[rows].shape), k)
+            at[rows] += drawn == slates[rows]
+            anywhere[rows] += deterministic_membership_probs(drawn, slates[rows])
+    return (at + 1.0) / (draws + 1.0), (anywhere + 1.0) / (draws + 1.0)
 
 
 # ================================================================================================

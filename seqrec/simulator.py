@@ -202,8 +202,11 @@ class Simulator:
     # ---------------------------------------------------------------- policies that know the world
     def logging_preference(self, users: Users) -> np.ndarray:
         """The logging policy's scores before its noise: item appeal plus similarity to the last click. [B, N]"""
-        similar = np.where(users.last_click[:, None] >= 0,
-                           self.item_vecs[np.maximum(users.last_click, 0)] @ self.item_vecs.T, 0.0)
+        return self.logging_preference_after(users.last_click)
+
+    def logging_preference_after(self, last_click: np.ndarray) -> np.ndarray:
+        """logging_preference of users whose last clicks are `last_click` [B] (NO_CLICK: none yet). [B, N]"""
+        similar = np.where(last_click[:, None] >= 0, self.item_vecs[np.maximum(last_click, 0)] @ self.item_vecs.T, 0.0)
         return self.item_appeal + self.p.logging_similarity * similar
 
     def logging_scores(self, users: Users, rng: np.random.Generator) -> np.ndarray:

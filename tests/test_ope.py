@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from seqrec.errors import UserError
-from seqrec.ope import (bootstrap_interval, check_log_propensities, check_support, deterministic_position_probs,
+from seqrec.ope import (bootstrap_interval, check_log_propensities, check_support, deterministic_membership_probs,
+                        deterministic_position_probs,
                         deterministic_prefix_probs, estimate, plackett_luce_log_probs, position_marginals,
                         position_rewards, ranked_top_k, sequential_ips, slate_ips)
 
@@ -49,18 +50,23 @@ def test_deterministic_probabilities_by_hand():
     np.testing.assert_array_equal(deterministic_prefix_probs(np.array([[1, 2]]), np.array([[3, 2]])), [[0, 0]])
 
 
-def test_position_marginals_by_gumbel_draws_match_enumeration():
+def test_position_and_membership_marginals_by_gumbel_draws_match_enumeration():
     logits = np.array([0.5, -0.5, 1.0, 0.0])
     probs = exact_slate_probs(logits, 2)
-    exact = {(i, l): sum(p for s, p in probs.items() if s[l] == i) for i in range(4) for l in range(2)}
+    at = {(i, l): sum(p for s, p in probs.items() if s[l] == i) for i in range(4) for l in range(2)}
+    anywhere = {i: sum(p for s, p in probs.items() if i in s) for i in range(4)}
     slates = np.array([[2, 0], [1, 3], [0, 2]])
     draws = 20_000
-    got = position_marginals(np.repeat(logits[None], 3, 0), slates, draws, np.random.default_rng(0))
+    got_at, got_any = position_marginals(np.repeat(logits[None], 3, 0), slates, draws, np.random.default_rng(0))
     for s in range(3):
         for l in range(2):
-            p = exact[(slates[s, l], l)]
-            expected = (p * draws + 1) / (draws + 1)
-            assert got[s, l] == pytest.approx(expected, abs=4 * np.sqrt(p * (1 - p) / draws))
+            for got, p in ((got_at[s, l], at[(slates[s, l], l)]), (got_any[s, l], anywhere[slates[s, l]])):
+                assert got == pytest.approx((p * draws + 1) / (draws + 1), abs=4 * np.sqrt(p * (1 - p) / draws))
+
+
+def test_deterministic_membership_by_hand():
+    np.testing.assert_array_equal(deterministic_membership_probs(np.array([[4, 7, 1]]), np.array([[1, 4, 9]])),
+                                  [[1, 1, 0]])
 
 
 def test_slate_ips_by_hand():
@@ -103,35 +109,40 @@ def test_sequential_ips_against_a_loop():
     assert (den == 1).all() and 0 <= clipped <= 1
 
 
-def test_ips_forms_are_unbiased_on_a_one_step_log_with_a_known_truth():
+@pytest.mark.parametrize("theta,forms", [((0.8, 0.4), ("ip", "cascade")), ((0.7, 0.7), ("ip", "cascade", "item"))])
+def test_ips_forms_are_unbiased_on_a_one_step_log_with_a_known_truth(theta, forms):
     """A slate bandit whose clicks follow a position-based model (item i at position l is clicked with
     probability theta_l * a_i, independently): the independence assumption of item-position IPS holds,
     and the reward at l depends on the prefix only, as reward-interaction IPS assumes. With the exact
     logging propensities, the mean of each estimate over many logs is the exact value of the target
-    (within 4 standard errors)."""
+    (within 4 standard errors). Where the position does not matter (theta equal), item IPS is unbiased too."""
     rng = np.random.default_rng(7)
     n_items, k = 5, 2
     log_logits = np.array([0.4, 0.0, -0.3, 0.8, -1.0])
-    attract, theta = np.array([0.6, 0.2, 0.5, 0.1, 0.9]), np.array([0.8, 0.4])
+    attract, theta = np.array([0.6, 0.2, 0.5, 0.1, 0.9]), np.array(theta)
     log_probs = exact_slate_probs(log_logits, k)
     slates_all = np.array(list(log_probs))
     target = np.array([4, 0])                                            # a deterministic target slate
     truth = float((theta * attract[target]).sum())
     log_marg = {(i, l): sum(p for s, p in log_probs.items() if s[l] == i) for i in range(n_items) for l in range(k)}
+    log_member = {i: sum(p for s, p in log_probs.items() if i in s) for i in range(n_items)}
 
     S, reps = 4000, 60
-    results = {"ip": [], "cascade": []}
+    results = {name: [] for name in forms}
     for _ in range(reps):
         pick = rng.choice(len(slates_all), size=S, p=list(log_probs.values()))
         slates = slates_all[pick]
         rewards = (rng.random((S, k)) < theta * attract[slates]).astype(float)
         target_slates = np.repeat(target[None], S, 0)
         mu_pos = np.array([[log_marg[(i, l)] for l, i in enumerate(s)] for s in slates])
+        mu_member = np.array([[log_member[i] for i in s] for s in slates])
         mu_prefix = np.exp(np.cumsum(plackett_luce_log_probs(np.repeat(log_logits[None], S, 0), slates), 1))
         session = np.arange(S)
         for name, pi, mu in (("ip", deterministic_position_probs(target_slates, slates), mu_pos),
-                             ("cascade", deterministic_prefix_probs(target_slates, slates), mu_prefix)):
-            results[name].append(estimate(*slate_ips(rewards, pi / mu, session, S)))
+                             ("cascade", deterministic_prefix_probs(target_slates, slates), mu_prefix),
+                             ("item", deterministic_membership_probs(target_slates, slates), mu_member)):
+            if name in results:
+                results[name].append(estimate(*slate_ips(rewards, pi / mu, session, S)))
     for name, values in results.items():
         values = np.array(values)
         assert abs(values.mean() - truth) < 4 * values.std(ddof=1) / np.sqrt(reps), name
@@ -184,3 +195,47 @@ def test_impression_log_records_every_slate_with_its_propensities():
                  last_click=np.array([h[h >= 0][-1] if (h >= 0).any() else -1 for h in log.histories]),
                  length=np.zeros(len(log.session), dtype=np.int64), done=np.zeros(len(log.session), dtype=bool))
     np.testing.assert_allclose(log.log_cond_logp.sum(1), sim.slate_log_prob(stub, log.slates), rtol=1e-10)
+
+
+def test_the_logging_policy_as_target_is_estimated_by_its_own_mean_return():
+    """Every weight is 1: each estimator gives the impression log's mean return per session, exactly."""
+    from helpers import simulator
+    from seqrec.online import impression_log
+    from seqrec.ope_eval import Target, estimates, logging_propensities, target_propensities
+    sim = simulator(num_items=60, num_categories=5, max_session_len=8)
+    log = impression_log(sim, 300, seed=2)
+    logging = logging_propensities(sim, log, 10, np.random.default_rng(0))
+    rows = estimates(log, target_propensities(Target("logging"), log, logging, 60), logging,
+                     np.random.default_rng(1), resamples=50)
+    on_policy = log.reward.sum() / 300
+    assert {r["estimator"] for r in rows} >= {"ips", "snips", "item-ips", "cascade-ips", "sequential"}
+    for r in rows:
+        assert r["estimate"] == pytest.approx(on_policy), r["estimator"]
+        assert r["ci_low"] <= r["estimate"] <= r["ci_high"]
+
+
+def test_uniform_target_propensities():
+    from seqrec.online import ImpressionLog
+    from seqrec.ope_eval import Propensities, Target, target_propensities
+    log = ImpressionLog(np.zeros(2, int), np.arange(2), np.array([[0, 1, 2], [3, 4, 5]]), np.zeros((2, 3)),
+                        np.array([0, -1]), np.array([1.0, 0.0]), np.full((2, 4), -1), 1)
+    got = target_propensities(Target("uniform"), log, None, 10)
+    np.testing.assert_allclose(got.position, 0.1)
+    np.testing.assert_allclose(got.item, 0.3)
+    np.testing.assert_allclose(got.prefix[0], [1 / 10, 1 / 90, 1 / 720])
+    assert isinstance(got, Propensities)
+
+
+def test_assessment_by_hand():
+    """Three policies with true returns 1, 2, 3. Estimator a ranks them right but puts policy 3 at 6;
+    estimator b ranks policy 1 first: Spearman -1, regret (3 - 1) / 3."""
+    import pandas as pd
+    from seqrec.ope_eval import assess
+    table = pd.DataFrame({"dataset": "d", "policy": list("xyz") * 2, "estimator": ["a"] * 3 + ["b"] * 3,
+                          "estimate": [1.0, 2.0, 6.0, 3.0, 2.0, 1.0], "truth": [1.0, 2.0, 3.0] * 2})
+    got = assess(table).set_index("estimator")
+    assert got.loc["a", "spearman"] == pytest.approx(1.0) and got.loc["a", "regret_at_1"] == 0
+    assert got.loc["a", "relative_error"] == pytest.approx((0 + 0 + 1.0) / 3)
+    assert got.loc["b", "spearman"] == pytest.approx(-1.0)
+    assert got.loc["b", "regret_at_1"] == pytest.approx(2 / 3)
+    assert (got["n_policies"] == 3).all()

@@ -210,7 +210,8 @@ def test_online_eval_needs_the_simulator(tmp_path):
 def test_compare_quick_writes_the_summary(tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "simulated",
-           "--models", "gru4rec,full-T3-lam0.8", "--out", str(out), "--runs", str(tmp_path / "runs")]
+           "--models", "gru4rec,full-T3-lam0.8", "--out", str(out), "--runs", str(tmp_path / "runs"),
+           "--ope", "--ope-out", str(out / "ope"), "--ope-draws", "5"]
     for o in tiny_overrides(tmp_path) + ["train.epochs=1", "online.sessions=100"]:
         if not o.startswith(("train.run_dir", "train.threads")):
             cmd += ["--set", o]
@@ -225,6 +226,15 @@ def test_compare_quick_writes_the_summary(tmp_path):
         assert key in keys, key
     for name in ("results.md", "lambda.png", "horizon.png", "curves.png"):
         assert (out / name).is_file(), name
+    # --ope: every history-only policy, every estimator, an interval and the truth
+    ope = list(csv.DictReader((out / "ope" / "ope.csv").open()))
+    assert list(ope[0]) == ["dataset", "policy", "estimator", "estimate", "ci_low", "ci_high", "truth"]
+    assert {r["policy"] for r in ope} == {"random", "logging", "popular", "gru4rec", "full-T3-lam0.8"}
+    ips = [r for r in ope if r["estimator"] == "cascade-snips"]
+    assert len(ips) == 5 and all(float(r["ci_low"]) <= float(r["estimate"]) <= float(r["ci_high"]) for r in ips)
+    assessment = {r["estimator"]: r for r in csv.DictReader((out / "ope" / "ope-assessment.csv").open())}
+    assert {"ips", "sequential", "offline-click-ndcg@10"} <= set(assessment)
+    assert assessment["ips"]["n_policies"] == "5" and (out / "ope" / "ope.png").is_file()
 
 
 def test_compare_baselines_only_trains_nothing(tmp_path):
