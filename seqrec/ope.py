@@ -16,7 +16,8 @@ an estimate (sum num / sum den) and one bootstraps its interval over sessions:
 - reward-interaction IPS (McInerney et al. 2020; obp's SlateRewardInteractionIPS): the weight of
   position l is the ratio of the probabilities of the prefix 1..l;
 - sequential: a session's rewards weighted by the running product of each step's clicked-position weight
-  (per-decision importance sampling over the session), clipped.
+  (per-decision importance sampling over the session), clipped; and its weighted form (Precup et al.
+  2000), which divides each step's weighted rewards by that step's summed weights.
 """
 from __future__ import annotations
 
@@ -138,6 +139,28 @@ def sequential_ips(rewards: np.ndarray, weights: np.ndarray, click_pos: np.ndarr
     return per_session(product * r, s, n_sessions), np.ones(n_sessions), clipped
 
 
+def per_decision_tables(rewards: np.ndarray, weights: np.ndarray, click_pos: np.ndarray, session: np.ndarray,
+                        step: np.ndarray, n_sessions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each session's running product of clicked-position weights and its reward, step by step: products,
+    step_rewards [n_sessions, T]. After a session ends its product stays at its last value with reward 0
+    (an absorbing state), so every session counts at every step. rewards, weights [S, k]; click_pos,
+    session, step [S]."""
+    T = int(step.max(initial=0)) + 1
+    clicked = click_pos >= 0
+    w = np.where(clicked, weights[np.arange(len(session)), np.maximum(click_pos, 0)], 1.0)
+    r = np.where(clicked, rewards[np.arange(len(session)), np.maximum(click_pos, 0)], 0.0)
+    factors, step_rewards = np.ones((n_sessions, T)), np.zeros((n_sessions, T))
+    factors[session, step], step_rewards[session, step] = w, r
+    return np.cumprod(factors, axis=1), step_rewards
+
+
+def weighted_per_decision(products: np.ndarray, step_rewards: np.ndarray) -> float:
+    """Weighted per-decision importance sampling: sum over steps t of the weighted mean reward at t,
+    sum_i rho_it r_it / sum_i rho_it (a step where every weight is 0 adds 0). [n, T], [n, T] -> float"""
+    den = products.sum(0)
+    return float(np.sum(np.where(den > 0, (products * step_rewards).sum(0) / np.where(den > 0, den, 1.0), 0.0)))
+
+
 # ================================================================================================
 # Estimates and intervals
 # ================================================================================================
@@ -154,6 +177,15 @@ def bootstrap_interval(num: np.ndarray, den: np.ndarray, rng: np.random.Generato
     picks = rng.integers(0, n, size=(resamples, n))
     nums, dens = num[picks].sum(1), den[picks].sum(1)
     values = np.where(dens > 0, nums / np.where(dens > 0, dens, 1.0), np.nan)
+    lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def bootstrap_statistic(statistic, n: int, rng: np.random.Generator, resamples: int = 1000,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `statistic(rows)` (rows: session indices drawn with replacement) over
+    `resamples` resamplings of n sessions, for estimates that are not a ratio of per-session sums."""
+    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(resamples)])
     lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 

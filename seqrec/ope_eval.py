@@ -17,7 +17,8 @@ from seqrec import ope
 from seqrec.online import ImpressionLog
 from seqrec.simulator import Simulator
 
-ESTIMATORS = ("ips", "snips", "item-ips", "item-snips", "cascade-ips", "cascade-snips", "sequential")
+ESTIMATORS = ("ips", "snips", "item-ips", "item-snips", "cascade-ips", "cascade-snips", "sequential",
+              "sequential-weighted")
 OFFLINE = ("offline-click-ndcg@10", "offline-purchase-ndcg@10")
 
 
@@ -86,6 +87,11 @@ def estimates(log: ImpressionLog, target: Propensities, logging: Propensities, r
         lo, hi = ope.bootstrap_interval(num, den, rng, resamples)
         rows.append({"estimator": name, "estimate": ope.estimate(num, den), "ci_low": lo, "ci_high": hi,
                      "clipped": clipped if name == "sequential" else np.nan})
+    products, step_rewards = ope.per_decision_tables(rewards, w_item, log.click_pos, log.session, log.step, log.n_sessions)
+    lo, hi = ope.bootstrap_statistic(lambda rows: ope.weighted_per_decision(products[rows], step_rewards[rows]),
+                                     log.n_sessions, rng, resamples)
+    rows.append({"estimator": "sequential-weighted", "estimate": ope.weighted_per_decision(products, step_rewards),
+                 "ci_low": lo, "ci_high": hi, "clipped": np.nan})
     return rows
 
 

@@ -239,3 +239,43 @@ def test_assessment_by_hand():
     assert got.loc["b", "spearman"] == pytest.approx(-1.0)
     assert got.loc["b", "regret_at_1"] == pytest.approx(2 / 3)
     assert (got["n_policies"] == 3).all()
+
+
+def test_weighted_per_decision_against_a_loop():
+    """sum over t of sum_i rho_it r_it / sum_i rho_it, rho_it the product of session i's clicked weights up
+    to t (its last product once it has ended, with reward 0 from then on)."""
+    from seqrec.ope import per_decision_tables, weighted_per_decision
+    rng = np.random.default_rng(5)
+    n, k = 15, 3
+    lengths = rng.integers(1, 5, n)
+    session = np.repeat(np.arange(n), lengths)
+    step = np.concatenate([np.arange(m) for m in lengths])
+    click_pos = np.where(step < np.repeat(lengths, lengths) - 1, rng.integers(0, k, len(session)), -1)
+    rewards = position_rewards(click_pos, rng.choice([0.2, 1.0], len(session)), k)
+    weights = rng.choice([0.0, 0.5, 2.0], size=(len(session), k))
+    T = lengths.max()
+    num, den = np.zeros(T), np.zeros(T)
+    for i in range(n):
+        rows = np.flatnonzero(session == i)
+        product = 1.0
+        for t in range(T):
+            reward = 0.0
+            if t < len(rows):
+                r = rows[t]
+                if click_pos[r] >= 0:
+                    product *= weights[r, click_pos[r]]
+                    reward = rewards[r, click_pos[r]]
+            num[t] += product * reward
+            den[t] += product
+    expected = sum(num[t] / den[t] for t in range(T) if den[t] > 0)
+    got = weighted_per_decision(*per_decision_tables(rewards, weights, click_pos, session, step, n))
+    assert got == pytest.approx(expected)
+
+
+def test_weighted_per_decision_with_unit_weights_is_the_mean_return():
+    from seqrec.ope import per_decision_tables, weighted_per_decision
+    session, step = np.array([0, 0, 1]), np.array([0, 1, 0])
+    click_pos, reward = np.array([1, -1, 0]), np.array([1.0, 0.0, 0.2])
+    rewards = position_rewards(click_pos, reward, 2)
+    got = weighted_per_decision(*per_decision_tables(rewards, np.ones((3, 2)), click_pos, session, step, 2))
+    assert got == pytest.approx((1.0 + 0.2) / 2)
