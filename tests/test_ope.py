@@ -279,3 +279,12 @@ def test_weighted_per_decision_with_unit_weights_is_the_mean_return():
     rewards = position_rewards(click_pos, reward, 2)
     got = weighted_per_decision(*per_decision_tables(rewards, np.ones((3, 2)), click_pos, session, step, 2))
     assert got == pytest.approx((1.0 + 0.2) / 2)
+
+
+def test_spearman_with_ties_by_hand():
+    """Ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4): Pearson of those ranks."""
+    import pandas as pd
+    from seqrec.ope_eval import spearman
+    a, b = np.array([1.0, 2.5, 2.5, 4.0]), np.arange(1.0, 5.0)
+    expected = np.corrcoef(a, b)[0, 1]
+    assert spearman(pd.Series([0.1, 0.5, 0.5, 0.9]), pd.Series([1.0, 2.0, 3.0, 4.0])) == pytest.approx(expected)
