@@ -38,8 +38,10 @@ from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
 from seqrec.config import load_config  # noqa: E402
 from seqrec.errors import UserError, run_cli  # noqa: E402
 from seqrec.evaluation import evaluate  # noqa: E402
-from seqrec.online import ModelPolicy, baseline_policies, impression_log, rollout, simulator_for  # noqa: E402
-from seqrec.ope_eval import Target, assess, estimates, logging_propensities, target_propensities  # noqa: E402
+from seqrec.online import (ModelPolicy, baseline_policies, impression_log,  # noqa: E402
+                           pool_popularity_policy, rollout, simulator_for)
+from seqrec.ope_eval import (SEQUENTIAL_CLIP, Target, assess, estimates, logging_propensities,  # noqa: E402
+                             target_propensities)
 from seqrec.plots import pyplot, save_png  # noqa: E402
 from seqrec.runs import load_checkpoint  # noqa: E402
 
@@ -139,6 +141,11 @@ class Run:
 # ================================================================================================
 # Running
 # ================================================================================================
+def dataset_config(ds: Dataset, quick: bool, extra: list[str]):
+    """A data set's own config (no model's recipe): its file, its overrides, --quick's and --set's."""
+    return load_config(ROOT / ds.config if ds.config else None, ds.overrides + (ds.quick if quick else []) + extra)
+
+
 def plan(datasets: list[Dataset], models: list[str], seeds: list[int], quick: bool, extra: list[str],
          variants: dict[str, list[str]], runs_dir: Path) -> list[Run]:
     runs = []
@@ -295,9 +302,6 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
 # ================================================================================================
 # Off-policy evaluation (--ope)
 # ================================================================================================
-OPE_BASELINES = {"random": "uniform", "logging": "logging", "popular": "scores"}
-
-
 def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int) -> list[dict]:
     """Every history-only policy of `ds` (the baselines, and each model's seed-0 checkpoint) estimated by
     each off-policy estimator on an impression log of online.sessions fresh logging-policy sessions, beside
@@ -306,7 +310,7 @@ def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int) 
     log = impression_log(sim, cfg.online.sessions, seed=0)
     rng = np.random.default_rng([cfg.sim.seed, 61])
     logging = logging_propensities(sim, log, draws, rng)
-    popular = baseline_policies(sim, pool, 0)["popular"]
+    popular = pool_popularity_policy(sim, pool)
     targets = {"random": Target("uniform"), "logging": Target("logging"),
                "popular": Target("scores", lambda h: popular(h, None))}
     for run in runs:
@@ -625,7 +629,7 @@ def main() -> None:
     for run in tqdm(runs, desc="collecting", unit="run"):
         rows += collect_run(run)
     for ds in datasets:
-        cfg = load_config(ROOT / ds.config if ds.config else None, ds.overrides + (ds.quick if args.quick else []) + extra)
+        cfg = dataset_config(ds, args.quick, extra)
         ensure_pool(cfg)
         rows += baseline_rows(ds, cfg, seeds)
     rows = with_oracle_fraction(pd.DataFrame(rows))
@@ -637,7 +641,7 @@ def main() -> None:
                 print(f"{ds.name} ({ds.protocol}): the log holds no propensities and no simulator knows the truth: "
                       f"the importance-weighted estimators do not apply (the direct method and FQE are not built yet)")
                 continue
-            cfg = load_config(ROOT / ds.config if ds.config else None, ds.overrides + (ds.quick if args.quick else []) + extra)
+            cfg = dataset_config(ds, args.quick, extra)
             ope_table += ope_rows(ds, cfg, runs, rows, args.ope_draws)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -660,8 +664,8 @@ def main() -> None:
         table = pd.DataFrame(ope_table)
         assessment = write_ope(table, Path(args.ope_out))
         clipped = table.loc[table["estimator"] == "sequential", "clipped"]
-        print(f"off-policy evaluation (sequential weights clipped at 100 for {clipped.mean():.1%} of rewarded steps "
-              f"on average):\n{assessment.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
+        print(f"off-policy evaluation (sequential weights clipped at {SEQUENTIAL_CLIP:g} for {clipped.mean():.1%} "
+              f"of rewarded steps on average):\n{assessment.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
     print(f"written to {out}" + (f" and {args.ope_out}" if ope_table else ""))
 
 

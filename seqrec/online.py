@@ -18,6 +18,7 @@ import torch
 from seqrec.atomic import atomic_write
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
+from seqrec.ope import ranked_top_k
 from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions, top_k_slates
 
 Policy = Callable[[np.ndarray, Users], np.ndarray]
@@ -71,13 +72,17 @@ def simulator_for(cfg) -> Simulator:
     return Simulator.from_config(cfg)
 
 
+def pool_popularity_policy(sim: Simulator, pool) -> Policy:
+    """popularity_policy of the clicks in the pool's training split, over the simulator's items."""
+    counts = np.zeros(sim.p.num_items)
+    np.add.at(counts, pool.item_ids.astype(np.int64)[np.asarray(pool.items[pool.events("train")]) - 1], 1.0)
+    return popularity_policy(counts)
+
+
 def baseline_policies(sim: Simulator, pool, seed: int) -> dict:
     """random, popular (clicks in the pool's training split), logging, the greedy, lookahead and posterior
     oracles, by name."""
-    train = pool.events("train")
-    counts = np.zeros(sim.p.num_items)
-    np.add.at(counts, pool.item_ids.astype(np.int64)[np.asarray(pool.items[train]) - 1], 1.0)
-    return {"random": random_policy(sim.p.num_items, seed), "popular": popularity_policy(counts),
+    return {"random": random_policy(sim.p.num_items, seed), "popular": pool_popularity_policy(sim, pool),
             "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim),
             "lookahead-oracle": lookahead_oracle_policy(sim), "posterior-oracle": posterior_oracle_policy(sim, seed=seed)}
 
@@ -215,9 +220,7 @@ def impression_log(sim: Simulator, sessions: int, seed: int = 0) -> ImpressionLo
     shown, parts = {}, []
 
     def choose(sub: Users, active: np.ndarray) -> np.ndarray:
-        scores = sim.logging_scores(sub, rng)
-        slates = top_k_slates(scores, sim.p.slate_size)
-        ordered = np.take_along_axis(slates, np.argsort(-np.take_along_axis(scores, slates, 1), 1), 1)
+        ordered = ranked_top_k(sim.logging_scores(sub, rng), sim.p.slate_size)
         shown.update(ordered=ordered, logp=sim.slate_position_log_probs(sub, ordered),
                      histories=histories[active].copy())
         return ordered

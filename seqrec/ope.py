@@ -115,43 +115,32 @@ def slate_ips(rewards: np.ndarray, weights: np.ndarray, session: np.ndarray, n_s
     return num, per_session(weights.mean(1), session, n_sessions) / slates_per_session
 
 
-def sequential_ips(rewards: np.ndarray, weights: np.ndarray, click_pos: np.ndarray, session: np.ndarray,
-                   step: np.ndarray, n_sessions: int, clip: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-decision importance sampling over a session: the reward at step t weighted by the product of
-    the clicked positions' weights at steps 0..t (a slate without a click has reward 0 and ends the
-    session, so it adds nothing), each product clipped at `clip`. rewards, weights [S, k]; click_pos,
-    session, step [S] (slates of a session in step order) -> (num, den = 1) [n_sessions] and the share
-    of rewarded steps whose weight was clipped."""
-    order = np.lexsort((step, session))
-    s, clicked = session[order], click_pos[order]
-    w = np.where(clicked >= 0, weights[order, np.maximum(clicked, 0)], 1.0)
-    r = np.where(clicked >= 0, rewards[order, np.maximum(clicked, 0)], 0.0)
-    first = np.r_[True, s[1:] != s[:-1]]
-    place = np.arange(len(s)) - np.maximum.accumulate(np.where(first, np.arange(len(s)), 0))  # step index in its session
-    running = w.copy()
-    with np.errstate(over="ignore", invalid="ignore"):
-        for j in range(1, int(place.max(initial=0)) + 1):              # the product of the weights so far
-            rows = np.flatnonzero(place == j)
-            running[rows] *= running[rows - 1]
-    running = np.nan_to_num(running, nan=0.0)                            # inf * 0: a zero weight wins
-    product = np.minimum(running, clip)
-    clipped = float(((running > clip) & (r != 0)).sum() / max((r != 0).sum(), 1))
-    return per_session(product * r, s, n_sessions), np.ones(n_sessions), clipped
-
-
 def per_decision_tables(rewards: np.ndarray, weights: np.ndarray, click_pos: np.ndarray, session: np.ndarray,
                         step: np.ndarray, n_sessions: int) -> tuple[np.ndarray, np.ndarray]:
     """Each session's running product of clicked-position weights and its reward, step by step: products,
-    step_rewards [n_sessions, T]. After a session ends its product stays at its last value with reward 0
-    (an absorbing state), so every session counts at every step. rewards, weights [S, k]; click_pos,
-    session, step [S]."""
+    step_rewards [n_sessions, T]. A slate without a click has reward 0 and ends the session; after that the
+    product stays at its last value with reward 0 (an absorbing state), so every session counts at every
+    step. A product that overflowed to inf and then met a zero weight is 0. rewards, weights [S, k];
+    click_pos, session, step [S]."""
     T = int(step.max(initial=0)) + 1
     clicked = click_pos >= 0
     w = np.where(clicked, weights[np.arange(len(session)), np.maximum(click_pos, 0)], 1.0)
     r = np.where(clicked, rewards[np.arange(len(session)), np.maximum(click_pos, 0)], 0.0)
     factors, step_rewards = np.ones((n_sessions, T)), np.zeros((n_sessions, T))
     factors[session, step], step_rewards[session, step] = w, r
-    return np.cumprod(factors, axis=1), step_rewards
+    with np.errstate(over="ignore", invalid="ignore"):
+        products = np.cumprod(factors, axis=1)
+    return np.nan_to_num(products, nan=0.0, posinf=np.inf), step_rewards
+
+
+def sequential_ips(products: np.ndarray, step_rewards: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-decision importance sampling over a session: the reward at step t weighted by the product of
+    the clicked positions' weights at steps 0..t, each product clipped at `clip`. products, step_rewards
+    [n, T] (per_decision_tables) -> (num, den = 1) [n] and the share of rewarded steps whose weight was
+    clipped."""
+    rewarded = step_rewards != 0
+    clipped = float((rewarded & (products > clip)).sum() / max(rewarded.sum(), 1))
+    return (np.minimum(products, clip) * step_rewards).sum(1), np.ones(len(products)), clipped
 
 
 def weighted_per_decision(products: np.ndarray, step_rewards: np.ndarray) -> float:

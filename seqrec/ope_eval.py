@@ -20,6 +20,7 @@ from seqrec.simulator import Simulator
 ESTIMATORS = ("ips", "snips", "item-ips", "item-snips", "cascade-ips", "cascade-snips", "sequential",
               "sequential-weighted")
 OFFLINE = ("offline-click-ndcg@10", "offline-purchase-ndcg@10")
+SEQUENTIAL_CLIP = 100.0      # the plain sequential estimate's cap on a session's product of weights
 
 
 @dataclass
@@ -38,8 +39,8 @@ class Target:
 
 
 def logging_propensities(sim: Simulator, log: ImpressionLog, draws: int, rng: np.random.Generator) -> Propensities:
-    """The logging policy's position marginals (Gumbel draws, ope.position_marginals) and exact prefix
-    probabilities (the chain rule the log holds)."""
+    """The logging policy's position and slate marginals (Gumbel draws, ope.position_marginals) and exact
+    prefix probabilities (the chain rule the log holds)."""
     ope.check_log_propensities(log.log_cond_logp, "impression log")
     last = log.histories[:, -1]
     logits = sim.logging_preference_after(last) / sim.p.logging_temperature
@@ -65,7 +66,7 @@ def target_propensities(target: Target, log: ImpressionLog, logging: Propensitie
 
 
 def estimates(log: ImpressionLog, target: Propensities, logging: Propensities, rng: np.random.Generator,
-              clip: float = 100.0, resamples: int = 1000) -> list[dict]:
+              clip: float = SEQUENTIAL_CLIP, resamples: int = 1000) -> list[dict]:
     """Every estimator's estimate of the target's return per session, with a 95% bootstrap interval."""
     ope.check_support(target.position, logging.position)
     k = log.slates.shape[1]
@@ -80,14 +81,14 @@ def estimates(log: ImpressionLog, target: Propensities, logging: Propensities, r
              "cascade-snips": ope.slate_ips(rewards, w_prefix, log.session, log.n_sessions, self_normalised=True)}
     # Over a session the item weights: the simulator's users do not look at positions, and products of
     # the sparser position weights are zero almost everywhere.
-    num, den, clipped = ope.sequential_ips(rewards, w_item, log.click_pos, log.session, log.step, log.n_sessions, clip)
+    products, step_rewards = ope.per_decision_tables(rewards, w_item, log.click_pos, log.session, log.step, log.n_sessions)
+    num, den, clipped = ope.sequential_ips(products, step_rewards, clip)
     parts["sequential"] = (num, den)
     rows = []
     for name, (num, den) in parts.items():
         lo, hi = ope.bootstrap_interval(num, den, rng, resamples)
         rows.append({"estimator": name, "estimate": ope.estimate(num, den), "ci_low": lo, "ci_high": hi,
                      "clipped": clipped if name == "sequential" else np.nan})
-    products, step_rewards = ope.per_decision_tables(rewards, w_item, log.click_pos, log.session, log.step, log.n_sessions)
     lo, hi = ope.bootstrap_statistic(lambda rows: ope.weighted_per_decision(products[rows], step_rewards[rows]),
                                      log.n_sessions, rng, resamples)
     rows.append({"estimator": "sequential-weighted", "estimate": ope.weighted_per_decision(products, step_rewards),

@@ -366,9 +366,9 @@ class Simulator:
     def rollout_scores(self, users: Users, rollouts: int, rng: np.random.Generator, width: int | None = None,
                        max_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
         """Rollout oracle (one step of policy improvement on the greedy oracle): the greedy oracle's `width`
-        (default 2 slates, as the lookahead oracle) best items rescored by the click weight times the undiscounted return of a click
-        on them when the greedy oracle shows every later slate, the mean of `rollouts` sampled sessions
-        (Simulator.click_value). Returns the scores [B, N] (others -inf) and the return estimates'
+        (default 2 slates, as the lookahead oracle) best items rescored by the click weight times the
+        undiscounted return of a click on them when the greedy oracle shows every later slate, the mean of
+        `rollouts` sampled sessions (Simulator.click_value). Returns the scores [B, N] (others -inf) and the return estimates'
         standard errors relative to their means [B, width]. At most `max_rows` sessions run at once."""
         width = min(width or 2 * self.p.slate_size, self.p.num_items)
         out = np.full((len(users), self.p.num_items), -np.inf)
@@ -382,8 +382,9 @@ class Simulator:
             flat_users = sub.subset(np.repeat(np.arange(B), width))
             value, sem = self.click_value(flat_users, cand.reshape(-1), greedy, 1.0, rollouts, rng)
             value, sem = value.reshape(B, width), sem.reshape(B, width)
-            rel_sem[start:start + B] = sem / np.maximum(value, np.finfo(float).tiny)
-            score = self.click_utility(sub, cand) + np.log(np.maximum(value, np.finfo(float).tiny))
+            value = np.maximum(value, np.finfo(float).tiny)                                   # log of a zero return
+            rel_sem[start:start + B] = sem / value
+            score = self.click_utility(sub, cand) + np.log(value)
             np.put_along_axis(out[start:start + B], cand, score, 1)
         return out, rel_sem
 

@@ -6,9 +6,9 @@ import pytest
 
 from seqrec.errors import UserError
 from seqrec.ope import (bootstrap_interval, check_log_propensities, check_support, deterministic_membership_probs,
-                        deterministic_position_probs,
-                        deterministic_prefix_probs, estimate, plackett_luce_log_probs, position_marginals,
-                        position_rewards, ranked_top_k, sequential_ips, slate_ips)
+                        deterministic_position_probs, deterministic_prefix_probs, estimate, per_decision_tables,
+                        plackett_luce_log_probs, position_marginals, position_rewards, ranked_top_k, sequential_ips,
+                        slate_ips)
 
 
 def ordered_slates(n: int, k: int) -> list:
@@ -104,7 +104,7 @@ def test_sequential_ips_against_a_loop():
     click_pos = rng.integers(-1, k, S)
     rewards = position_rewards(click_pos, rng.choice([0.2, 1.0], S), k)
     weights = rng.choice([0.0, 0.5, 1.5, 3.0], size=(S, k))
-    num, den, clipped = sequential_ips(rewards, weights, click_pos, session, step, n, clip=5.0)
+    num, den, clipped = sequential_ips(*per_decision_tables(rewards, weights, click_pos, session, step, n), clip=5.0)
     np.testing.assert_allclose(num, loop_sequential(rewards, weights, click_pos, session, step, n, 5.0))
     assert (den == 1).all() and 0 <= clipped <= 1
 
@@ -244,7 +244,7 @@ def test_assessment_by_hand():
 def test_weighted_per_decision_against_a_loop():
     """sum over t of sum_i rho_it r_it / sum_i rho_it, rho_it the product of session i's clicked weights up
     to t (its last product once it has ended, with reward 0 from then on)."""
-    from seqrec.ope import per_decision_tables, weighted_per_decision
+    from seqrec.ope import weighted_per_decision
     rng = np.random.default_rng(5)
     n, k = 15, 3
     lengths = rng.integers(1, 5, n)
@@ -273,7 +273,7 @@ def test_weighted_per_decision_against_a_loop():
 
 
 def test_weighted_per_decision_with_unit_weights_is_the_mean_return():
-    from seqrec.ope import per_decision_tables, weighted_per_decision
+    from seqrec.ope import weighted_per_decision
     session, step = np.array([0, 0, 1]), np.array([0, 1, 0])
     click_pos, reward = np.array([1, -1, 0]), np.array([1.0, 0.0, 0.2])
     rewards = position_rewards(click_pos, reward, 2)
