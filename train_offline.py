@@ -227,6 +227,7 @@ def main() -> None:
         if args.mode == "train":
             train(cfg, pool, run_dir, args.resume, device, dist)
         if not dist.main:
+            dist.barrier()                            # wait for rank 0's test, then leave the group together
             return
         # eval and recommend use the checkpoint read above; training tests the best.pt it just wrote
         ckpt = saved if args.mode != "train" else runs.load_checkpoint(Path(args.checkpoint) if args.checkpoint
@@ -235,6 +236,7 @@ def main() -> None:
             test(cfg, pool, ckpt, run_dir if args.mode == "train" else None, device)
         if args.mode in ("train", "recommend"):
             recommend(cfg, pool, ckpt, args, device)
+        dist.barrier()
     finally:
         teardown_distributed()
 

@@ -9,6 +9,7 @@ distributed sampler does; rank 0 alone logs, evaluates and saves.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -82,7 +83,11 @@ def setup(device_name: str) -> tuple[Dist, torch.device]:
 
 
 def teardown() -> None:
+    """Leave the process group. Collect garbage first: DDP's reducer sits in reference cycles and holds
+    the gloo group, which otherwise dies during interpreter shutdown with its worker threads still
+    joinable (std::terminate, SIGABRT; seen under load in CI)."""
     if torch_dist.is_available() and torch_dist.is_initialized():
+        gc.collect()
         torch_dist.destroy_process_group()
 
 
