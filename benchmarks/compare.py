@@ -40,8 +40,8 @@ from seqrec.errors import UserError, run_cli  # noqa: E402
 from seqrec.evaluation import evaluate  # noqa: E402
 from seqrec.online import (ModelPolicy, baseline_policies, impression_log,  # noqa: E402
                            pool_popularity_policy, rollout, simulator_for)
-from seqrec.ope_eval import (SEQUENTIAL_CLIP, Target, assess, estimates, logging_propensities,  # noqa: E402
-                             target_propensities)
+from seqrec.ope_eval import (SEQUENTIAL_CLIP, Critic, Target, assess, critic_view, deterministic_slates,  # noqa: E402
+                             estimates, logging_propensities, model_based_estimates, target_propensities)
 from seqrec.plots import pyplot, save_png  # noqa: E402
 from seqrec.runs import load_checkpoint  # noqa: E402
 
@@ -302,32 +302,62 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
 # ================================================================================================
 # Off-policy evaluation (--ope)
 # ================================================================================================
-def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int) -> list[dict]:
-    """Every history-only policy of `ds` (the baselines, and each model's seed-0 checkpoint) estimated by
-    each off-policy estimator on an impression log of online.sessions fresh logging-policy sessions, beside
-    its true online return (seed 0), plus the offline NDCG@10 rows the assessment compares with."""
+def critic_of(policy: ModelPolicy) -> Critic:
+    """A run's model as the model-based estimators' critic: its ssl head's next-item log-probabilities
+    (over the items it saw)."""
+    def log_probs(h):
+        logits = policy(h, None)
+        top = logits.max(1, keepdims=True)
+        return logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
+    return Critic(log_probs)
+
+
+OPE_CRITICS = ("q-T3-lam0.8", "full-T3-lam0.8", "full")     # --ope's critic, the first of them that was run
+
+
+def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int, critic: str | None,
+             seed: int = 0) -> list[dict]:
+    """Every history-only policy of `ds` (the baselines, and each model's checkpoint of `seed`) estimated by
+    each off-policy estimator on an impression log of online.sessions fresh logging-policy sessions (users
+    of `seed`), beside its true online return (seed `seed`), plus the offline NDCG@10 rows the assessment
+    compares with. The model-based estimators read model `critic`'s run (left out, with a line, when it
+    was not run)."""
     sim, pool = simulator_for(cfg), Pool(Path(cfg.pool.dir))
-    log = impression_log(sim, cfg.online.sessions, seed=0)
-    rng = np.random.default_rng([cfg.sim.seed, 61])
+    log = impression_log(sim, cfg.online.sessions, seed=seed)
+    rng = np.random.default_rng([cfg.sim.seed, 61] + ([seed] if seed else []))
     logging = logging_propensities(sim, log, draws, rng)
+    logging_logits = lambda last: sim.logging_preference_after(last) / sim.p.logging_temperature  # noqa: E731
     popular = pool_popularity_policy(sim, pool)
     targets = {"random": Target("uniform"), "logging": Target("logging"),
                "popular": Target("scores", lambda h: popular(h, None))}
-    for run in runs:
-        if run.dataset is ds and run.seed == 0:
-            model = SeqRecQ.from_checkpoint(load_checkpoint(run.run_dir / "best.pt"), pool.num_items)
-            policy = ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, run.config())
-            targets[run.model] = Target("scores", lambda h, policy=policy: policy(h, None))
-    seed0 = rows[(rows["dataset"] == ds.name) & (rows["seed"] == 0) & (rows["split"] == "test")]
-    truth = seed0[(seed0["protocol"] == "online") & (seed0["metric"] == "return")].set_index("model")["value"]
+    seed_runs = {run.model: run for run in runs if run.dataset is ds and run.seed == seed}
+
+    def policy_of(name: str, head: str | None = None) -> ModelPolicy:
+        run = seed_runs[name]
+        model = SeqRecQ.from_checkpoint(load_checkpoint(run.run_dir / "best.pt"), pool.num_items)
+        return ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, run.config(), head=head)
+    for name in seed_runs:
+        targets[name] = Target("scores", lambda h, policy=policy_of(name): policy(h, None))
+    critic = critic or next((name for name in OPE_CRITICS if name in seed_runs), OPE_CRITICS[0])
+    view = critic_view(critic_of(policy_of(critic, "ssl")), log, sim.p.num_items) if critic in seed_runs else None
+    if view is None:
+        print(f"{ds.name}: no {critic} run, so no critic: the direct method, cascade DR and FQE are left out "
+              f"(add it to --models or name another with --ope-critic)")
+    of_seed = rows[(rows["dataset"] == ds.name) & (rows["seed"] == seed) & (rows["split"] == "test")]
+    truth = of_seed[(of_seed["protocol"] == "online") & (of_seed["metric"] == "return")].set_index("model")["value"]
     out = []
     for name, target in tqdm(targets.items(), desc=f"off-policy estimates ({ds.name})", unit="policy"):
-        for r in estimates(log, target_propensities(target, log, logging, sim.p.num_items), logging, rng):
+        slates = deterministic_slates(target, log.histories, sim.p.slate_size) if target.kind == "scores" else None
+        probs = target_propensities(target, log, logging, sim.p.num_items, slates)
+        found = estimates(log, probs, logging, rng)
+        if view is not None:
+            found += model_based_estimates(log, target, view, probs.prefix / logging.prefix, slates, logging_logits, rng)
+        for r in found:
             out.append({"dataset": ds.name, "policy": name, **r, "truth": truth.get(name, np.nan)})
         offline_name = "popularity" if name == "popular" else name
         for kind in ("click", "purchase"):
-            hit = seed0[(seed0["protocol"] == ds.protocol) & (seed0["model"] == offline_name)
-                        & (seed0["metric"] == f"{kind}/NDCG@10")]["value"]
+            hit = of_seed[(of_seed["protocol"] == ds.protocol) & (of_seed["model"] == offline_name)
+                          & (of_seed["metric"] == f"{kind}/NDCG@10")]["value"]
             if len(hit):
                 out.append({"dataset": ds.name, "policy": name, "estimator": f"offline-{kind}-ndcg@10",
                             "estimate": float(hit.iloc[0]), "ci_low": np.nan, "ci_high": np.nan,
@@ -587,6 +617,10 @@ def main() -> None:
                    "on the simulated data sets (seed-0 runs): ope.csv, ope.png and ope-assessment.csv in --ope-out")
     p.add_argument("--ope-out", default=str(ROOT / "results"), help="where ope.csv, ope.png and "
                    "ope-assessment.csv go (--ope; default results/)")
+    p.add_argument("--ope-critic", help="the model (of --models) whose heads the direct method, cascade DR and "
+                   f"FQE read (--ope; default the first run of {', '.join(OPE_CRITICS)})")
+    p.add_argument("--ope-seed", type=int, default=0, help="whose checkpoints, online truths and impression-log "
+                   "users --ope reads (a seed of --seeds)")
     p.add_argument("--ope-draws", type=int, default=100, help="Gumbel draws per slate for the logging "
                    "policy's position marginals (--ope)")
     p.add_argument("--value-tables", metavar="DIR,DIR", help="train nothing: gather the value.csv of these "
@@ -606,6 +640,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"error: unknown model {unknown[0]}; choose from {', '.join(variants)}")
     seeds = list(range(1 if args.quick else args.seeds))
+    if args.ope and args.ope_seed not in seeds:
+        raise SystemExit(f"error: --ope-seed {args.ope_seed} is not among the seeds run (0 .. {len(seeds) - 1}); raise --seeds")
     extra = (["train.epochs=2"] if args.quick else []) + args.extra
     keys = ALL if args.data == "all" else tuple(args.data.split(","))
     if set(keys) - set(DATASETS):
@@ -638,11 +674,12 @@ def main() -> None:
     if args.ope:
         for ds in datasets:
             if not ds.online:
-                print(f"{ds.name} ({ds.protocol}): the log holds no propensities and no simulator knows the truth: "
-                      f"the importance-weighted estimators do not apply (the direct method and FQE are not built yet)")
+                print(f"{ds.name} ({ds.protocol}): no off-policy estimate: the log holds no propensities (no "
+                      f"importance weights), no shown-but-unclicked items (no click model for the direct method, "
+                      f"cascade DR or FQE) and no simulator knows the truth")
                 continue
             cfg = dataset_config(ds, args.quick, extra)
-            ope_table += ope_rows(ds, cfg, runs, rows, args.ope_draws)
+            ope_table += ope_rows(ds, cfg, runs, rows, args.ope_draws, args.ope_critic, args.ope_seed)
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6g"))

@@ -17,7 +17,10 @@ an estimate (sum num / sum den) and one bootstraps its interval over sessions:
   position l is the ratio of the probabilities of the prefix 1..l;
 - sequential: a session's rewards weighted by the running product of each step's clicked-position weight
   (per-decision importance sampling over the session), clipped; and its weighted form (Precup et al.
-  2000), which divides each step's weighted rewards by that step's summed weights.
+  2000), which divides each step's weighted rewards by that step's summed weights;
+- direct method: a reward model's expected reward of the target's slates at the logged states, and its
+  cascade doubly robust correction (Kiyohara et al. 2022) by the prefix-weighted residuals;
+- fitted Q evaluation: a linear Q of the target policy at its TD fixed point (LSTDQ), read at s_0.
 """
 from __future__ import annotations
 
@@ -148,6 +151,77 @@ def weighted_per_decision(products: np.ndarray, step_rewards: np.ndarray) -> flo
     sum_i rho_it r_it / sum_i rho_it (a step where every weight is 0 adds 0). [n, T], [n, T] -> float"""
     den = products.sum(0)
     return float(np.sum(np.where(den > 0, (products * step_rewards).sum(0) / np.where(den > 0, den, 1.0), 0.0)))
+
+
+# ================================================================================================
+# Reward models: the direct method, cascade doubly robust, fitted Q evaluation
+# ================================================================================================
+def fit_click_model(scores: np.ndarray, clicked: np.ndarray, iters: int = 50) -> np.ndarray:
+    """P(click | item shown) = sigmoid(a * score + c), fitted by Newton's method on the log's shown
+    (state, item) pairs: scores, clicked [m] (a critic's log-probability of the item, and whether the user
+    clicked it) -> [a, c]. Scores of -inf (items the critic never saw) are left out of the fit."""
+    keep = np.isfinite(scores)
+    X = np.stack([scores[keep], np.ones(int(keep.sum()))], 1)
+    y = clicked[keep].astype(np.float64)
+    if len(y) == 0 or y.min() == y.max():
+        raise UserError("the click model needs shown items both clicked and not clicked in the log")
+    theta = np.array([0.0, np.log(y.mean() / (1 - y.mean()))])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(X @ theta)))
+        hessian = X.T @ (X * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, X.T @ (y - p))
+        theta += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return theta
+
+
+def click_probs(scores: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """The click model's P(click | shown) of any array of scores (-inf -> 0)."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-(params[0] * scores + params[1])))
+
+
+def direct_method(expected: np.ndarray, session: np.ndarray, n_sessions: int) -> tuple[np.ndarray, np.ndarray]:
+    """DM: a session's return is the sum over its logged states of the reward model's expected reward of
+    the target's slate there. expected [S] -> (num, den = 1) [n_sessions]"""
+    return per_session(expected, session, n_sessions), np.ones(n_sessions)
+
+
+def cascade_dr(rewards: np.ndarray, q_logged: np.ndarray, q_target: np.ndarray, prefix_weights: np.ndarray,
+               session: np.ndarray, n_sessions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cascade doubly robust (Kiyohara et al. 2022): per slate, sum over positions l of
+    w_1..l (r_l - q(a_l)) + w_1..l-1 E_pi[q(a'_l) | logged prefix 1..l-1], with w_1..0 = 1: the reward
+    model's expectation corrected by the prefix-weighted residuals. rewards, q_logged (the reward model at
+    the logged items), q_target (its expectation under the target given the logged prefix), prefix_weights
+    [S, k], session [S] -> (num, den = 1) [n_sessions]"""
+    before = np.concatenate([np.ones((len(rewards), 1)), prefix_weights[:, :-1]], axis=1)
+    per_slate = (prefix_weights * (rewards - q_logged) + before * q_target).sum(1)
+    return per_session(per_slate, session, n_sessions), np.ones(n_sessions)
+
+
+def lstdq_terms(features: np.ndarray, next_features: np.ndarray, rewards: np.ndarray, gamma: float,
+                session: np.ndarray, n_sessions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each session's share of the LSTDQ system (below): A_i = F_i^T (F_i - gamma F'_i), b_i = F_i^T r_i and
+    its number of transitions, so that a bootstrap over sessions only sums them. features [m, d] of the
+    logged (s, a), next_features [m, d] the target's expected features at s' (0 where the session must
+    end), rewards, session [m] -> ([n, d, d], [n, d], [n])"""
+    d = features.shape[1]
+    A, b = np.zeros((n_sessions, d, d)), np.zeros((n_sessions, d))
+    np.add.at(A, session, features[:, :, None] * (features - gamma * next_features)[:, None, :])
+    np.add.at(b, session, features * rewards[:, None])
+    return A, b, np.bincount(session, minlength=n_sessions).astype(np.float64)
+
+
+def lstdq(A: np.ndarray, b: np.ndarray, count: np.ndarray, ridge: float = 1e-6) -> np.ndarray:
+    """Fitted Q evaluation with a linear Q(s, a) = features @ theta, solved at its fixed point (LSTDQ,
+    Lagoudakis & Parr 2003), which repeated regression onto r + gamma Q(s', pi) converges to:
+    F^T (F - gamma F') theta = F^T r, from sessions' terms (lstdq_terms) [n, d, d], [n, d], [n] -> theta [d]"""
+    m, d = max(count.sum(), 1.0), b.shape[1]
+    theta = np.linalg.lstsq(A.sum(0) / m + ridge * np.eye(d), b.sum(0) / m, rcond=None)[0]
+    if not np.all(np.isfinite(theta)):
+        raise UserError("fitted Q evaluation diverged (non-finite weights): lower the discount or check the log")
+    return theta
 
 
 # ================================================================================================

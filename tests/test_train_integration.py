@@ -233,7 +233,9 @@ def test_compare_quick_writes_the_summary(tmp_path):
     ips = [r for r in ope if r["estimator"] == "cascade-snips"]
     assert len(ips) == 5 and all(float(r["ci_low"]) <= float(r["estimate"]) <= float(r["ci_high"]) for r in ips)
     assessment = {r["estimator"]: r for r in csv.DictReader((out / "ope" / "ope-assessment.csv").open())}
-    assert {"ips", "sequential", "offline-click-ndcg@10"} <= set(assessment)
+    assert {"ips", "sequential", "dm", "cascade-dr", "fqe", "offline-click-ndcg@10"} <= set(assessment)
+    fqe = [r for r in ope if r["estimator"] == "fqe"]
+    assert len(fqe) == 5 and all(float(r["ci_low"]) <= float(r["estimate"]) <= float(r["ci_high"]) for r in fqe)
     assert assessment["ips"]["n_policies"] == "5" and (out / "ope" / "ope.png").is_file()
 
 
