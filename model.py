@@ -113,48 +113,80 @@ class SASRecStateEncoder(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, W] (left-padded with 0) -> states [B, W, H]; output w depends on items[:, :w+1] only."""
-        return self._encode(items, torch.arange(items.shape[1], device=items.device) - leading_padding(items))
+        index = (torch.arange(items.shape[1], device=items.device) - leading_padding(items)).expand_as(items)
+        return self._encode(items, index, self._allowed(index, index, items == 0))[0]
 
-    def _encode(self, items: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """items [B, W], index [B, W] each item's place in its session (< 0: padding) -> states [B, W, H]."""
+    def _encode(self, items: torch.Tensor, index: torch.Tensor, allowed: torch.Tensor, past=None):
+        """items [B, W], index [B, W] each item's place in its session (< 0: leading padding), allowed [B, W, P + W]
+        which keys each query sees (the P positions of `past` first), past: each block's keys and values
+        [B, heads, P, d] of earlier positions -> (states [B, W, H], each block's keys and values of these
+        W positions). The blocks are nn.TransformerEncoderLayer's (post-norm, GELU), their weights read
+        directly so that earlier positions' keys and values can be reused instead of recomputed."""
         pos = index.clamp(min=0) % self.max_len
         x = self.drop(self.norm(self.embed(items) + self.positions(pos)))
-        return self.blocks(x, mask=self._attention_mask(items == 0))
+        B, W, H = x.shape
+        mask, fresh = allowed[:, None], []
+        for b, layer in enumerate(self.blocks.layers):
+            attn = layer.self_attn
+            q, k, v = (t.view(B, W, self.heads, -1).transpose(1, 2)
+                       for t in F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
+            fresh.append((k, v))
+            if past is not None:
+                k, v = torch.cat([past[b][0], k], 2), torch.cat([past[b][1], v], 2)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=attn.dropout if self.training else 0.0)
+            x = layer.norm1(x + layer.dropout1(attn.out_proj(a.transpose(1, 2).reshape(B, W, H))))
+            x = layer.norm2(x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))))
+        return x, fresh
 
-    def _attention_mask(self, pad: torch.Tensor) -> torch.Tensor:
-        """[B * heads, W, W] additive mask: query i sees key j <= i within max_len, never padding keys
-        (but always itself, so a padding query still has a finite output)."""
-        W = pad.shape[1]
-        i = torch.arange(W, device=pad.device)
-        allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.max_len)      # [W, W]
-        allowed = (allowed[None] & ~pad[:, None, :]) | torch.eye(W, dtype=torch.bool, device=pad.device)[None]
-        mask = torch.zeros(allowed.shape, device=pad.device).masked_fill(~allowed, float("-inf"))
-        return mask.repeat_interleave(self.heads, dim=0)
+    def _allowed(self, query_index: torch.Tensor, key_index: torch.Tensor, key_pad: torch.Tensor) -> torch.Tensor:
+        """[B, W, P + W]: query i sees key j when j is no later than i and within max_len of it, never a
+        padding key, but always itself (the last W keys are the queries), so that a padding query still
+        has a finite output. query_index [B, W], key_index, key_pad [B, P + W]."""
+        qi, kj = query_index[:, :, None], key_index[:, None, :]
+        allowed = (kj <= qi) & (qi - kj < self.max_len) & ~key_pad[:, None, :]
+        W, P = query_index.shape[1], key_index.shape[1] - query_index.shape[1]
+        itself = torch.arange(P + W, device=kj.device)[None, :] == (P + torch.arange(W, device=kj.device))[:, None]
+        return allowed | itself[None]
+
+    def empty_state(self) -> torch.Tensor:
+        """s_0 [H]: the output at one padding item, as a state after nothing."""
+        items = torch.zeros(1, 1, dtype=torch.long, device=self.embed.weight.device)
+        return self(items)[0, 0]
 
     # ------------------------------------------------------------- the session path: chunk by chunk
-    # A lane carries the max_len items before its chunk (left-padded with 0) and the chunk's place in
-    # its session: attention reaches max_len - 1 items back, so that is all the past a state needs.
-    def start(self, lanes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """What a lane carries into its first chunk: (context [lanes, max_len] of padding, place 0 [lanes])."""
-        device = self.embed.weight.device
-        return (torch.zeros(lanes, self.max_len, dtype=torch.long, device=device),
-                torch.zeros(lanes, dtype=torch.long, device=device))
+    # A lane carries each block's keys and values of the max_len positions before its chunk (attention
+    # reaches max_len - 1 items back, so that is all the past a state needs), their places in the session
+    # and which of them are padding, and the state before the chunk: what the GRU's h is to the GRU.
+    def start(self, lanes: int):
+        """What a lane carries into its first chunk: a past of padding, place 0, s_0."""
+        p, M = self.embed.weight, self.max_len
+        kv = torch.zeros(len(self.blocks.layers), 2, lanes, self.heads, M, p.shape[1] // self.heads,
+                         device=p.device, dtype=p.dtype)
+        index = torch.arange(-M, 0, device=p.device).expand(lanes, -1)
+        pad = torch.ones(lanes, M, dtype=torch.bool, device=p.device)
+        return kv, index, pad, torch.zeros(lanes, dtype=torch.long, device=p.device), self.empty_state().expand(lanes, -1)
 
     def restart(self, carry, fresh: torch.Tensor):
         """carry with the lanes where `fresh` [B] (a new session begins) set back to the start."""
-        context, place = carry
-        return context.masked_fill(fresh[:, None], 0), place.masked_fill(fresh, 0)
+        kv, index, pad, place, last = carry
+        return (kv, index, pad | fresh[:, None], place.masked_fill(fresh, 0),
+                torch.where(fresh[:, None], self.empty_state(), last))
 
     def read(self, items: torch.Tensor, carry, keep: int):
         """As GRUStateEncoder.read: items [B, W] continue each lane's session after `carry` ->
-        (states [B, W+1, H], the carry after the first `keep` items). The context is re-encoded, so
-        gradients reach its embeddings but not earlier chunks' computations."""
-        context, place = carry
-        M = context.shape[1]
-        both = torch.cat([context, items], dim=1)                                   # [B, M + W]
-        index = place[:, None] + torch.arange(-M, items.shape[1], device=items.device)
-        states = self._encode(both, index.masked_fill(both == 0, -1))[:, M - 1:]
-        return states, (both[:, keep:keep + M], place + keep)
+        (states [B, W+1, H], the carry after the first `keep` items, detached: gradients stop at chunk
+        boundaries). Only the W new positions are encoded; earlier ones enter as cached keys and values."""
+        kv, past_index, past_pad, place, last = carry
+        index = place[:, None] + torch.arange(items.shape[1], device=items.device)
+        keys_index, keys_pad = torch.cat([past_index, index], 1), torch.cat([past_pad, items == 0], 1)
+        states, fresh = self._encode(items, index.masked_fill(items == 0, -1), self._allowed(index, keys_index, keys_pad),
+                                     list(zip(kv[:, 0], kv[:, 1])))
+        M = self.max_len
+        new_kv = torch.stack([torch.stack([torch.cat([kv[b, i], fresh[b][i][:, :, :keep]], 2)[:, :, -M:]
+                                           for i in range(2)]) for b in range(len(fresh))])
+        out = torch.cat([last[:, None], states], 1)
+        return out, (new_kv.detach(), keys_index[:, :M + keep][:, -M:], keys_pad[:, :M + keep][:, -M:], place + keep,
+                     out[:, keep].detach())
 
 
 def state_encoder(num_items: int, model: dict) -> nn.Module:

@@ -100,8 +100,13 @@ class Learner:
         self.target_net.load_state_dict(ckpt["target"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.step, self.epoch, self.batch, self.sums = ckpt["step"], ckpt["epoch"], ckpt["batch"], ckpt["sums"]
-        torch.set_rng_state(ckpt["rng"])
         self.carry = ckpt.get("carry")
+        fresh = tuple(enc.start(1) for enc in (self.net.encoder, self.target_net.encoder))   # before the RNG is set
+        if self.carry is not None and [len(c) if isinstance(c, tuple) else 1 for c in self.carry] != \
+                [len(c) if isinstance(c, tuple) else 1 for c in fresh]:
+            raise UserError("this checkpoint stopped mid-epoch carrying an older version's encoder state (SASRec now "
+                            "carries keys and values between chunks), so it cannot be resumed; train again without --resume")
+        torch.set_rng_state(ckpt["rng"])
         if self.twin_opt is not None and ckpt.get("twin_optimizer") is not None:
             self.twin_opt.load_state_dict(ckpt["twin_optimizer"])
 

@@ -342,6 +342,23 @@ def test_sasrec_window_states_equal_encoding_each_state_apart():
         torch.testing.assert_close(together[:, k], model.last_state(window[:, :L + k]))
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_sasrec_blocks_equal_torch_transformer_encoder(train):
+    """The encoder reads nn.TransformerEncoder's weights itself (to reuse keys and values between chunks):
+    its output equals the module's own, padding and the max_len window masked as an additive mask, in
+    eval mode and (dropout 0) in train mode, where the module takes its slow path."""
+    torch.manual_seed(2)
+    enc = sasrec(max_len=3, layers=2).encoder.train(train)
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 1], [9, 8, 7, 6, 5, 4, 3, 2]])
+    index = torch.arange(8) - torch.tensor([[2], [0]])
+    x = enc.norm(enc.embed(items) + enc.positions(index.clamp(min=0) % enc.max_len))
+    i = torch.arange(8)
+    window = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < enc.max_len)
+    allowed = (window[None] & (items != 0)[:, None, :]) | torch.eye(8, dtype=torch.bool)[None]
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf")).repeat_interleave(enc.heads, 0)
+    torch.testing.assert_close(enc(items), enc.blocks(x, mask=mask))
+
+
 def test_sasrec_ignores_padding_and_sees_at_most_max_len_items():
     torch.manual_seed(1)
     model = sasrec(max_len=3, layers=1)
