@@ -57,3 +57,20 @@ def test_every_benchmark_step_is_a_learner_update(monkeypatch):
     bench.bench_training(torch, torch.device("cpu"), [300], peak=100.0, steps=3, num_events=20_000)
     assert len(calls) == (2 + 3) + (2 + 2) + (2 + 3) + (2 + 3)   # warm-up + timed: fast, naive, sampled, session step
     assert len(clipped) == len(calls)
+
+
+def test_profile_step_times_every_phase_on_both_paths(tmp_path):
+    import subprocess
+
+    from helpers import tiny_overrides
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
+    for state_len in (10, 0):
+        cmd = [sys.executable, str(script), "--steps", "2", "--top", "3", "--threads", "1"]
+        for o in tiny_overrides(tmp_path) + [f"pool.state_len={state_len}"]:
+            cmd += ["--set", o]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lines = {line.split(":")[0].strip(): line for line in proc.stdout.splitlines() if " ms " in line or "ms" in line}
+        for phase in ("batch", "forward", "backward", "optimizer", "step"):
+            assert phase in lines, (phase, proc.stdout[:500])
+        assert "aten::" in proc.stdout
