@@ -114,7 +114,13 @@ class SASRecStateEncoder(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """items [B, W] (left-padded with 0) -> states [B, W, H]; output w depends on items[:, :w+1] only."""
         index = (torch.arange(items.shape[1], device=items.device) - leading_padding(items)).expand_as(items)
-        return self._encode(items, index, self._allowed(index, index, items == 0))[0]
+        allowed = self._allowed(index, index, items == 0)
+        if self.training:
+            return self._encode(items, index, allowed)[0]
+        # Evaluating: the module's own fused inference kernel is faster than the blocks written out
+        # (equal to them to float rounding: tested)
+        mask = torch.zeros(allowed.shape, device=items.device).masked_fill(~allowed, float("-inf"))
+        return self.blocks(self._inputs(items, index), mask=mask.repeat_interleave(self.heads, dim=0))
 
     def _encode(self, items: torch.Tensor, index: torch.Tensor, allowed: torch.Tensor, past=None):
         """items [B, W], index [B, W] each item's place in its session (< 0: leading padding), allowed [B, W, P + W]
@@ -122,8 +128,7 @@ class SASRecStateEncoder(nn.Module):
         [B, heads, P, d] of earlier positions -> (states [B, W, H], each block's keys and values of these
         W positions). The blocks are nn.TransformerEncoderLayer's (post-norm, GELU), their weights read
         directly so that earlier positions' keys and values can be reused instead of recomputed."""
-        pos = index.clamp(min=0) % self.max_len
-        x = self.drop(self.norm(self.embed(items) + self.positions(pos)))
+        x = self._inputs(items, index)
         B, W, H = x.shape
         mask, fresh = allowed[:, None], []
         for b, layer in enumerate(self.blocks.layers):
@@ -137,6 +142,10 @@ class SASRecStateEncoder(nn.Module):
             x = layer.norm1(x + layer.dropout1(attn.out_proj(a.transpose(1, 2).reshape(B, W, H))))
             x = layer.norm2(x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))))
         return x, fresh
+
+    def _inputs(self, items: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The first block's input: item plus position embeddings, normalised. [B, W], [B, W] -> [B, W, H]"""
+        return self.drop(self.norm(self.embed(items) + self.positions(index.clamp(min=0) % self.max_len)))
 
     def _allowed(self, query_index: torch.Tensor, key_index: torch.Tensor, key_pad: torch.Tensor) -> torch.Tensor:
         """[B, W, P + W]: query i sees key j when j is no later than i and within max_len of it, never a

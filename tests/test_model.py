@@ -357,6 +357,8 @@ def test_sasrec_blocks_equal_torch_transformer_encoder(train):
     allowed = (window[None] & (items != 0)[:, None, :]) | torch.eye(8, dtype=torch.bool)[None]
     mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf")).repeat_interleave(enc.heads, 0)
     torch.testing.assert_close(enc(items), enc.blocks(x, mask=mask))
+    index = index.expand_as(items)
+    torch.testing.assert_close(enc._encode(items, index, enc._allowed(index, index, items == 0))[0], enc.blocks(x, mask=mask))
 
 
 def test_sasrec_ignores_padding_and_sees_at_most_max_len_items():
