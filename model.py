@@ -137,13 +137,14 @@ class SASRecStateEncoder(nn.Module):
 
     def _encode(self, items: torch.Tensor, index: torch.Tensor, allowed: torch.Tensor, past=None):
         """items [B, W], index [B, W] each item's place in its session (< 0: leading padding), allowed [B, W, P + W]
-        which keys each query sees (the P positions of `past` first), past: each block's keys and values
-        [B, heads, P, d] of earlier positions -> (states [B, W, H], each block's keys and values of these
-        W positions). The blocks are nn.TransformerEncoderLayer's (post-norm, GELU), their weights read
+        which keys each query sees (the P positions of `past` first), past [blocks, 2, B, heads, P, d]: each
+        block's keys and values of earlier positions -> (states [B, W, H], each block's (keys, values)
+        [B, heads, W, d] of these W positions). The blocks are nn.TransformerEncoderLayer's (post-norm, GELU), their weights read
         directly so that earlier positions' keys and values can be reused instead of recomputed."""
         x = self._inputs(items, index)
         B, W, H = x.shape
         mask, fresh = allowed[:, None], []
+        drop = lambda t, module: fast_dropout(t, module.p, self.training)   # noqa: E731
         for b, layer in enumerate(self.blocks.layers):
             attn = layer.self_attn
             q, k, v = (t.view(B, W, self.heads, -1).transpose(1, 2)
@@ -156,7 +157,6 @@ class SASRecStateEncoder(nn.Module):
                 a = fast_dropout(weights.softmax(-1), attn.dropout, True) @ v
             else:
                 a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            drop = lambda t, module: fast_dropout(t, module.p, self.training)   # noqa: E731
             x = layer.norm1(x + drop(attn.out_proj(a.transpose(1, 2).reshape(B, W, H)), layer.dropout1))
             x = layer.norm2(x + drop(layer.linear2(drop(layer.activation(layer.linear1(x)), layer.dropout)), layer.dropout2))
         return x, fresh
@@ -208,10 +208,9 @@ class SASRecStateEncoder(nn.Module):
         index = place[:, None] + torch.arange(items.shape[1], device=items.device)
         keys_index, keys_pad = torch.cat([past_index, index], 1), torch.cat([past_pad, items == 0], 1)
         states, fresh = self._encode(items, index.masked_fill(items == 0, -1), self._allowed(index, keys_index, keys_pad),
-                                     list(zip(kv[:, 0], kv[:, 1])))
+                                     kv)
         M = self.max_len
-        new_kv = torch.stack([torch.stack([torch.cat([kv[b, i], fresh[b][i][:, :, :keep]], 2)[:, :, -M:]
-                                           for i in range(2)]) for b in range(len(fresh))])
+        new_kv = torch.cat([kv, torch.stack([torch.stack(k_v) for k_v in fresh])[..., :keep, :]], 4)[..., -M:, :]
         out = torch.cat([last[:, None], states], 1)
         return out, (new_kv.detach(), keys_index[:, :M + keep][:, -M:], keys_pad[:, :M + keep][:, -M:], place + keep,
                      out[:, keep].detach())

@@ -326,7 +326,6 @@ def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int, 
     log = impression_log(sim, cfg.online.sessions, seed=seed)
     rng = np.random.default_rng([cfg.sim.seed, 61] + ([seed] if seed else []))
     logging = logging_propensities(sim, log, draws, rng)
-    logging_logits = lambda last: sim.logging_preference_after(last) / sim.p.logging_temperature  # noqa: E731
     popular = pool_popularity_policy(sim, pool)
     targets = {"random": Target("uniform"), "logging": Target("logging"),
                "popular": Target("scores", lambda h: popular(h, None))}
@@ -351,7 +350,8 @@ def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int, 
         probs = target_propensities(target, log, logging, sim.p.num_items, slates)
         found = estimates(log, probs, logging, rng)
         if view is not None:
-            found += model_based_estimates(log, target, view, probs.prefix / logging.prefix, slates, logging_logits, rng)
+            found += model_based_estimates(log, target, view, probs.prefix / logging.prefix, slates,
+                                           sim.logging_logits_after, rng)
         for r in found:
             out.append({"dataset": ds.name, "policy": name, **r, "truth": truth.get(name, np.nan)})
         offline_name = "popularity" if name == "popular" else name

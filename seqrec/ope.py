@@ -167,7 +167,7 @@ def fit_click_model(scores: np.ndarray, clicked: np.ndarray, iters: int = 50) ->
         raise UserError("the click model needs shown items both clicked and not clicked in the log")
     theta = np.array([0.0, np.log(y.mean() / (1 - y.mean()))])
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(X @ theta)))
+        p = click_probs(X[:, 0], theta)
         hessian = X.T @ (X * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, X.T @ (y - p))
         theta += step

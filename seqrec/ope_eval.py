@@ -18,9 +18,6 @@ from seqrec import ope
 from seqrec.online import ImpressionLog
 from seqrec.simulator import Simulator
 
-ESTIMATORS = ("ips", "snips", "item-ips", "item-snips", "cascade-ips", "cascade-snips", "sequential",
-              "sequential-weighted", "dm", "cascade-dr", "fqe")
-MODEL_BASED = ("dm", "cascade-dr", "fqe")      # need a critic (a trained model) as the reward model
 OFFLINE = ("offline-click-ndcg@10", "offline-purchase-ndcg@10")
 SEQUENTIAL_CLIP = 100.0      # the plain sequential estimate's cap on a session's product of weights
 
@@ -63,15 +60,13 @@ class CriticView:
     done: np.ndarray            # [C] the session ended after the click
     next_lp: np.ndarray         # [C, N] the critic at the next states
     start_lp: np.ndarray        # [1, N] the critic at a session's start (no clicks yet)
-    start_history: np.ndarray   # [1, H]
 
 
 def logging_propensities(sim: Simulator, log: ImpressionLog, draws: int, rng: np.random.Generator) -> Propensities:
     """The logging policy's position and slate marginals (Gumbel draws, ope.position_marginals) and exact
     prefix probabilities (the chain rule the log holds)."""
     ope.check_log_propensities(log.log_cond_logp, "impression log")
-    last = log.histories[:, -1]
-    logits = sim.logging_preference_after(last) / sim.p.logging_temperature
+    logits = sim.logging_logits_after(log.histories[:, -1])
     return Propensities(*ope.position_marginals(logits, log.slates, draws, rng),
                         np.exp(np.cumsum(log.log_cond_logp, 1)))
 
@@ -160,14 +155,18 @@ def fqe_features(lp: np.ndarray, reward_per_click: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(lp), finite(lp), reward_per_click], -1)
 
 
+def empty_histories(n: int, width: int) -> np.ndarray:
+    """n histories of a session's start: no clicks yet. -> [n, width] of -1"""
+    return np.full((n, width), -1, dtype=np.int64)
+
+
 def next_states(log: ImpressionLog, clicked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The history after each clicked slate, and whether its session ended there (no next slate).
     clicked [C] row indices -> ([C, H], [C])"""
     hist = log.histories[clicked]
     after = np.concatenate([hist[:, 1:], log.slates[clicked, log.click_pos[clicked]][:, None]], axis=1)
-    shown = set(zip(log.session.tolist(), log.step.tolist()))
-    done = np.array([(s, t + 1) not in shown for s, t in zip(log.session[clicked].tolist(), log.step[clicked].tolist())])
-    return after, done
+    slates_in_session = np.bincount(log.session, minlength=log.n_sessions)     # steps 0 .. count - 1
+    return after, log.step[clicked] + 1 >= slates_in_session[log.session[clicked]]
 
 
 def critic_view(critic: Critic, log: ImpressionLog, num_items: int, reward_prior: float = 1.0) -> CriticView:
@@ -186,9 +185,8 @@ def critic_view(critic: Critic, log: ImpressionLog, num_items: int, reward_prior
                    / (np.bincount(items, minlength=num_items) + reward_prior))
     features = fqe_features(lp[clicked, items], item_reward[items])
     after, done = next_states(log, clicked)
-    start = np.full((1, log.histories.shape[1]), -1, dtype=log.histories.dtype)
     return CriticView(click, item_reward, ope.click_probs(lp, click) * item_reward, clicked, features, after, done,
-                      over_chunks(critic.log_probs, after), critic.log_probs(start), start)
+                      over_chunks(critic.log_probs, after), critic.log_probs(empty_histories(1, log.histories.shape[1])))
 
 
 def slate_features(view: CriticView, lp: np.ndarray, slates: np.ndarray) -> np.ndarray:
@@ -240,7 +238,7 @@ def model_based_estimates(log: ImpressionLog, target: Target, view: CriticView, 
         rows.append({"estimator": name, "estimate": ope.estimate(num, den), "ci_low": lo, "ci_high": hi,
                      "clipped": np.nan})
     n_start = 1 if target.kind == "scores" else start_draws
-    start_hist = np.repeat(view.start_history, n_start, 0)
+    start_hist = empty_histories(n_start, view.next_histories.shape[1])
     start = slate_features(view, np.repeat(view.start_lp, n_start, 0), sampled_slates(target, start_hist, k, view.q_hat.shape[1], logging_logits, rng)).mean(0)
     nxt = slate_features(view, view.next_lp, sampled_slates(target, view.next_histories, k, view.q_hat.shape[1],
                                                             logging_logits, rng))

@@ -209,6 +209,10 @@ class Simulator:
         similar = np.where(last_click[:, None] >= 0, self.item_vecs[np.maximum(last_click, 0)] @ self.item_vecs.T, 0.0)
         return self.item_appeal + self.p.logging_similarity * similar
 
+    def logging_logits_after(self, last_click: np.ndarray) -> np.ndarray:
+        """The logging policy's Plackett-Luce logits (preference / temperature) after `last_click` [B]. [B, N]"""
+        return self.logging_preference_after(last_click) / self.p.logging_temperature
+
     def logging_scores(self, users: Users, rng: np.random.Generator) -> np.ndarray:
         """The logging policy: popular items and items like the last click, with Gumbel noise. [B, N]"""
         noise = rng.gumbel(size=(len(users), self.p.num_items)) * self.p.logging_temperature
@@ -218,15 +222,14 @@ class Simulator:
         """log P(the logging policy shows `ordered` [B, k], in that order): its top k of preference + Gumbel
         noise at scale tau is a Plackett-Luce draw with weights exp(preference / tau), so
         P = prod_j w_{i_j} / (sum of all w - sum_{l<j} w_{i_l}). 0 when tau = 0 (no noise). [B]"""
-        tau = self.p.logging_temperature
-        if tau == 0:
+        if self.p.logging_temperature == 0:
             return np.zeros(len(users))
-        return plackett_luce_log_probs(self.logging_preference(users) / tau, ordered).sum(1)
+        return self.slate_position_log_probs(users, ordered).sum(1)
 
     def slate_position_log_probs(self, users: Users, ordered: np.ndarray) -> np.ndarray:
         """log P(ordered[:, l] at position l | the items above it) under the logging policy (summed over
         positions: slate_log_prob). [B, k]; requires logging_temperature > 0."""
-        return plackett_luce_log_probs(self.logging_preference(users) / self.p.logging_temperature, ordered)
+        return plackett_luce_log_probs(self.logging_logits_after(users.last_click), ordered)
 
     def logging_slates(self, users: Users, rng: np.random.Generator) -> np.ndarray:
         """The slates the logging policy shows: its k best-scored items. [B, k]"""
