@@ -199,6 +199,11 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, int):
         return value if isinstance(value, int) and not isinstance(value, bool) else bad("an integer")
     if isinstance(default, float):
+        if isinstance(value, str):             # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                return bad("a number")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value) if math.isfinite(value) else bad("a finite number")
         return bad("a number")
@@ -234,7 +239,7 @@ RANGES = {
     **{key: AT_LEAST_0 for key in (
         "pool.state_len", "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.threads",
         "train.q_negatives", "train.cql_weight", "train.negative_weight", "eval.value_rollouts", "eval.value_events",
-        "train.checkpoint_every", "train.max_steps", "data.max_sessions", "online.rounds", "train.advantage_warmup",
+        "train.checkpoint_every", "train.max_steps", "train.patience", "data.max_sessions", "online.rounds", "train.advantage_warmup",
         "eval.beta",
         "sim.logging_temperature")},
     **{key: SHARE for key in (

@@ -29,6 +29,9 @@ def test_typed_overrides():
     assert cfg.data.purchase_events == ["buy", "order"]
     assert cfg.train.run_dir == "2024"          # a string key takes the text as it is
     assert cfg.data.split == [0.6, 0.2, 0.2]
+    # YAML 1.1 reads 1e-4 (no dot) as a string; a number key takes it as the number it is
+    cfg = load_config(overrides=["train.lr=1e-4", "train.weight_decay=2E-3"])
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 2e-3
 
 
 @pytest.mark.parametrize("override,message", [
@@ -37,6 +40,7 @@ def test_typed_overrides():
     ("train.epochs=three", "needs an integer"),
     ("train.epochs=2.5", "needs an integer"),
     ("train.gamma=high", "needs a number"),
+    ("train.lr=nan", "needs a finite number"),
     ("eval.exclude_seen=3", "needs true or false"),
     ("data.source=parquet", "unknown data.source 'parquet'"),
     ("train.bootstrap=soft", "unknown train.bootstrap"),
