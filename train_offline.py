@@ -78,7 +78,11 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
         if dist.main and every and lr.step % every == 0:
             runs.save_checkpoint(run_dir / "last.pt", lr.state(cfg, pool, best))
 
+    early = False
     while learner.epoch < cfg.train.epochs:
+        if patience_spent(learner.epoch, best, cfg.train.patience, dist):
+            early = True
+            break
         t0 = time.perf_counter()
         finished = train_epoch(learner, pool, cfg, compute_losses, dist, on_step=checkpoint_now)
         stats = epoch_means(learner, dist)
@@ -106,10 +110,20 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
             runs.save_checkpoint(run_dir / "last.pt", learner.state(cfg, pool, best))
         if not finished:
             break
+    if dist.main and early:
+        print(f"stopped early: no better validation {e.select_metric} in the {cfg.train.patience} epochs after "
+              f"epoch {best['epoch'] + 1} (train.patience)", flush=True)
     if dist.main:
         runs.plot_curves(run_dir)
     if board is not None:
         board.close()
+
+
+def patience_spent(epochs_done: int, best: dict, patience: int, dist: Dist = SINGLE) -> bool:
+    """Early stopping: the last `patience` epochs brought no better validation score (never with
+    patience 0). Rank 0 alone validates, so its decision is summed over the ranks."""
+    spent = dist.main and patience > 0 and epochs_done - 1 - best["epoch"] >= patience
+    return bool(dist.sum(torch.tensor(float(spent))) > 0)
 
 
 # ================================================================================================

@@ -251,3 +251,24 @@ def test_compare_baselines_only_trains_nothing(tmp_path):
     models = {r["model"] for r in csv.DictReader((out / "summary.csv").open())}
     assert models == {"popularity", "random", "popular", "logging", "oracle", "lookahead-oracle", "posterior-oracle"}
     assert not (tmp_path / "runs").exists()
+
+
+def test_patience_stops_training_and_resume_does_not_train_on(tmp_path):
+    """A learning rate too small to move the scores: epoch 1 is the best, epoch 2 is no better, so
+    train.patience 1 stops after 2 of 5 epochs; resuming then trains nothing more."""
+    extra = ["train.epochs=5", "train.patience=1", "train.lr=1e-12"]
+    proc = run("train_offline.py", tmp=tmp_path, extra=extra)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert "stopped early" in proc.stdout and "after epoch 1 (train.patience)" in proc.stdout
+    assert final_metrics(tmp_path / "run")["best_epoch"] == 1
+    proc = run("train_offline.py", "--resume", tmp=tmp_path, extra=extra)
+    assert len(list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))) == 2
+    assert "stopped early" in proc.stdout
+
+
+def test_patience_off_trains_every_epoch():
+    from train_offline import patience_spent
+    best = {"epoch": 0, "value": 1.0}
+    assert not patience_spent(10, best, 0)             # 0 = off
+    assert not patience_spent(2, best, 2) and patience_spent(3, best, 2)   # epochs 2 and 3 no better than 1
