@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from model import SeqRecQ  # noqa: E402
 from replay_buffer import Pool, ensure_pool  # noqa: E402
 from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
@@ -43,6 +44,7 @@ from seqrec.online import (ModelPolicy, baseline_policies, impression_log,  # no
 from seqrec.ope_eval import (SEQUENTIAL_CLIP, Critic, Target, assess, critic_view, deterministic_slates,  # noqa: E402
                              estimates, logging_propensities, model_based_estimates, target_propensities)
 from seqrec.plots import pyplot, save_png  # noqa: E402
+from tuning import TUNE_BUDGET, chosen_settings, grid, tuning_table  # noqa: E402
 from seqrec.runs import load_checkpoint  # noqa: E402
 
 
@@ -74,6 +76,8 @@ MODELS: dict[str, list[str]] = {
     "full-T3-lam0.8-a3": multi_step(3, 3, alpha=3.0, lam=0.8),
     "full": multi_step(3, 3, alpha=1.0, lam=0.8),                      # the default model, ranking with the ssl head
     "full-mix": multi_step(3, 3, alpha=1.0, lam=0.8) + ["eval.head=mix"],   # the full model ranking with the value
+    "sasrec": one_step(alpha=0.0) + ["model.encoder=sasrec"],           # SASRec: next-item CE on self-attention
+    "full-sasrec": multi_step(3, 3, alpha=1.0, lam=0.8) + ["model.encoder=sasrec"],   # the full model on SASRec
 }
 LAMBDAS = (0.0, 0.5, 0.8, 1.0)
 # Issue 21's Q-ranking family: the recipe picked on the clickbait preset's validation value figures
@@ -234,15 +238,15 @@ def test_rows(ds: Dataset, model: str, seed: int, results: dict, split: str = "t
     return rows
 
 
-def collect_run(run: Run) -> list[dict]:
-    """Test and validation figures of one finished run, plus the extra views (unmasked LOO, online)."""
+def collect_run(run: Run, extra_views: bool = True) -> list[dict]:
+    """Test and validation figures of one finished run, plus (`extra_views`) the unmasked LOO and online ones."""
     final = json.loads((run.run_dir / "final.json").read_text())
     ds, cfg = run.dataset, run.config()
     head = cfg.eval.head                               # the head the model ranks with (and was selected on)
     rows = test_rows(ds, run.model, run.seed, {ds.protocol: final["heads"][head]})
     rows += test_rows(ds, run.model, run.seed, {ds.protocol: final["valid"][head]}, split="valid")
     rows += value_rows(ds, run, final)
-    if ds.protocol == "loo" or ds.online:
+    if extra_views and (ds.protocol == "loo" or ds.online):
         pool = Pool(Path(cfg.pool.dir))
         ckpt = load_checkpoint(run.run_dir / "best.pt")
         model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
@@ -578,6 +582,23 @@ def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
 # ================================================================================================
 # Entry point
 # ================================================================================================
+def write_tuning(runs: list[Run], out: Path, command: str) -> None:
+    """Each data set's grid table (tuning.tuning_table) with every run's best epoch and epochs trained,
+    to <out>/<dataset>-<protocol>.csv."""
+    for ds in {id(run.dataset): run.dataset for run in runs}.values():
+        mine = [run for run in runs if run.dataset is ds]
+        rows = pd.DataFrame([r for run in mine for r in collect_run(run, extra_views=False)])
+        metric = SELECT["loo" if ds.protocol.startswith("loo") else "event"]
+        table = tuning_table(rows, metric)
+        epochs = [(json.loads((run.run_dir / "final.json").read_text())["best_epoch"],
+                   len(pd.read_csv(run.run_dir / "metrics.csv"))) for run in mine]
+        table["best_epoch"], table["epochs"] = [e[0] for e in epochs], [e[1] for e in epochs]
+        path = out / f"{ds.name}-{ds.protocol}.csv"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+        print(f"python benchmarks/compare.py {command}\n{table.to_string(index=False)}\nwritten to {path}")
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """NAME=BASE_MODEL:key=value;key=value (`;` apart, so values may hold YAML lists with commas)."""
     name, _, rest = text.partition("=")
@@ -623,6 +644,11 @@ def main() -> None:
                    "users --ope reads (a seed of --seeds)")
     p.add_argument("--ope-draws", type=int, default=100, help="Gumbel draws per slate for the logging "
                    "policy's position marginals (--ope)")
+    p.add_argument("--tune", action="store_true", help="train each model's grid (benchmarks/tuning.py: 8 points, "
+                   "seed 0, to early stopping) and write the validation table <data>-<protocol>.csv to --out "
+                   "(default results/tuning/), each model's chosen point marked")
+    p.add_argument("--tuned", metavar="CSV", help="train each model of this tuning table (--tune's) with its chosen "
+                   "point, to early stopping (" + " ".join(TUNE_BUDGET) + ")")
     p.add_argument("--value-tables", metavar="DIR,DIR", help="train nothing: gather the value.csv of these "
                    "compare.py outputs into --out's value.csv and value_lambda.png")
     args = p.parse_args()
@@ -633,6 +659,14 @@ def main() -> None:
     variants = dict(MODELS)
     variants.update(parse_variant(v) for v in args.variant)
     models = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else list(MODELS))
+    if args.tuned:
+        tuned = chosen_settings(Path(args.tuned))
+        variants.update({m: MODELS[m] + tuned[m] for m in tuned})
+        args.extra = TUNE_BUDGET + args.extra
+    if args.tune:
+        points = {name: MODELS[m] + point for m in models for name, point in grid(m).items()}
+        variants.update(points)
+        models, args.seeds, args.extra = list(points), 1, TUNE_BUDGET + args.extra
     models = [] if args.baselines_only else models
     models += [] if args.baselines_only else [parse_variant(v)[0] for v in args.variant]
     models = list(dict.fromkeys(models))          # a variant also named in --models runs once
@@ -661,6 +695,9 @@ def main() -> None:
             pass
 
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.tune:
+        write_tuning(runs, Path(args.out) if args.out else ROOT / "results" / "tuning", " ".join(sys.argv[1:]))
+        return
     rows = []
     for run in tqdm(runs, desc="collecting", unit="run"):
         rows += collect_run(run)

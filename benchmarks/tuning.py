@@ -1,0 +1,57 @@
+"""One tuning protocol for every model (compare.py --tune): the same grid size for each, chosen on validation.
+
+Each model gets 8 configurations: Adam's learning rate {1e-3, 3e-3} x dropout {0.2, 0.5} x two values of
+the one parameter of its own that matters most (OWN). Every configuration trains to early stopping
+(TUNE_BUDGET) with seed 0; the one with the best validation figure (eval.select_metric, of the head the
+model ranks with) is chosen, and the comparison then trains every seed with it (compare.py --tuned).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+SHARED = [("train.lr", (0.001, 0.003)), ("model.dropout", (0.2, 0.5))]
+# Each model's own key parameter. CE-only models have no loss parameter: their regulariser stands in.
+OWN = {
+    "gru4rec": ("train.weight_decay", (0.0, 0.0001)),
+    "sasrec": ("train.weight_decay", (0.0, 0.0001)),
+    "gru-sqn": ("train.alpha", (0.3, 1.0)),                 # the TD loss's weight beside the CE
+    "snqn": ("train.q_negatives", (10, 50)),                # SNQN's negatives per state
+    "sa2c": ("train.advantage_warmup", (1000, 5000)),       # steps of plain CE before the advantage weighs it
+    "full": ("train.alpha", (1.0, 3.0)),
+    "full-sasrec": ("train.alpha", (1.0, 3.0)),
+    "full-mix": ("train.alpha", (1.0, 3.0)),
+}
+# Every tuned run, and every run of a tuned comparison: to early stopping within an epoch cap.
+TUNE_BUDGET = ["train.epochs=40", "train.patience=5"]
+SEP = "~"          # a grid point's variant name: <model>~<key>=<value>,...
+
+
+def grid(model: str) -> dict[str, list[str]]:
+    """The model's 8 grid points: variant name -> overrides (added after the model's recipe)."""
+    if model not in OWN:
+        raise SystemExit(f"error: no tuning grid for {model}; --tune knows {', '.join(OWN)}")
+    axes = [*SHARED, OWN[model]]
+    points = [[]]
+    for key, values in axes:
+        points = [p + [f"{key}={v}"] for p in points for v in values]
+    return {f"{model}{SEP}{','.join(p)}": p for p in points}
+
+
+def tuning_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """From compare.py's rows of the grid's runs (model = a grid point's variant name): one row per
+    point with its validation `metric`, and `chosen` marking each model's best point (first on ties)."""
+    valid = rows[(rows["split"] == "valid") & (rows["metric"] == metric)]
+    table = valid[["model", "value"]].rename(columns={"model": "variant", "value": f"valid/{metric}"})
+    table.insert(0, "model", table["variant"].str.split(SEP).str[0])
+    table.insert(2, "settings", table["variant"].str.split(SEP).str[1])
+    best = table.groupby("model", sort=False)[f"valid/{metric}"].transform("max")
+    first = table[table[f"valid/{metric}"] == best].groupby("model", sort=False).head(1).index
+    return table.drop(columns="variant").assign(chosen=table.index.isin(first)).reset_index(drop=True)
+
+
+def chosen_settings(path: Path) -> dict[str, list[str]]:
+    """model -> the overrides of its chosen point, from a tuning table written by compare.py --tune."""
+    table = pd.read_csv(path)
+    return {row.model: row.settings.split(",") for row in table[table["chosen"]].itertuples()}

@@ -1,0 +1,61 @@
+"""compare.py --tune: every model gets a grid of the same size, the table marks the best validation point."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import compare  # noqa: E402
+import tuning  # noqa: E402
+
+
+def test_every_model_gets_eight_distinct_points_of_its_recipe():
+    for model in tuning.OWN:
+        points = tuning.grid(model)
+        assert len(points) == 8 and len({tuple(p) for p in points.values()}) == 8, model
+        for name, point in points.items():
+            assert name.startswith(model + tuning.SEP)
+            cfg = compare.load_config(None, compare.MODELS[model] + point)   # every override is a valid key
+            assert cfg.train.lr in (0.001, 0.003) and cfg.model.dropout in (0.2, 0.5)
+    with pytest.raises(SystemExit, match="no tuning grid for gru-nope"):
+        tuning.grid("gru-nope")
+
+
+def test_the_table_marks_each_models_best_validation_point_and_ignores_test():
+    rows = pd.DataFrame([
+        {"model": "a~lr=1", "split": "valid", "metric": "NDCG@10", "value": 0.10},
+        {"model": "a~lr=2", "split": "valid", "metric": "NDCG@10", "value": 0.12},
+        {"model": "a~lr=2", "split": "test", "metric": "NDCG@10", "value": 0.01},
+        {"model": "a~lr=1", "split": "test", "metric": "NDCG@10", "value": 0.50},     # test is never looked at
+        {"model": "b~lr=1", "split": "valid", "metric": "NDCG@10", "value": 0.30},
+        {"model": "b~lr=2", "split": "valid", "metric": "NDCG@10", "value": 0.30},     # a tie: the first wins
+        {"model": "b~lr=2", "split": "valid", "metric": "HR@10", "value": 0.90},
+    ])
+    table = tuning.tuning_table(rows, "NDCG@10")
+    assert table[["model", "settings", "chosen"]].values.tolist() == [
+        ["a", "lr=1", False], ["a", "lr=2", True], ["b", "lr=1", True], ["b", "lr=2", False]]
+
+
+def test_tune_then_tuned_on_quick_data(tmp_path):
+    """The user's two commands: --tune writes the table, --tuned trains with each model's chosen point."""
+    base = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "movielens-loo",
+            "--runs", str(tmp_path / "runs"), "--models", "gru4rec", "--set", "train.epochs=2", "--set", "model.hidden=8"]
+    proc = subprocess.run(base + ["--tune", "--out", str(tmp_path / "tuning")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "tuning" / "movielens-loo.csv")
+    assert len(table) == 8 and table["chosen"].sum() == 1 and set(table["model"]) == {"gru4rec"}
+    assert table["epochs"].between(1, 2).all() and (table["best_epoch"] <= table["epochs"]).all()
+    assert table["valid/NDCG@10"].between(0, 1).all()
+    chosen = dict(kv.split("=") for kv in table.loc[table["chosen"], "settings"].item().split(","))
+    proc = subprocess.run(base + ["--tuned", str(tmp_path / "tuning" / "movielens-loo.csv"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (saved,) = (tmp_path / "runs").glob("movielens-loo-quick/gru4rec/seed0/config.yaml")
+    cfg = compare.load_config(None, [f"{k}={v}" for k, v in chosen.items()])
+    trained = compare.load_config(saved)
+    assert (trained.train.lr, trained.model.dropout, trained.train.weight_decay) == \
+        (cfg.train.lr, cfg.model.dropout, cfg.train.weight_decay)
+    assert trained.train.patience == 5 and trained.train.epochs == 2      # the budget, then --set's cap
