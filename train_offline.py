@@ -37,7 +37,7 @@ from seqrec.distributed import setup as setup_distributed
 from seqrec.distributed import teardown as teardown_distributed
 from seqrec.errors import UserError, run_cli
 from seqrec.evaluation import evaluate, format_selection, format_table, format_value, selection_score
-from seqrec.learner import Learner, epoch_means, train_epoch
+from seqrec.learner import Learner, epoch_means, patience_spent, train_epoch
 from seqrec.recommend import (
     SPLITS,
     example_user,
@@ -117,13 +117,6 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
         runs.plot_curves(run_dir)
     if board is not None:
         board.close()
-
-
-def patience_spent(epochs_done: int, best: dict, patience: int, dist: Dist = SINGLE) -> bool:
-    """Early stopping: the last `patience` epochs brought no better validation score (never with
-    patience 0). Rank 0 alone validates, so its decision is summed over the ranks."""
-    spent = dist.main and patience > 0 and epochs_done - 1 - best["epoch"] >= patience
-    return bool(dist.sum(torch.tensor(float(spent))) > 0)
 
 
 # ================================================================================================

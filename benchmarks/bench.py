@@ -276,25 +276,13 @@ def report_session_path(torch, device, cfg, pool, steps: int, peak: float, tag: 
 def bench_movielens_1m(torch, device, peak: float, steps: int) -> None:
     """Both paths on MovieLens-1M (leave-one-out, configs/movielens-1m-loo.yaml; fetched if needed):
     long sessions (165 events on average), 3,706 items."""
-    from model import SeqRecQ, compute_losses
     from replay_buffer import ensure_pool
-    from seqrec.batches import Batch, epoch_order
-    from seqrec.learner import Learner
     settings = ["pool.horizon=3", "model.ssl_steps=3", "model.hidden=64", "train.batch_size=256", "model.dropout=0.0",
                 *MEASURED_LOSS]
     cfg = load_config(ROOT / "configs" / "movielens-1m-loo.yaml", [*settings, "pool.state_len=10"])
     pool = ensure_pool(cfg)
-    N, t, B, L, T = pool.num_items, cfg.train, cfg.train.batch_size, cfg.pool.state_len, cfg.pool.horizon
-    events = pool.events("train")
-    order = events[epoch_order(len(events), 0, 0)]
-    torch.manual_seed(0)
-    learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), N), cfg, device)
-
-    def window_step(i):
-        batch = Batch.from_windows(pool.windows(order[i * B:(i + 1) * B], L, T, training=True), device)
-        learner.update(compute_losses(learner.model, learner.target_net, batch, t)[0])
-
-    window = samples_per_s(window_step, B, steps, lambda: sync(torch, device))
+    N, B, L, T = pool.num_items, cfg.train.batch_size, cfg.pool.state_len, cfg.pool.horizon
+    window = window_samples_per_s(torch, device, cfg, pool, steps)
     report("train_samples_per_s@ml-1m", window, "samples/s", f"{N:,} items, L {L}, T 3, K 3, batch 256")
     report("train_share_of_matmul@ml-1m", window / B * train_step_flops(B, L, T, 3, 64, N) / 1e9 / peak, "fraction")
     session_cfg = load_config(ROOT / "configs" / "movielens-1m-loo.yaml", [*settings, "pool.state_len=0"])
@@ -302,6 +290,68 @@ def bench_movielens_1m(torch, device, peak: float, steps: int) -> None:
     report("train_session_samples_per_s@ml-1m", rate, "samples/s",
            f"whole-session states, chunk {session_cfg.train.chunk_len}; {rate / window:.2f}x the window path")
     report("train_session_share_of_matmul@ml-1m", gflops / peak, "fraction", f"{gflops:.1f} GFLOP/s")
+
+
+def window_samples_per_s(torch, device, cfg, pool, steps: int) -> float:
+    """Trained samples/s of the window path's step (Learner.update on model.compute_losses) with the
+    config as train_offline.py takes it, over `steps` steps after 2 of warm-up."""
+    from model import SeqRecQ, compute_losses
+    from seqrec.batches import Batch, epoch_order
+    from seqrec.learner import Learner
+    B, L, T = cfg.train.batch_size, cfg.pool.state_len, cfg.pool.horizon
+    events = pool.events("train")
+    order = events[epoch_order(len(events), 0, 0)]
+    torch.manual_seed(0)
+    learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), pool.num_items), cfg, device)
+
+    def step(i):
+        batch = Batch.from_windows(pool.windows(order[i * B:(i + 1) * B], L, T, training=True), device)
+        learner.update(compute_losses(learner.model, learner.target_net, batch, cfg.train, step=i)[0])
+    return samples_per_s(step, B, steps, lambda: sync(torch, device))
+
+
+def sample_flops(L: int, T: int, K: int, H: int, N: int, td: bool, chunk: int = 4) -> float:
+    """Matmul FLOPs per trained event of the default loss (logged bootstrap: no all-item argmax): the
+    GRU over the items a sample encodes (L + T on a window; on whole sessions (chunk + T - 1) / chunk,
+    the look-ahead shared by a chunk), fwd+bwd and with TD the target's fwd, and the K-step CE over all
+    items fwd+bwd. The Q side (taken items and 10 negatives, H-long dot products) is under 1% and left out."""
+    encoded = L + T if L else (chunk + T - 1) / chunk
+    return (3 + td) * 12 * H * H * encoded + 3 * K * 2 * H * (N + 1)
+
+
+# The models issue 23's targets compare, as benchmarks/compare.py trains them (that file's recipes).
+SPEED_MODELS = ("full", "gru4rec")
+
+
+def bench_full_vs_gru4rec(torch, device, steps: int, datasets=(("ml-100k", "movielens-loo.yaml"),
+                                                                ("ml-1m", "movielens-1m-loo.yaml"))) -> None:
+    """The full model's step against gru4rec's, and SASRec's against the GRU's, on MovieLens-100K and -1M
+    leave-one-out, 10-item windows and whole sessions: each rate measured with the configs' settings
+    (batch 256, dropout 0.1), one model after the other, beside the ratio the arithmetic alone gives."""
+    from recipes import MODELS
+    from replay_buffer import ensure_pool
+    sasrec = [*MODELS["gru4rec"], "model.encoder=sasrec"]
+    for tag, config in datasets:
+        for L, path in ((10, "windows"), (0, "sessions")):
+            rates = {}
+            for name, recipe in [*((m, MODELS[m]) for m in SPEED_MODELS), ("sasrec", sasrec)]:
+                cfg = load_config(ROOT / "configs" / config, [*recipe, f"pool.state_len={L}"])
+                pool = ensure_pool(cfg)
+                measure = window_samples_per_s if L else lambda *a: session_samples_per_s(*a)[0]
+                rates[name] = measure(torch, device, cfg, pool, steps)
+                report(f"train_{name}_samples_per_s@{tag}-{path}", rates[name], "samples/s",
+                       f"{pool.num_items:,} items, batch {cfg.train.batch_size}, {compare_note(name)}")
+            N, H = pool.num_items, cfg.model.hidden
+            arithmetic = sample_flops(L, 3, 3, H, N, True) / sample_flops(L, 1, 1, H, N, False)
+            report(f"full_over_gru4rec@{tag}-{path}", rates["gru4rec"] / rates["full"], "x",
+                   f"time per event; the arithmetic alone {arithmetic:.2f}x (issue 23's target 1.5x)")
+            report(f"sasrec_over_gru4rec@{tag}-{path}", rates["gru4rec"] / rates["sasrec"], "x",
+                   "time per event, both next-item CE only (issue 23's target on sessions 3x)")
+
+
+def compare_note(name: str) -> str:
+    return {"full": "T 3, K 3, TD(lambda), 10 negatives", "gru4rec": "T 1, K 1, no TD",
+            "sasrec": "gru4rec's loss on SASRec (2 blocks, max_len 50)"}[name]
 
 
 def samples_per_s(step, batch: int, steps: int, sync=lambda: None) -> float:
@@ -389,6 +439,7 @@ def main() -> None:
     bench_training(torch, device, [1000, 10_000] if args.quick else [1000, 10_000, 70_000], peak, steps)
     if not args.quick:
         bench_movielens_1m(torch, device, peak, steps)
+        bench_full_vs_gru4rec(torch, device, steps)
     bench_eval(torch, device, 10_000 if args.quick else 70_000, peak, 4096 if args.quick else 16_384)
 
     def write(tmp: Path) -> None:

@@ -44,54 +44,14 @@ from seqrec.online import (ModelPolicy, baseline_policies, impression_log,  # no
 from seqrec.ope_eval import (SEQUENTIAL_CLIP, Critic, Target, assess, critic_view, deterministic_slates,  # noqa: E402
                              estimates, logging_propensities, model_based_estimates, target_propensities)
 from seqrec.plots import pyplot, save_png  # noqa: E402
+from recipes import LAMBDAS, MODELS  # noqa: E402
 from tuning import TUNE_BUDGET, chosen_settings, grid, tuning_table  # noqa: E402
 from seqrec.runs import load_checkpoint  # noqa: E402
 
 
 # ================================================================================================
-# What is compared
+# What is compared (benchmarks/recipes.py)
 # ================================================================================================
-def one_step(**kw) -> list[str]:
-    return ["pool.horizon=1", "model.ssl_steps=1"] + [f"train.{k}={v}" for k, v in kw.items()]
-
-
-def multi_step(T: int, K: int, **kw) -> list[str]:
-    return [f"pool.horizon={T}", f"model.ssl_steps={K}"] + [f"train.{k}={v}" for k, v in kw.items()]
-
-
-MODELS: dict[str, list[str]] = {
-    "gru4rec": one_step(alpha=0.0),                                   # next-item cross-entropy only
-    # SQN: CE + one-step double Q, two nets in turn, its own linear Q head, no negatives
-    "gru-sqn": one_step(alpha=1.0, gamma=0.5, bootstrap="swap", q_negatives=0) + ["model.q_head=linear"],
-    # SNQN: SQN's one-step double Q (linear head) with 10 uniform negatives, ranking with the Q head; SA2C:
-    # the same, its CE weighed by the advantage after a warm-up, ranking with the CE head
-    "snqn": one_step(alpha=1.0, gamma=0.5, bootstrap="double", q_negatives=10) + ["model.q_head=linear", "eval.head=q"],
-    "sa2c": one_step(alpha=1.0, gamma=0.5, bootstrap="double", q_negatives=10, advantage_weighting=True)
-    + ["model.q_head=linear"],
-    "ssl-multistep": multi_step(3, 3, alpha=0.0),                     # multi-step self-supervision, no TD
-    "td-lambda-ssl1": multi_step(3, 1, alpha=1.0, lam=0.8),           # TD(lambda), one-step self-supervision
-    **{f"full-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) for T in (3, 5) for lam in (0.0, 0.5, 0.8, 1.0)},
-    "full-T1": multi_step(1, 1, alpha=1.0),                           # one-step TD: lambda has no effect at T = 1
-    # alpha picked on validation figures only (docs/history.md, "The validation sweep"): TD weight 3 instead of 1
-    "full-T3-lam0.8-a3": multi_step(3, 3, alpha=3.0, lam=0.8),
-    "full": multi_step(3, 3, alpha=1.0, lam=0.8),                      # the default model, ranking with the ssl head
-    "full-mix": multi_step(3, 3, alpha=1.0, lam=0.8) + ["eval.head=mix"],   # the full model ranking with the value
-    "sasrec": one_step(alpha=0.0) + ["model.encoder=sasrec"],           # SASRec: next-item CE on self-attention
-    "full-sasrec": multi_step(3, 3, alpha=1.0, lam=0.8) + ["model.encoder=sasrec"],   # the full model on SASRec
-}
-LAMBDAS = (0.0, 0.5, 0.8, 1.0)
-# Issue 21's Q-ranking family: the recipe picked on the clickbait preset's validation value figures
-# (docs/results.md, "Calibrating the value" and "Slower learning keeps the ranking"): IQL's expectile
-# bootstrap, the checkpoint with the lowest validation value RMSE, 10 epochs, Adam at 1e-3 with weight
-# decay 1e-4 (at 3e-3 the Q head's ranking drifts after epoch 2); every model ranks with its Q head.
-Q_RECIPE = ["train.bootstrap=expectile", "model.v_head=true", "eval.select_metric=value/rmse", "train.epochs=10",
-            "train.lr=0.001", "train.weight_decay=0.0001", "eval.head=q"]
-MODELS.update({
-    "q-T1": multi_step(1, 1, alpha=1.0) + Q_RECIPE,
-    "q-T1-w10": multi_step(1, 1, alpha=1.0) + Q_RECIPE + ["pool.state_len=10"],   # SQN's 10-item windows
-    **{f"q-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) + Q_RECIPE for T in (3, 5) for lam in LAMBDAS},
-    "q-T3-K1-lam0.8": multi_step(3, 1, alpha=1.0, lam=0.8) + Q_RECIPE,     # multi-step TD, one-step self-supervision
-})
 QUICK_MODELS = ["gru4rec", "gru-sqn", "ssl-multistep", "td-lambda-ssl1", "full-T3-lam0.8"]
 
 

@@ -74,3 +74,30 @@ def test_profile_step_times_every_phase_on_both_paths(tmp_path):
         for phase in ("batch", "forward", "backward", "optimizer", "step"):
             assert phase in lines, (phase, proc.stdout[:500])
         assert "aten::" in proc.stdout
+
+
+def test_full_against_gru4rec_measures_every_model_on_both_paths(tmp_path):
+    import yaml
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from helpers import tiny_overrides
+    config = {}
+    for item in tiny_overrides(tmp_path):
+        key, value = item.split("=", 1)
+        section, name = key.split(".")
+        config.setdefault(section, {})[name] = yaml.safe_load(value)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    bench.FIGURES.clear()
+    bench.bench_full_vs_gru4rec(torch, torch.device("cpu"), steps=1, datasets=(("tiny", tmp_path / "tiny.yaml"),))
+    figures = {name: value for name, value, _, _ in bench.FIGURES}
+    for path in ("windows", "sessions"):
+        for model in ("full", "gru4rec", "sasrec"):
+            assert figures[f"train_{model}_samples_per_s@tiny-{path}"] > 0
+        assert figures[f"full_over_gru4rec@tiny-{path}"] == \
+            figures[f"train_gru4rec_samples_per_s@tiny-{path}"] / figures[f"train_full_samples_per_s@tiny-{path}"]
+
+
+def test_sample_flops_by_hand():
+    # Window, L 1, T 1, K 1, H 1, N 1 with TD: GRU over 2 items (fwd+bwd 3x, target 1x: 4 x 12 x 2), CE 3 x 2 x 2.
+    assert bench.sample_flops(L=1, T=1, K=1, H=1, N=1, td=True) == 4 * 12 * 2 + 3 * 2 * 2
+    # Whole sessions, chunk 4, T 3: each event encodes (4 + 2) / 4 items; no TD: fwd+bwd only; K 3.
+    assert bench.sample_flops(L=0, T=3, K=3, H=1, N=1, td=False) == 3 * 12 * 1.5 + 3 * 3 * 2 * 2

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from seqrec import streamed
 from seqrec.streamed import argmax_linear, chunked_logits, linear_cross_entropy
 
 
@@ -58,3 +59,38 @@ def test_chunked_logits_cover_every_item_once(chunk, first):
     blocks = [(start, block.clone()) for start, block in chunked_logits(x, w, b, chunk, first)]
     assert [s for s, _ in blocks] == list(range(first, 13, chunk))
     torch.testing.assert_close(torch.cat([blk for _, blk in blocks], 1), F.linear(x, w, b)[:, first:])
+
+
+@pytest.fixture
+def eager_after():
+    """Whatever a test compiles, the kernels are the eager ones again after it."""
+    yield
+    streamed.logsumexp_update, streamed.softmax_grad_ = streamed._EAGER
+
+
+def test_compiled_kernels_match_cross_entropy_of_the_full_logits(eager_after):
+    assert streamed.compile_kernels()
+    assert streamed.softmax_grad_ is not streamed._EAGER[1] and streamed.compile_kernels()   # twice: once
+    torch.manual_seed(3)
+    for rows in (7, 33):                                  # two row counts: symbolic shapes, no recompile error
+        features = torch.randn(rows, 8, requires_grad=True)
+        weight, bias = torch.randn(50, 8, requires_grad=True), torch.randn(50, requires_grad=True)
+        targets = torch.randint(0, 50, (rows,))
+        upstream = torch.rand(rows)
+        ours = torch.autograd.grad((linear_cross_entropy(features, weight, bias, targets, chunk=16) * upstream).sum(),
+                                   (features, weight, bias))
+        full = torch.autograd.grad((F.cross_entropy(F.linear(features, weight, bias), targets, reduction="none")
+                                    * upstream).sum(), (features, weight, bias))
+        for a, b in zip(ours, full):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compiling_that_fails_warns_once_and_keeps_the_eager_kernels(monkeypatch, capsys, eager_after):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    assert streamed.compile_kernels() is False
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: train.compile: torch.compile failed (RuntimeError: "
+                                                   "InvalidCxxCompiler: No working C++ compiler found)")
+    assert (streamed.logsumexp_update, streamed.softmax_grad_) == streamed._EAGER
