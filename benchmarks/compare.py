@@ -38,13 +38,15 @@ from replay_buffer import Pool, ensure_pool  # noqa: E402
 from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
 from seqrec.config import load_config  # noqa: E402
 from seqrec.errors import UserError, run_cli  # noqa: E402
-from seqrec.evaluation import evaluate  # noqa: E402
+from seqrec.evaluation import evaluate, rank_queries  # noqa: E402
+from seqrec.metrics import ndcg  # noqa: E402
 from seqrec.online import (ModelPolicy, baseline_policies, impression_log,  # noqa: E402
                            pool_popularity_policy, rollout, simulator_for)
 from seqrec.ope_eval import (SEQUENTIAL_CLIP, Critic, Target, assess, critic_view, deterministic_slates,  # noqa: E402
                              estimates, logging_propensities, model_based_estimates, target_propensities)
 from seqrec.plots import pyplot, save_png  # noqa: E402
-from recipes import LAMBDAS, MODELS  # noqa: E402
+from paired import differences  # noqa: E402
+from recipes import BASELINES, LAMBDAS, MODELS  # noqa: E402
 from tuning import TUNE_BUDGET, chosen_settings, grid, tuning_table  # noqa: E402
 from seqrec.runs import load_checkpoint  # noqa: E402
 
@@ -221,6 +223,56 @@ def collect_run(run: Run, extra_views: bool = True) -> list[dict]:
             summary = rollout(sim, policy, cfg.online.sessions, seed=run.seed).summary()
             rows += online_rows(ds, run.model, run.seed, summary)
     return rows
+
+
+PAIRED_METRIC = "NDCG@10"      # results/differences.csv: per-user figures of this metric
+
+
+def per_user_rows(run: Run) -> list[dict]:
+    """A leave-one-out run's test NDCG@10 per user (event), seen items masked (`loo`) and not
+    (`loo-unmasked`), of the head it ranks with; kept in the run's per_user.csv once computed."""
+    path = run.run_dir / "per_user.csv"
+    if not path.is_file() or path.stat().st_mtime < (run.run_dir / "best.pt").stat().st_mtime:
+        cfg = run.config()
+        pool = Pool(Path(cfg.pool.dir))
+        model = SeqRecQ.from_checkpoint(load_checkpoint(run.run_dir / "best.pt"), pool.num_items)
+        table = {}
+        for protocol, masked in (("loo", True), ("loo-unmasked", False)):
+            events, ranks, _ = rank_queries(model, pool, "test", cfg.pool.state_len, cfg.eval.batch_size, masked,
+                                            heads=(cfg.eval.head,), progress=False, beta=cfg.eval.beta,
+                                            rerank_top=cfg.eval.rerank_top)
+            k = int(PAIRED_METRIC.split("@")[1])
+            table[protocol] = pd.Series(ndcg(*ranks[cfg.eval.head], k).numpy(), index=events)
+        frame = pd.DataFrame(table).rename_axis("event").reset_index()
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+    frame = pd.read_csv(path)
+    return [{"dataset": run.dataset.name, "protocol": protocol, "model": run.model, "seed": run.seed,
+             "event": int(e), "value": float(v)} for protocol in ("loo", "loo-unmasked")
+            for e, v in zip(frame["event"], frame[protocol])]
+
+
+def paired_tables(runs: list[Run], summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """results/differences.csv (and its per-seed rows): on every leave-one-out data set, each trained
+    model against the best baseline (BASELINES, by mean validation NDCG@10), paired over test users."""
+    pooled, seeds = [], []
+    for ds in {id(run.dataset): run.dataset for run in runs if run.dataset.protocol == "loo"}.values():
+        mine = [run for run in runs if run.dataset is ds]
+        valid = summary[(summary["dataset"] == ds.name) & (summary["protocol"] == "loo")
+                        & (summary["metric"] == f"valid/{PAIRED_METRIC}") & summary["model"].isin(BASELINES)]
+        if valid.empty:
+            continue
+        baseline = valid.loc[valid["mean"].idxmax(), "model"]
+        per_user = pd.DataFrame([row for run in tqdm(mine, desc=f"per-user figures, {ds.name}", unit="run")
+                                 for row in per_user_rows(run)])
+        models = [m for m in dict.fromkeys(run.model for run in mine) if m != baseline]
+        for protocol in ("loo", "loo-unmasked"):
+            a, b = differences(per_user[per_user["protocol"] == protocol], ds.name, protocol, PAIRED_METRIC,
+                               baseline, models)
+            pooled.append(a)
+            seeds.append(b)
+    if not pooled:
+        return pd.DataFrame(), pd.DataFrame()
+    return pd.concat(pooled, ignore_index=True), pd.concat(seeds, ignore_index=True)
 
 
 def value_rows(ds: Dataset, run: Run, final: dict) -> list[dict]:
@@ -568,9 +620,10 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, MODELS[base] + [kv.strip() for kv in extra.split(";") if kv.strip()]
 
 
-def merge_summary(path: Path, summary: pd.DataFrame) -> None:
-    """Rows of `summary` replace those of the summary.csv at `path` with the same key; the rest stay."""
-    key = ["dataset", "protocol", "model", "metric"]
+def merge_summary(path: Path, summary: pd.DataFrame, key: list[str] | None = None) -> None:
+    """Rows of `summary` replace those of the CSV at `path` with the same `key` (default: a summary.csv's
+    dataset, protocol, model, metric); the rest stay."""
+    key = key or ["dataset", "protocol", "model", "metric"]
     old = pd.read_csv(path) if path.is_file() else summary.iloc[:0]
     kept = old[~old.set_index(key).index.isin(summary.set_index(key).index)]
     merged = pd.concat([kept, summary], ignore_index=True)
@@ -689,6 +742,16 @@ def main() -> None:
         plot_curves(runs, summary, out / "curves.png")
     if args.merge_into:
         merge_summary(Path(args.merge_into), summary)
+    diffs, per_seed = paired_tables(runs, summary)
+    if len(diffs):
+        key = ["dataset", "protocol", "model", "baseline", "metric"]
+        atomic_write(out / "differences.csv", lambda tmp: diffs.to_csv(tmp, index=False, float_format="%.6g"))
+        atomic_write(out / "differences-per-seed.csv", lambda tmp: per_seed.to_csv(tmp, index=False, float_format="%.6g"))
+        if args.merge_into:
+            merge_summary(Path(args.merge_into).parent / "differences.csv", diffs, key)
+            merge_summary(Path(args.merge_into).parent / "differences-per-seed.csv", per_seed, key + ["seed"])
+        print(f"paired differences (test {PAIRED_METRIC}, 95% bootstrap over users):\n"
+              f"{diffs.to_string(index=False, float_format=lambda v: f'{v:+.4f}')}")
     table = value_table(summary[~summary["metric"].str.startswith("valid/")])
     if len(table):
         atomic_write(out / "value.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))

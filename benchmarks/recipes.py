@@ -46,3 +46,6 @@ MODELS.update({
     **{f"q-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) + Q_RECIPE for T in (3, 5) for lam in LAMBDAS},
     "q-T3-K1-lam0.8": multi_step(3, 1, alpha=1.0, lam=0.8) + Q_RECIPE,     # multi-step TD, one-step self-supervision
 })
+# The published methods a model of ours is compared against (results/differences.csv: against the best
+# of them by validation); popularity is reported beside them but not paired.
+BASELINES = ("gru4rec", "sasrec", "gru-sqn", "snqn", "sa2c")

@@ -36,12 +36,29 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
     `model` needs `last_state(state [B, L]) -> [B, H]` (window path) or an `encoder` with
     `start`/`read` (session path), and `score_layer(states, head)` (see model.py).
     """
+    events, ranks, q_taken = rank_queries(model, pool, split, state_len, batch_size, exclude_seen, heads=heads,
+                                          progress=progress, limit=limit, with_q=value is not None, beta=beta,
+                                          rerank_top=rerank_top)
+    is_purchase = torch.from_numpy(np.asarray(pool.purchase[events], dtype=bool))
+    results = {head: summarize(higher, ties, is_purchase, ks) for head, (higher, ties) in ranks.items()}
+    if value is not None:
+        results["value"] = value.metrics(events, q_taken.double().numpy())
+    return results
+
+
+@torch.no_grad()
+def rank_queries(model, pool, split: str, state_len: int, batch_size: int, exclude_seen: bool, *,
+                 heads: tuple[str, ...], progress: bool = True, limit: int | None = None, with_q: bool = False,
+                 beta: float = 1.0, rerank_top: int = 50):
+    """Where each query's target ranks: (events [n], the queries' event ids in the order ranked (the
+    session path yields them out of order), {head: (higher [n], ties [n])} as metrics.rank_of_targets
+    counts them, Q(s, a) of each query's target [n] with `with_q`, else None). Arguments as `evaluate`'s."""
     was_training = model.training
     model.eval()
     device = model_device(model)
     events = pool.events(split)[:limit]
     ranks = {head: ([], []) for head in heads}
-    purchase, q_taken = [], []
+    q_taken = []
     states = (session_query_states(model.encoder, pool, events, batch_size, device) if state_len == 0 else
               window_query_states(model, pool, events, state_len, batch_size, device))
     bar = tqdm(total=len(events), desc=f"evaluating {split}", unit="query", leave=False, disable=not progress)
@@ -59,18 +76,14 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
                                 f"metrics; the model diverged (lower train.lr) or the head is broken") from None
             ranks[head][0].append(higher.cpu())
             ranks[head][1].append(ties.cpu())
-        purchase.append(torch.from_numpy(np.asarray(pool.purchase[batch], dtype=bool)))
-        if value is not None:
+        if with_q:
             q_taken.append(model.q_of(h, target).cpu())
         bar.update(len(batch))
     bar.close()
     model.train(was_training)
-    is_purchase = torch.cat(purchase) if purchase else torch.zeros(0, dtype=torch.bool)
-    results = {head: summarize(_cat(higher), _cat(ties), is_purchase, ks) for head, (higher, ties) in ranks.items()}
-    if value is not None:   # the streamed path yields queries out of order: keep each with its event
-        order = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
-        results["value"] = value.metrics(order, torch.cat(q_taken).double().numpy() if q_taken else np.zeros(0))
-    return results
+    order = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
+    ranks = {head: (_cat(higher), _cat(ties)) for head, (higher, ties) in ranks.items()}
+    return order, ranks, (_cat(q_taken) if q_taken else torch.zeros(0)) if with_q else None
 
 
 def window_query_states(model, pool, events: np.ndarray, state_len: int, batch_size: int, device):

@@ -50,7 +50,8 @@ def test_tune_then_tuned_on_quick_data(tmp_path):
     assert table["epochs"].between(1, 2).all() and (table["best_epoch"] <= table["epochs"]).all()
     assert table["valid/NDCG@10"].between(0, 1).all()
     chosen = dict(kv.split("=") for kv in table.loc[table["chosen"], "settings"].item().split(","))
-    proc = subprocess.run(base + ["--tuned", str(tmp_path / "tuning" / "movielens-loo.csv"), "--out", str(tmp_path / "out")],
+    tuned = [a if a != "gru4rec" else "gru4rec,full" for a in base]        # full: not tuned, its recipe as it is
+    proc = subprocess.run(tuned + ["--tuned", str(tmp_path / "tuning" / "movielens-loo.csv"), "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (saved,) = (tmp_path / "runs").glob("movielens-loo-quick/gru4rec/seed0/config.yaml")
@@ -59,3 +60,14 @@ def test_tune_then_tuned_on_quick_data(tmp_path):
     assert (trained.train.lr, trained.model.dropout, trained.train.weight_decay) == \
         (cfg.train.lr, cfg.model.dropout, cfg.train.weight_decay)
     assert trained.train.patience == 5 and trained.train.epochs == 2      # the budget, then --set's cap
+    # The paired differences: full against the one baseline, both protocols, an interval around each
+    diffs = pd.read_csv(tmp_path / "out" / "differences.csv")
+    assert diffs[["protocol", "model", "baseline"]].values.tolist() == [["loo", "full", "gru4rec"],
+                                                                       ["loo-unmasked", "full", "gru4rec"]]
+    assert (diffs["ci_low"] <= diffs["diff"]).all() and (diffs["diff"] <= diffs["ci_high"]).all()
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index(["protocol", "model", "metric"])["mean"]
+    for protocol in ("loo", "loo-unmasked"):        # one seed: the paired mean is the difference of the means
+        got = diffs.set_index("protocol").loc[protocol, "diff"]
+        want = summary[(protocol, "full", "NDCG@10")] - summary[(protocol, "gru4rec", "NDCG@10")]
+        assert abs(got - want) < 1e-5
+

@@ -1,0 +1,55 @@
+"""Paired differences (results/differences.csv) against hand-computed figures."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import paired  # noqa: E402
+
+
+def table(values: dict) -> pd.DataFrame:
+    """{(model, seed): [value of user 0, user 1, ...]} -> per-user rows."""
+    return pd.DataFrame([{"model": m, "seed": s, "event": 100 + u, "value": v}
+                         for (m, s), vs in values.items() for u, v in enumerate(vs)])
+
+
+def test_per_seed_and_pooled_differences_by_hand():
+    per_user = table({("a", 0): [0.5, 0.0, 1.0], ("a", 1): [0.3, 0.2, 0.4],
+                      ("b", 0): [0.1, 0.1, 0.1], ("b", 1): [0.2, 0.2, 0.2]})
+    assert paired.per_seed_differences(per_user, "a", "b") == pytest.approx({0: 0.5 - 0.1, 1: 0.3 - 0.2})
+    diff, low, high = paired.paired_difference(per_user, "a", "b", np.random.default_rng(0))
+    d = np.array([(0.5 + 0.3) / 2 - 0.15, (0.0 + 0.2) / 2 - 0.15, (1.0 + 0.4) / 2 - 0.15])
+    assert diff == pytest.approx(d.mean())
+    assert d.min() - 1e-12 <= low <= diff <= high <= d.max() + 1e-12
+
+
+def test_a_constant_gain_has_a_zero_width_interval_and_only_shared_users_count():
+    per_user = table({("a", 0): [0.3, 0.5, 0.7, 0.9], ("b", 0): [0.2, 0.4, 0.6]})   # b lacks user 3
+    diff, low, high = paired.paired_difference(per_user, "a", "b", np.random.default_rng(0))
+    assert diff == low == high == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="share no test user"):
+        paired.paired_difference(per_user.assign(event=per_user["event"] + 10 * (per_user["model"] == "b")),
+                                 "a", "b", np.random.default_rng(0))
+
+
+def test_the_interval_has_the_width_of_the_per_user_spread():
+    """d(u) ~ N(0.02, 0.1) over 1,600 users: the 95% interval is about 2 x 1.96 x 0.1 / 40 wide and
+    holds the true mean; independent noise common to both models cancels (the point of pairing)."""
+    rng = np.random.default_rng(1)
+    common = rng.random(1600)                              # how hard each user is, shared by both models
+    d = rng.normal(0.02, 0.1, 1600)
+    per_user = table({("a", 0): common + d, ("b", 0): common})
+    diff, low, high = paired.paired_difference(per_user, "a", "b", np.random.default_rng(0))
+    assert low < 0.02 < high
+    assert 0.8 * 0.0098 < high - low < 1.2 * 0.0098
+
+
+def test_the_table_has_the_interface_columns():
+    per_user = table({("a", 0): [0.3, 0.5], ("b", 0): [0.2, 0.4], ("c", 0): [0.2, 0.6]})
+    pooled, seeds = paired.differences(per_user, "d", "loo", "NDCG@10", "b", ["a", "c"])
+    assert list(pooled.columns) == ["dataset", "protocol", "model", "baseline", "metric", "diff", "ci_low", "ci_high"]
+    assert pooled["model"].tolist() == ["a", "c"] and pooled["diff"].tolist() == pytest.approx([0.1, 0.1])
+    assert seeds[["model", "seed"]].values.tolist() == [["a", 0], ["c", 0]]
