@@ -47,7 +47,7 @@ from seqrec.ope_eval import (SEQUENTIAL_CLIP, Critic, Target, assess, critic_vie
 from seqrec.plots import pyplot, save_png  # noqa: E402
 from paired import differences  # noqa: E402
 from recipes import BASELINES, LAMBDAS, MODELS  # noqa: E402
-from tuning import TUNE_BUDGET, chosen_settings, grid, tuning_table  # noqa: E402
+from tuning import TUNE_BUDGET, chosen_settings, grid, merged_tables, tuning_table  # noqa: E402
 from seqrec.runs import load_checkpoint  # noqa: E402
 
 
@@ -596,7 +596,7 @@ def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
 # ================================================================================================
 def write_tuning(runs: list[Run], out: Path, command: str) -> None:
     """Each data set's grid table (tuning.tuning_table) with every run's best epoch and epochs trained,
-    to <out>/<dataset>-<protocol>.csv."""
+    to <out>/<dataset>-<protocol>.csv, beside the grids of other models tuned there before."""
     for ds in {id(run.dataset): run.dataset for run in runs}.values():
         mine = [run for run in runs if run.dataset is ds]
         rows = pd.DataFrame([r for run in mine for r in collect_run(run, extra_views=False)])
@@ -606,6 +606,8 @@ def write_tuning(runs: list[Run], out: Path, command: str) -> None:
                    len(pd.read_csv(run.run_dir / "metrics.csv"))) for run in mine]
         table["best_epoch"], table["epochs"] = [e[0] for e in epochs], [e[1] for e in epochs]
         path = out / f"{ds.name}-{ds.protocol}.csv"
+        if path.is_file():
+            table = merged_tables(pd.read_csv(path), table)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
         print(f"python benchmarks/compare.py {command}\n{table.to_string(index=False)}\nwritten to {path}")

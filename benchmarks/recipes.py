@@ -32,6 +32,10 @@ MODELS: dict[str, list[str]] = {
     "full-mix": multi_step(3, 3, alpha=1.0, lam=0.8) + ["eval.head=mix"],   # the full model ranking with the value
     "sasrec": one_step(alpha=0.0) + ["model.encoder=sasrec"],           # SASRec: next-item CE on self-attention
     "full-sasrec": multi_step(3, 3, alpha=1.0, lam=0.8) + ["model.encoder=sasrec"],   # the full model on SASRec
+    # RecBole's way to train them: each event's state from its 50 items before, gradients through all 50
+    # (whole sessions stop them at every train.chunk_len events)
+    "gru4rec-w50": one_step(alpha=0.0) + ["pool.state_len=50"],
+    "sasrec-w50": one_step(alpha=0.0) + ["model.encoder=sasrec", "pool.state_len=50"],
 }
 LAMBDAS = (0.0, 0.5, 0.8, 1.0)
 # Issue 21's Q-ranking family: the recipe picked on the clickbait preset's validation value figures
@@ -48,4 +52,4 @@ MODELS.update({
 })
 # The published methods a model of ours is compared against (results/differences.csv: against the best
 # of them by validation); popularity is reported beside them but not paired.
-BASELINES = ("gru4rec", "sasrec", "gru-sqn", "snqn", "sa2c")
+BASELINES = ("gru4rec", "sasrec", "gru4rec-w50", "sasrec-w50", "gru-sqn", "snqn", "sa2c")

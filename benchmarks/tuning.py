@@ -16,6 +16,8 @@ SHARED = [("train.lr", (0.001, 0.003)), ("model.dropout", (0.2, 0.5))]
 OWN = {
     "gru4rec": ("train.weight_decay", (0.0, 0.0001)),
     "sasrec": ("train.weight_decay", (0.0, 0.0001)),
+    "gru4rec-w50": ("train.weight_decay", (0.0, 0.0001)),
+    "sasrec-w50": ("train.weight_decay", (0.0, 0.0001)),
     "gru-sqn": ("train.alpha", (0.3, 1.0)),                 # the TD loss's weight beside the CE
     "snqn": ("train.q_negatives", (10, 50)),                # SNQN's negatives per state
     "sa2c": ("train.advantage_warmup", (1000, 5000)),       # steps of plain CE before the advantage weighs it
@@ -49,6 +51,11 @@ def tuning_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     best = table.groupby("model", sort=False)[f"valid/{metric}"].transform("max")
     first = table[table[f"valid/{metric}"] == best].groupby("model", sort=False).head(1).index
     return table.drop(columns="variant").assign(chosen=table.index.isin(first)).reset_index(drop=True)
+
+
+def merged_tables(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """A tuning table with `new`'s models' rows in place of theirs in `old`; other models' rows stay."""
+    return pd.concat([old[~old["model"].isin(new["model"])], new], ignore_index=True)
 
 
 def chosen_settings(path: Path) -> dict[str, list[str]]:

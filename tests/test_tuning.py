@@ -39,6 +39,13 @@ def test_the_table_marks_each_models_best_validation_point_and_ignores_test():
         ["a", "lr=1", False], ["a", "lr=2", True], ["b", "lr=1", True], ["b", "lr=2", False]]
 
 
+def test_a_later_grid_replaces_its_models_rows_and_keeps_the_others():
+    old = pd.DataFrame({"model": ["a", "a", "b"], "settings": ["x", "y", "x"], "chosen": [True, False, True]})
+    new = pd.DataFrame({"model": ["b", "c"], "settings": ["z", "z"], "chosen": [True, True]})
+    assert tuning.merged_tables(old, new).values.tolist() == [["a", "x", True], ["a", "y", False],
+                                                             ["b", "z", True], ["c", "z", True]]
+
+
 def test_tune_then_tuned_on_quick_data(tmp_path):
     """The user's two commands: --tune writes the table, --tuned trains with each model's chosen point."""
     base = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "movielens-loo",
