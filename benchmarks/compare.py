@@ -677,11 +677,13 @@ def main() -> None:
     if args.tuned:
         tuned = chosen_settings(Path(args.tuned))
         variants.update({m: MODELS[m] + tuned[m] for m in tuned})
-        args.extra = TUNE_BUDGET + args.extra
+        untuned = [m for m in models if m not in tuned]
+        if untuned:
+            print(f"not in {args.tuned}, trained at their recipes: {', '.join(untuned)}", flush=True)
     if args.tune:
         points = {name: MODELS[m] + point for m in models for name, point in grid(m).items()}
         variants.update(points)
-        models, args.seeds, args.extra = list(points), 1, TUNE_BUDGET + args.extra
+        models, args.seeds = list(points), 1
     models = [] if args.baselines_only else models
     models += [] if args.baselines_only else [parse_variant(v)[0] for v in args.variant]
     models = list(dict.fromkeys(models))          # a variant also named in --models runs once
@@ -691,7 +693,8 @@ def main() -> None:
     seeds = list(range(1 if args.quick else args.seeds))
     if args.ope and args.ope_seed not in seeds:
         raise SystemExit(f"error: --ope-seed {args.ope_seed} is not among the seeds run (0 .. {len(seeds) - 1}); raise --seeds")
-    extra = (["train.epochs=2"] if args.quick else []) + args.extra
+    budget = TUNE_BUDGET if args.tune or args.tuned else []       # --quick's 2 epochs, then --set, win over it
+    extra = budget + (["train.epochs=2"] if args.quick else []) + args.extra
     keys = ALL if args.data == "all" else tuple(args.data.split(","))
     if set(keys) - set(DATASETS):
         raise SystemExit(f"error: unknown data set {sorted(set(keys) - set(DATASETS))[0]}; choose all or from {', '.join(DATASETS)}")

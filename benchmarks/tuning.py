@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from seqrec.errors import UserError
+
 SHARED = [("train.lr", (0.001, 0.003)), ("model.dropout", (0.2, 0.5))]
 # Each model's own key parameter. CE-only models have no loss parameter: their regulariser stands in.
 OWN = {
@@ -60,5 +62,12 @@ def merged_tables(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 def chosen_settings(path: Path) -> dict[str, list[str]]:
     """model -> the overrides of its chosen point, from a tuning table written by compare.py --tune."""
-    table = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"--tuned {path}: cannot read the tuning table ({type(e).__name__}); "
+                        "pass a CSV that compare.py --tune wrote") from None
+    if not {"model", "settings", "chosen"} <= set(table.columns):
+        raise UserError(f"--tuned {path}: not a tuning table (needs columns model, settings, chosen); "
+                        "pass a CSV that compare.py --tune wrote")
     return {row.model: row.settings.split(",") for row in table[table["chosen"]].itertuples()}

@@ -49,7 +49,7 @@ def test_a_later_grid_replaces_its_models_rows_and_keeps_the_others():
 def test_tune_then_tuned_on_quick_data(tmp_path):
     """The user's two commands: --tune writes the table, --tuned trains with each model's chosen point."""
     base = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "movielens-loo",
-            "--runs", str(tmp_path / "runs"), "--models", "gru4rec", "--set", "train.epochs=2", "--set", "model.hidden=8"]
+            "--runs", str(tmp_path / "runs"), "--models", "gru4rec", "--set", "model.hidden=8"]
     proc = subprocess.run(base + ["--tune", "--out", str(tmp_path / "tuning")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = pd.read_csv(tmp_path / "tuning" / "movielens-loo.csv")
@@ -66,7 +66,8 @@ def test_tune_then_tuned_on_quick_data(tmp_path):
     trained = compare.load_config(saved)
     assert (trained.train.lr, trained.model.dropout, trained.train.weight_decay) == \
         (cfg.train.lr, cfg.model.dropout, cfg.train.weight_decay)
-    assert trained.train.patience == 5 and trained.train.epochs == 2      # the budget, then --set's cap
+    assert trained.train.patience == 5 and trained.train.epochs == 2      # the budget, then --quick's cap
+    assert "not in " in proc.stdout and "trained at their recipes: full" in proc.stdout
     # The paired differences: full against the one baseline, both protocols, an interval around each
     diffs = pd.read_csv(tmp_path / "out" / "differences.csv")
     assert diffs[["protocol", "model", "baseline"]].values.tolist() == [["loo", "full", "gru4rec"],
@@ -77,4 +78,16 @@ def test_tune_then_tuned_on_quick_data(tmp_path):
         got = diffs.set_index("protocol").loc[protocol, "diff"]
         want = summary[(protocol, "full", "NDCG@10")] - summary[(protocol, "gru4rec", "NDCG@10")]
         assert abs(got - want) < 1e-5
+
+
+@pytest.mark.parametrize("content", [None, "a,b\n1,2\n"])
+def test_a_missing_or_foreign_tuning_table_is_one_clear_line(tmp_path, content):
+    path = tmp_path / "t.csv"
+    if content is not None:
+        path.write_text(content)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "movielens-loo",
+                           "--models", "gru4rec", "--tuned", str(path), "--runs", str(tmp_path / "runs")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "tuning table" in proc.stderr
 
