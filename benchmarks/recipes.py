@@ -32,10 +32,11 @@ MODELS: dict[str, list[str]] = {
     "full-mix": multi_step(3, 3, alpha=1.0, lam=0.8) + ["eval.head=mix"],   # the full model ranking with the value
     "sasrec": one_step(alpha=0.0) + ["model.encoder=sasrec"],           # SASRec: next-item CE on self-attention
     "full-sasrec": multi_step(3, 3, alpha=1.0, lam=0.8) + ["model.encoder=sasrec"],   # the full model on SASRec
-    # RecBole's way to train them: each event's state from its 50 items before, gradients through all 50
-    # (whole sessions stop them at every train.chunk_len events)
-    "gru4rec-w50": one_step(alpha=0.0) + ["pool.state_len=50"],
-    "sasrec-w50": one_step(alpha=0.0) + ["model.encoder=sasrec", "pool.state_len=50"],
+    # The RecBole anchor's way to train them (../shared/REFERENCES.md: 10-item histories, as SQN's windows):
+    # each event's state from its 10 items before, gradients through all 10 (whole sessions stop them at
+    # every train.chunk_len events, and SASRec's positions there run modulo its max_len)
+    "gru4rec-w10": one_step(alpha=0.0) + ["pool.state_len=10"],
+    "sasrec-w10": one_step(alpha=0.0) + ["model.encoder=sasrec", "pool.state_len=10"],
 }
 LAMBDAS = (0.0, 0.5, 0.8, 1.0)
 # Issue 21's Q-ranking family: the recipe picked on the clickbait preset's validation value figures
@@ -52,4 +53,4 @@ MODELS.update({
 })
 # The published methods a model of ours is compared against (results/differences.csv: against the best
 # of them by validation); popularity is reported beside them but not paired.
-BASELINES = ("gru4rec", "sasrec", "gru4rec-w50", "sasrec-w50", "gru-sqn", "snqn", "sa2c")
+BASELINES = ("gru4rec", "sasrec", "gru4rec-w10", "sasrec-w10", "gru-sqn", "snqn", "sa2c")

@@ -18,8 +18,8 @@ SHARED = [("train.lr", (0.001, 0.003)), ("model.dropout", (0.2, 0.5))]
 OWN = {
     "gru4rec": ("train.weight_decay", (0.0, 0.0001)),
     "sasrec": ("train.weight_decay", (0.0, 0.0001)),
-    "gru4rec-w50": ("train.weight_decay", (0.0, 0.0001)),
-    "sasrec-w50": ("train.weight_decay", (0.0, 0.0001)),
+    "gru4rec-w10": ("train.weight_decay", (0.0, 0.0001)),
+    "sasrec-w10": ("train.weight_decay", (0.0, 0.0001)),
     "gru-sqn": ("train.alpha", (0.3, 1.0)),                 # the TD loss's weight beside the CE
     "snqn": ("train.q_negatives", (10, 50)),                # SNQN's negatives per state
     "sa2c": ("train.advantage_warmup", (1000, 5000)),       # steps of plain CE before the advantage weighs it
