@@ -8,7 +8,9 @@
 Every trained model is `python train_offline.py` with the overrides in MODELS on top of the data
 set's config, run in `runs/compare/<data>/<model>/seed<k>/` (a finished run with the same config is
 reused and one stopped part way resumes from its last.pt, so an interrupted benchmark picks up where
-it stopped). The best epoch of each run is chosen on validation; test is evaluated once, on that epoch. Writes to `results/` (or `results/quick/`):
+it stopped). A finished run's figures are kept beside its final.json (collected.csv, per_user.csv), so a
+runs folder committed without its checkpoints (--runs results/<x>/runs; *.pt is git-ignored there) still
+counts as done and is collected in a later session or another clone. The best epoch of each run is chosen on validation; test is evaluated once, on that epoch. Writes to `results/` (or `results/quick/`):
 summary.csv (dataset,protocol,model,metric,mean,std,n_seeds), results.md, and plots of metric vs
 lambda, metric vs T and training curves.
 """
@@ -126,13 +128,23 @@ def plan(datasets: list[Dataset], models: list[str], seeds: list[int], quick: bo
     return runs
 
 
+def same_config(saved: dict, run: Run) -> bool:
+    """The run's config, where it lives aside (the folder is the plan's, so a moved or cloned runs folder
+    still matches). Keys added to config.yaml since the run was made count at their defaults (a new key's
+    default must leave results unchanged)."""
+    def placeless(cfg: dict) -> dict:
+        return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "run_dir"}}
+    return placeless(load_config(base=saved).to_dict()) == placeless(run.config().to_dict())
+
+
 def is_done(run: Run) -> bool:
-    """Finished with the same config. Keys added to config.yaml since the run was made count at their
-    defaults (a new key's default must leave results unchanged)."""
+    """Finished with the same config, its checkpoints kept or its figures collected (collected.csv)."""
     saved = run.run_dir / "config.yaml"
     if not (run.run_dir / "final.json").is_file() or not saved.is_file():
         return False
-    return load_config(base=yaml.safe_load(saved.read_text())).to_dict() == run.config().to_dict()
+    if not (run.run_dir / "best.pt").is_file() and not (run.run_dir / "collected.csv").is_file():
+        return False
+    return same_config(yaml.safe_load(saved.read_text()), run)
 
 
 def is_resumable(run: Run) -> bool:
@@ -144,7 +156,7 @@ def is_resumable(run: Run) -> bool:
         saved = load_checkpoint(last)["config"]
     except UserError:                                   # a damaged last.pt: train from scratch
         return False
-    return load_config(base=saved).to_dict() == run.config().to_dict()
+    return same_config(saved, run)
 
 
 def train(run: Run) -> None:
@@ -157,6 +169,14 @@ def train(run: Run) -> None:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
         raise RuntimeError(f"{run.run_dir}: train_offline.py failed:\n{proc.stderr[-2000:]}")
+    record(run)
+
+
+def record(run: Run) -> None:
+    """Keep a finished run's figures beside it, so a later session or clone needs no checkpoint."""
+    collect_run(run)
+    if run.dataset.protocol == "loo":
+        per_user_rows(run)
 
 
 def build_pools(runs: list[Run]) -> None:
@@ -200,15 +220,30 @@ def test_rows(ds: Dataset, model: str, seed: int, results: dict, split: str = "t
     return rows
 
 
-def collect_run(run: Run, extra_views: bool = True) -> list[dict]:
-    """Test and validation figures of one finished run, plus (`extra_views`) the unmasked LOO and online ones."""
+def is_fresh(cache: Path, run: Run) -> bool:
+    """A figure file of the run made from its best.pt as it is now (or kept without it)."""
+    best = run.run_dir / "best.pt"
+    return cache.is_file() and (not best.is_file() or cache.stat().st_mtime >= best.stat().st_mtime)
+
+
+def collect_run(run: Run) -> list[dict]:
+    """Test and validation figures of one finished run, with the unmasked LOO and online ones; kept in
+    the run's collected.csv once computed."""
+    path = run.run_dir / "collected.csv"
+    if not is_fresh(path, run):
+        frame = pd.DataFrame(run_rows(run))
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.9g"))
+    return pd.read_csv(path).to_dict("records")
+
+
+def run_rows(run: Run) -> list[dict]:
     final = json.loads((run.run_dir / "final.json").read_text())
     ds, cfg = run.dataset, run.config()
     head = cfg.eval.head                               # the head the model ranks with (and was selected on)
     rows = test_rows(ds, run.model, run.seed, {ds.protocol: final["heads"][head]})
     rows += test_rows(ds, run.model, run.seed, {ds.protocol: final["valid"][head]}, split="valid")
     rows += value_rows(ds, run, final)
-    if extra_views and (ds.protocol == "loo" or ds.online):
+    if ds.protocol == "loo" or ds.online:
         pool = Pool(Path(cfg.pool.dir))
         ckpt = load_checkpoint(run.run_dir / "best.pt")
         model = SeqRecQ.from_checkpoint(ckpt, pool.num_items)
@@ -232,7 +267,7 @@ def per_user_rows(run: Run) -> list[dict]:
     """A leave-one-out run's test NDCG@10 per user (event), seen items masked (`loo`) and not
     (`loo-unmasked`), of the head it ranks with; kept in the run's per_user.csv once computed."""
     path = run.run_dir / "per_user.csv"
-    if not path.is_file() or path.stat().st_mtime < (run.run_dir / "best.pt").stat().st_mtime:
+    if not is_fresh(path, run):
         cfg = run.config()
         pool = Pool(Path(cfg.pool.dir))
         model = SeqRecQ.from_checkpoint(load_checkpoint(run.run_dir / "best.pt"), pool.num_items)
@@ -599,7 +634,7 @@ def write_tuning(runs: list[Run], out: Path, command: str) -> None:
     to <out>/<dataset>-<protocol>.csv, beside the grids of other models tuned there before."""
     for ds in {id(run.dataset): run.dataset for run in runs}.values():
         mine = [run for run in runs if run.dataset is ds]
-        rows = pd.DataFrame([r for run in mine for r in collect_run(run, extra_views=False)])
+        rows = pd.DataFrame([r for run in mine for r in collect_run(run)])
         metric = SELECT["loo" if ds.protocol.startswith("loo") else "event"]
         table = tuning_table(rows, metric)
         epochs = [(json.loads((run.run_dir / "final.json").read_text())["best_epoch"],
@@ -705,7 +740,10 @@ def main() -> None:
         run.config()
 
     build_pools(runs)
+    torch.set_num_threads(1)                      # each run collected in its training thread, one thread each
     todo = [r for r in runs if not is_done(r)]
+    for run in tqdm([r for r in runs if r not in todo], desc="recording finished runs", unit="run"):
+        record(run)                               # before a stop part way could lose their checkpoints
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done; training {len(todo)} "
           f"({args.jobs} at a time)", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -70,3 +70,40 @@ def test_the_value_table_gathers_both_recipes_grids():
     q = table[table["recipe"] == "q"]
     assert sorted(q["lam"][q["metric"] == "value/rmse"]) == list(compare.LAMBDAS)     # T 1: one run for every lambda
     assert set(q["metric"]) == {"value/rmse", "return"} and (q["T"] == 1).all()
+
+
+def finished_without_checkpoints(run, figures: bool) -> None:
+    """A run folder as a commit keeps it: config.yaml and final.json, *.pt git-ignored."""
+    from seqrec.config import save_config
+    run.run_dir.mkdir(parents=True)
+    save_config(run.config(), run.run_dir / "config.yaml")
+    (run.run_dir / "final.json").write_text("{}")
+    if figures:
+        (run.run_dir / "collected.csv").write_text(
+            "dataset,protocol,model,seed,split,metric,value\nsimulated,event,gru4rec,0,test,click/HR@10,0.25\n")
+
+
+def test_a_finished_run_kept_without_checkpoints_is_done_and_collected_from_its_figures(tmp_path):
+    run = a_run(tmp_path, seed=0)
+    finished_without_checkpoints(run, figures=True)
+    assert compare.is_done(run)
+    assert compare.collect_run(run) == [{"dataset": "simulated", "protocol": "event", "model": "gru4rec", "seed": 0,
+                                         "split": "test", "metric": "click/HR@10", "value": 0.25}]
+
+
+def test_a_finished_run_with_neither_checkpoint_nor_figures_is_retrained(tmp_path):
+    run = a_run(tmp_path, seed=0)
+    finished_without_checkpoints(run, figures=False)
+    assert not compare.is_done(run)
+
+
+def test_a_runs_folder_moved_elsewhere_still_counts_as_done(tmp_path):
+    run = a_run(tmp_path / "here", seed=0)
+    finished_without_checkpoints(run, figures=True)
+    (tmp_path / "there").mkdir()
+    (tmp_path / "here").rename(tmp_path / "there" / "clone")
+    (moved,) = compare.plan([compare.DATASETS["simulated"][0]], ["gru4rec"], [0], True, [], compare.MODELS,
+                            tmp_path / "there" / "clone")
+    assert moved.run_dir != run.run_dir and compare.is_done(moved)
+    other = compare.Run(moved.dataset, moved.model, 0, moved.overrides + ["train.lr=0.5"], moved.run_dir)
+    assert not compare.is_done(other)                        # another config in that folder: retrain

@@ -226,6 +226,8 @@ def test_compare_quick_writes_the_summary(tmp_path):
         assert key in keys, key
     for name in ("results.md", "lambda.png", "horizon.png", "curves.png"):
         assert (out / name).is_file(), name
+    seeds = list((tmp_path / "runs").rglob("seed0"))
+    assert len(seeds) == 2 and all((d / "collected.csv").is_file() for d in seeds)   # kept for a later session
     # --ope: every history-only policy, every estimator, an interval and the truth
     ope = list(csv.DictReader((out / "ope" / "ope.csv").open()))
     assert list(ope[0]) == ["dataset", "policy", "estimator", "estimate", "ci_low", "ci_high", "truth"]
