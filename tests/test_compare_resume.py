@@ -107,3 +107,11 @@ def test_a_runs_folder_moved_elsewhere_still_counts_as_done(tmp_path):
     assert moved.run_dir != run.run_dir and compare.is_done(moved)
     other = compare.Run(moved.dataset, moved.model, 0, moved.overrides + ["train.lr=0.5"], moved.run_dir)
     assert not compare.is_done(other)                        # another config in that folder: retrain
+
+
+def test_the_best_full_model_is_picked_on_validation_among_every_full_recipe():
+    import pandas as pd
+    row = dict(dataset="d", protocol="loo", metric="valid/NDCG@10", std=0.0, n_seeds=5)
+    summary = pd.DataFrame([{**row, "model": "full", "mean": 0.12}, {**row, "model": "full-mix", "mean": 0.11},
+                            {**row, "model": "gru4rec", "mean": 0.13}, {**row, "model": "fullish", "mean": 0.2}])
+    assert compare.best_full(summary, "d", "loo-unmasked") == "full"
