@@ -228,11 +228,14 @@ class SeqRecQ(nn.Module):
     """State encoder (GRU or SASRec) + K-step self-supervised heads + Q head over all items."""
 
     def __init__(self, num_items: int, *, hidden: int, dropout: float, ssl_steps: int,
-                 encoder: nn.Module | None = None, q_head: str = "shared", v_head: bool = False):
+                 encoder: nn.Module | None = None, q_head: str = "shared", v_head: bool = False,
+                 tie_items: bool = False):
         super().__init__()
         self.num_items = num_items
         self.encoder = encoder if encoder is not None else GRUStateEncoder(num_items, hidden, dropout)
         self.ssl = MultiStepHeads(hidden, num_items, ssl_steps)
+        if tie_items:           # score items with their input embeddings, as RecBole's GRU4Rec and SASRec do
+            self.ssl.items.weight = self.encoder.embed.weight
         # Q(s, a) = (s T + c) . W[a] + b[a] with W the self-supervised heads' item matrix (`shared`): an
         # item owns one value parameter, b[a], instead of H + 1 (`linear`, SQN's head), which regressed
         # on noisy returns with ~100 events per item mostly fits noise.
@@ -255,7 +258,8 @@ class SeqRecQ(nn.Module):
     @classmethod
     def from_config(cls, model: dict, num_items: int) -> "SeqRecQ":
         return cls(num_items, hidden=model["hidden"], dropout=model["dropout"], ssl_steps=model["ssl_steps"],
-                   encoder=state_encoder(num_items, model), q_head=model["q_head"], v_head=model["v_head"])
+                   encoder=state_encoder(num_items, model), q_head=model["q_head"], v_head=model["v_head"],
+                   tie_items=model["tie_items"])
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, num_items: int) -> "SeqRecQ":

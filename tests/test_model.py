@@ -522,3 +522,26 @@ def test_fast_dropout_keeps_each_element_with_probability_1_minus_p_and_passes_i
     assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0, training=True) is x
     torch.manual_seed(0)
     assert torch.equal(fast_dropout(x, 0.1, training=True), out)           # seeded like every other draw
+
+
+@pytest.mark.parametrize("encoder", ["gru", "sasrec"])
+def test_tied_items_score_with_the_input_embeddings_and_survive_a_checkpoint(encoder):
+    cfg = load_config(overrides=[f"model.encoder={encoder}", "model.tie_items=true", "model.hidden=8", "model.heads=2"])
+    torch.manual_seed(0)
+    model = SeqRecQ.from_config(cfg.model.to_dict(), num_items=20)
+    untied = SeqRecQ.from_config({**cfg.model.to_dict(), "tie_items": False}, num_items=20)
+    assert model.ssl.items.weight is model.encoder.embed.weight
+    assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in model.parameters()) == 21 * 8
+    # a step on the item scores alone moves the input embeddings (one tensor, one update)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = model.encoder.embed.weight[5].clone()
+    model.ssl(torch.randn(3, 8))[:, 0, 5].sum().backward()
+    opt.step()
+    assert not torch.equal(model.encoder.embed.weight[5], before)
+    assert torch.equal(model.ssl.items.weight, model.encoder.embed.weight)
+    # the checkpoint's state dict restores the tie and the scores
+    ckpt = {"num_items": 20, "config": cfg.to_dict(), "model": model.state_dict()}
+    loaded = SeqRecQ.from_checkpoint(ckpt, 20)
+    assert loaded.ssl.items.weight is loaded.encoder.embed.weight
+    x = torch.randint(1, 21, (4, 5))
+    torch.testing.assert_close(loaded.ssl(loaded.last_state(x)), model.eval().ssl(model.last_state(x)))
