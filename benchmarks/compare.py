@@ -606,7 +606,8 @@ def gather_value_tables(folders: list[Path], out: Path) -> None:
 
 
 def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
-    """Validation select-metric per epoch (mean over seeds) for GRU4Rec, GRU-SQN and the best full model."""
+    """Validation select-metric per epoch (mean over seeds) for GRU4Rec, GRU-SQN and the best full model
+    (or, where none of them ran, for every model run)."""
     plt = pyplot()
     groups = {}
     for run in runs:
@@ -614,7 +615,9 @@ def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6), squeeze=False)
     for ax, ((dataset, protocol), group) in zip(axes[0], groups.items()):
         metric = group[0].config().eval.select_metric
-        for model in ("gru4rec", "gru-sqn", "ssl-multistep", best_full(summary, dataset, protocol)):
+        ran = list(dict.fromkeys(r.model for r in group))
+        headline = ("gru4rec", "gru-sqn", "ssl-multistep", best_full(summary, dataset, protocol))
+        for model in [m for m in headline if m in ran] or ran:
             curves = [pd.read_csv(r.run_dir / "metrics.csv") for r in group if r.model == model]
             if curves:
                 column = f"valid/{metric}" if metric.startswith("value/") else f"valid/ssl/{metric}"
