@@ -10,7 +10,8 @@ set's config, run in `runs/compare/<data>/<model>/seed<k>/` (a finished run with
 reused and one stopped part way resumes from its last.pt, so an interrupted benchmark picks up where
 it stopped). A finished run's figures are kept beside its final.json (collected.csv, per_user.csv), so a
 runs folder committed without its checkpoints (--runs results/<x>/runs; *.pt is git-ignored there) still
-counts as done and is collected in a later session or another clone. The best epoch of each run is chosen on validation; test is evaluated once, on that epoch. Writes to `results/` (or `results/quick/`):
+counts as done and is collected in a later session or another clone. The best epoch of each run is
+chosen on validation; test is evaluated once, on that epoch. Writes to `results/` (or `results/quick/`):
 summary.csv (dataset,protocol,model,metric,mean,std,n_seeds), results.md, and plots of metric vs
 lambda, metric vs T and training curves.
 """
@@ -129,8 +130,8 @@ def plan(datasets: list[Dataset], models: list[str], seeds: list[int], quick: bo
 
 
 def same_config(saved: dict, run: Run) -> bool:
-    """The run's config, where it lives aside (the folder is the plan's, so a moved or cloned runs folder
-    still matches). Keys added to config.yaml since the run was made count at their defaults (a new key's
+    """Whether a saved config is the run's, its folder aside (the plan names the folder, so a moved or
+    cloned runs folder still matches). Keys added to config.yaml since the run was made count at their defaults (a new key's
     default must leave results unchanged)."""
     def placeless(cfg: dict) -> dict:
         return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "run_dir"}}
