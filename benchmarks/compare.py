@@ -131,8 +131,8 @@ def plan(datasets: list[Dataset], models: list[str], seeds: list[int], quick: bo
 
 def same_config(saved: dict, run: Run) -> bool:
     """Whether a saved config is the run's, its folder aside (the plan names the folder, so a moved or
-    cloned runs folder still matches). Keys added to config.yaml since the run was made count at their defaults (a new key's
-    default must leave results unchanged)."""
+    cloned runs folder still matches). Keys added to config.yaml since the run was made count at their
+    defaults (a new key's default must leave results unchanged)."""
     def placeless(cfg: dict) -> dict:
         return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "run_dir"}}
     return placeless(load_config(base=saved).to_dict()) == placeless(run.config().to_dict())
@@ -620,10 +620,9 @@ def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
         headline = ("gru4rec", "gru-sqn", "ssl-multistep", best_full(summary, dataset, protocol))
         for model in [m for m in headline if m in ran] or ran:
             curves = [pd.read_csv(r.run_dir / "metrics.csv") for r in group if r.model == model]
-            if curves:
-                column = f"valid/{metric}" if metric.startswith("value/") else f"valid/ssl/{metric}"
-                mean = pd.concat([c.set_index("epoch")[column] for c in curves], axis=1).mean(axis=1)
-                ax.plot(mean.index, mean.values, marker="o", label=model)
+            column = f"valid/{metric}" if metric.startswith("value/") else f"valid/ssl/{metric}"
+            mean = pd.concat([c.set_index("epoch")[column] for c in curves], axis=1).mean(axis=1)
+            ax.plot(mean.index, mean.values, marker="o", label=model)
         ax.set(title=f"{dataset} {protocol}: validation", xlabel="epoch", ylabel=metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
