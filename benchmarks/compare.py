@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +51,7 @@ from seqrec.ope_eval import (SEQUENTIAL_CLIP, Critic, Target, assess, critic_vie
 from seqrec.plots import pyplot, save_png  # noqa: E402
 from paired import differences  # noqa: E402
 from recipes import BASELINES, LAMBDAS, MODELS  # noqa: E402
-from tuning import TUNE_BUDGET, chosen_settings, grid, merged_tables, tuning_table  # noqa: E402
+from tuning import TUNE_BUDGET, chosen_settings, grid, merged_tables, transfer_grid, tuning_table  # noqa: E402
 from seqrec.runs import load_checkpoint  # noqa: E402
 
 
@@ -148,6 +149,23 @@ def is_done(run: Run) -> bool:
     return same_config(yaml.safe_load(saved.read_text()), run)
 
 
+def adopt_twin(run: Run) -> bool:
+    """Copy in a finished run of the same config and seed that another model name holds in the same runs
+    folder (a tuning point and the comparison's run at the point it chose are one run): False if none."""
+    if is_done(run):
+        return False
+    for other in sorted(run.run_dir.parent.parent.glob(f"*/{run.run_dir.name}")):
+        if other != run.run_dir and is_done(Run(run.dataset, run.model, run.seed, run.overrides, other)):
+            tmp = run.run_dir.with_name(run.run_dir.name + ".adopting")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(other, tmp)
+            shutil.rmtree(run.run_dir, ignore_errors=True)     # a run of another config: training would overwrite it
+            tmp.rename(run.run_dir)
+            print(f"{run.run_dir}: the finished run of {other} (same config), copied", flush=True)
+            return True
+    return False
+
+
 def is_resumable(run: Run) -> bool:
     """Stopped part way (last.pt, no final.json) with the same config: continue it instead of restarting."""
     last = run.run_dir / "last.pt"
@@ -229,12 +247,12 @@ def is_fresh(cache: Path, run: Run) -> bool:
 
 def collect_run(run: Run) -> list[dict]:
     """Test and validation figures of one finished run, with the unmasked LOO and online ones; kept in
-    the run's collected.csv once computed."""
+    the run's collected.csv once computed (named by the plan: an adopted twin's file names its first model)."""
     path = run.run_dir / "collected.csv"
     if not is_fresh(path, run):
         frame = pd.DataFrame(run_rows(run))
         atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.9g"))
-    return pd.read_csv(path).to_dict("records")
+    return pd.read_csv(path).assign(model=run.model).to_dict("records")
 
 
 def run_rows(run: Run) -> list[dict]:
@@ -700,6 +718,8 @@ def main() -> None:
     p.add_argument("--tune", action="store_true", help="train each model's grid (benchmarks/tuning.py: 8 points, "
                    "seed 0, to early stopping) and write the validation table <data>-<protocol>.csv to --out "
                    "(default results/tuning/), each model's chosen point marked")
+    p.add_argument("--transfer", metavar="CSV", help="with --tune: instead of the grid, 2 points per model, its "
+                   "point chosen in this tuning table (tuned on another data set) and its untuned recipe")
     p.add_argument("--tuned", metavar="CSV", help="train each model of this tuning table (--tune's) with its chosen "
                    "point, to early stopping (" + " ".join(TUNE_BUDGET) + ")")
     p.add_argument("--value-tables", metavar="DIR,DIR", help="train nothing: gather the value.csv of these "
@@ -718,8 +738,12 @@ def main() -> None:
         untuned = [m for m in models if m not in tuned]
         if untuned:
             print(f"not in {args.tuned}, trained at their recipes: {', '.join(untuned)}", flush=True)
+    if args.transfer and not args.tune:
+        raise SystemExit("error: --transfer chooses a tuning grid; add --tune")
     if args.tune:
-        points = {name: MODELS[m] + point for m in models for name, point in grid(m).items()}
+        transfer = chosen_settings(Path(args.transfer), "--transfer") if args.transfer else None
+        points = {name: MODELS[m] + point for m in models
+                  for name, point in (transfer_grid(m, transfer) if transfer else grid(m)).items()}
         variants.update(points)
         models, args.seeds = list(points), 1
     models = [] if args.baselines_only else models
@@ -744,6 +768,8 @@ def main() -> None:
 
     build_pools(runs)
     torch.set_num_threads(1)                      # each run collected in its training thread, one thread each
+    for run in runs:
+        adopt_twin(run)
     todo = [r for r in runs if not is_done(r)]
     for run in tqdm([r for r in runs if r not in todo], desc="recording finished runs", unit="run"):
         record(run)                               # before a stop part way could lose their checkpoints

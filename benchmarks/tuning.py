@@ -30,6 +30,7 @@ OWN = {
 # Every tuned run, and every run of a tuned comparison: to early stopping within an epoch cap.
 TUNE_BUDGET = ["train.epochs=40", "train.patience=5"]
 SEP = "~"          # a grid point's variant name: <model>~<key>=<value>,...
+RECIPE = "recipe"  # the settings of the point that adds nothing to the model's recipe (transfer_grid)
 
 
 def grid(model: str) -> dict[str, list[str]]:
@@ -41,6 +42,15 @@ def grid(model: str) -> dict[str, list[str]]:
     for key, values in axes:
         points = [p + [f"{key}={v}"] for p in points for v in values]
     return {f"{model}{SEP}{','.join(p)}": p for p in points}
+
+
+def transfer_grid(model: str, chosen: dict[str, list[str]]) -> dict[str, list[str]]:
+    """A 2-point grid for a data set too large to tune on (compare.py --tune --transfer): the model's
+    point chosen on another data set (`chosen`, from chosen_settings) and its untuned recipe, so settings
+    that do not carry over lose to the recipe on this data set's own validation figures."""
+    if model not in chosen:
+        raise SystemExit(f"error: {model} has no chosen point in the --transfer table; tune it first")
+    return {f"{model}{SEP}{','.join(chosen[model])}": chosen[model], f"{model}{SEP}{RECIPE}": []}
 
 
 def tuning_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -60,14 +70,15 @@ def merged_tables(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([old[~old["model"].isin(new["model"])], new], ignore_index=True)
 
 
-def chosen_settings(path: Path) -> dict[str, list[str]]:
+def chosen_settings(path: Path, flag: str = "--tuned") -> dict[str, list[str]]:
     """model -> the overrides of its chosen point, from a tuning table written by compare.py --tune."""
     try:
         table = pd.read_csv(path)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise UserError(f"--tuned {path}: cannot read the tuning table ({type(e).__name__}); "
+        raise UserError(f"{flag} {path}: cannot read the tuning table ({type(e).__name__}); "
                         "pass a CSV that compare.py --tune wrote") from None
     if not {"model", "settings", "chosen"} <= set(table.columns):
-        raise UserError(f"--tuned {path}: not a tuning table (needs columns model, settings, chosen); "
+        raise UserError(f"{flag} {path}: not a tuning table (needs columns model, settings, chosen); "
                         "pass a CSV that compare.py --tune wrote")
-    return {row.model: row.settings.split(",") for row in table[table["chosen"]].itertuples()}
+    return {row.model: [] if row.settings == RECIPE else row.settings.split(",")
+            for row in table[table["chosen"]].itertuples()}

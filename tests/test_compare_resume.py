@@ -109,6 +109,24 @@ def test_a_runs_folder_moved_elsewhere_still_counts_as_done(tmp_path):
     assert not compare.is_done(other)                        # another config in that folder: retrain
 
 
+def test_a_finished_run_of_the_same_config_under_another_name_is_adopted_not_retrained(tmp_path):
+    """A tuning point (gru4rec~...) and the comparison's run at the point it chose are one run."""
+    variants = {**compare.MODELS, "gru4rec~recipe": compare.MODELS["gru4rec"],
+                "gru4rec~lr": compare.MODELS["gru4rec"] + ["train.lr=0.5"]}
+    point, same, other = compare.plan([compare.DATASETS["simulated"][0]], ["gru4rec~recipe", "gru4rec", "gru4rec~lr"],
+                                      [0], True, [], variants, tmp_path)
+    assert not compare.adopt_twin(same)                      # nothing finished yet
+    finished_without_checkpoints(point, figures=True)
+    (same.run_dir).mkdir(parents=True)
+    (same.run_dir / "stale.txt").write_text("a run of another config")
+    assert compare.adopt_twin(same) and compare.is_done(same)
+    assert sorted(p.name for p in same.run_dir.iterdir()) == ["collected.csv", "config.yaml", "final.json"]
+    assert not compare.adopt_twin(same)                      # done already: nothing to copy
+    assert {r["model"] for r in compare.collect_run(same)} == {"gru4rec"}
+    assert {r["model"] for r in compare.collect_run(point)} == {"gru4rec~recipe"}   # figures named by the plan
+    assert not compare.adopt_twin(other) and not compare.is_done(other)    # another config: trained
+
+
 def test_the_best_full_model_is_picked_on_validation_among_every_full_recipe():
     import pandas as pd
     row = dict(dataset="d", protocol="loo", metric="valid/NDCG@10", std=0.0, n_seeds=5)

@@ -24,6 +24,19 @@ def test_every_model_gets_eight_distinct_points_of_its_recipe():
         tuning.grid("gru-nope")
 
 
+def test_the_transfer_grid_is_the_point_chosen_elsewhere_and_the_recipe(tmp_path):
+    path = tmp_path / "elsewhere.csv"
+    pd.DataFrame([{"model": "gru4rec", "settings": "train.lr=0.001,model.dropout=0.5", "chosen": True},
+                  {"model": "gru4rec", "settings": "train.lr=0.003,model.dropout=0.2", "chosen": False}]).to_csv(path, index=False)
+    points = tuning.transfer_grid("gru4rec", tuning.chosen_settings(path))
+    assert points == {"gru4rec~train.lr=0.001,model.dropout=0.5": ["train.lr=0.001", "model.dropout=0.5"],
+                      "gru4rec~recipe": []}
+    with pytest.raises(SystemExit, match="sasrec has no chosen point"):
+        tuning.transfer_grid("sasrec", tuning.chosen_settings(path))
+    pd.DataFrame([{"model": "gru4rec", "settings": "recipe", "chosen": True}]).to_csv(path, index=False)
+    assert tuning.chosen_settings(path) == {"gru4rec": []}   # the recipe chosen: nothing added to it
+
+
 def test_the_table_marks_each_models_best_validation_point_and_ignores_test():
     rows = pd.DataFrame([
         {"model": "a~lr=1", "split": "valid", "metric": "NDCG@10", "value": 0.10},
@@ -68,6 +81,7 @@ def test_tune_then_tuned_on_quick_data(tmp_path):
         (cfg.train.lr, cfg.model.dropout, cfg.train.weight_decay)
     assert trained.train.patience == 5 and trained.train.epochs == 2      # the budget, then --quick's cap
     assert "not in " in proc.stdout and "trained at their recipes: full" in proc.stdout
+    assert "1 already done" in proc.stdout      # seed 0 at the chosen point is the tuning run, copied in
     # The paired differences: full against the one baseline, both protocols, an interval around each
     diffs = pd.read_csv(tmp_path / "out" / "differences.csv")
     assert diffs[["protocol", "model", "baseline"]].values.tolist() == [["loo", "full", "gru4rec"],
