@@ -117,7 +117,7 @@ def test_a_finished_run_of_the_same_config_under_another_name_is_adopted_not_ret
                                       [0], True, [], variants, tmp_path)
     assert not compare.adopt_twin(same)                      # nothing finished yet
     finished_without_checkpoints(point, figures=True)
-    (same.run_dir).mkdir(parents=True)
+    same.run_dir.mkdir(parents=True)
     (same.run_dir / "stale.txt").write_text("a run of another config")
     assert compare.adopt_twin(same) and compare.is_done(same)
     assert sorted(p.name for p in same.run_dir.iterdir()) == ["collected.csv", "config.yaml", "final.json"]
