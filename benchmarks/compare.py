@@ -678,12 +678,13 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, MODELS[base] + [kv.strip() for kv in extra.split(";") if kv.strip()]
 
 
-def merge_summary(path: Path, summary: pd.DataFrame, key: list[str] | None = None) -> None:
-    """Rows of `summary` replace those of the CSV at `path` with the same `key` (default: a summary.csv's
-    dataset, protocol, model, metric); the rest stay."""
-    key = key or ["dataset", "protocol", "model", "metric"]
+def merge_summary(path: Path, summary: pd.DataFrame) -> None:
+    """Rows of `summary` replace every row of the CSV at `path` of the same model on the same data set and
+    protocol, not only those of the same metric (a re-run that no longer reports a metric, or has fewer
+    seeds, must not leave the old run's figures beside its own); the other models' rows stay."""
+    group = ["dataset", "protocol", "model"]
     old = pd.read_csv(path) if path.is_file() else summary.iloc[:0]
-    kept = old[~old.set_index(key).index.isin(summary.set_index(key).index)]
+    kept = old[~old.set_index(group).index.isin(summary.set_index(group).index)]
     merged = pd.concat([kept, summary], ignore_index=True)
     atomic_write(path, lambda tmp: merged.to_csv(tmp, index=False, float_format="%.6g"))
 
@@ -817,12 +818,11 @@ def main() -> None:
         merge_summary(Path(args.merge_into), summary)
     diffs, per_seed = paired_tables(runs, summary)
     if len(diffs):
-        key = ["dataset", "protocol", "model", "baseline", "metric"]
         atomic_write(out / "differences.csv", lambda tmp: diffs.to_csv(tmp, index=False, float_format="%.6g"))
         atomic_write(out / "differences-per-seed.csv", lambda tmp: per_seed.to_csv(tmp, index=False, float_format="%.6g"))
         if args.merge_into:
-            merge_summary(Path(args.merge_into).parent / "differences.csv", diffs, key)
-            merge_summary(Path(args.merge_into).parent / "differences-per-seed.csv", per_seed, key + ["seed"])
+            merge_summary(Path(args.merge_into).parent / "differences.csv", diffs)
+            merge_summary(Path(args.merge_into).parent / "differences-per-seed.csv", per_seed)
         print(f"paired differences (test {PAIRED_METRIC}, 95% bootstrap over users):\n"
               f"{diffs.to_string(index=False, float_format=lambda v: f'{v:+.4f}')}")
     table = value_table(summary[~summary["metric"].str.startswith("valid/")])

@@ -45,6 +45,29 @@ def test_merge_into_replaces_rows_with_the_same_key_and_keeps_the_rest(tmp_path)
     assert got == {"gru4rec": 2.0, "full": 3.0, "sa2c": 4.0}
 
 
+def test_merge_into_drops_a_re_run_models_old_metrics_and_seeds(tmp_path):
+    """A model re-run without a metric it once reported, or with fewer seeds, keeps none of its old rows."""
+    import pandas as pd
+    from compare import merge_summary
+    path = tmp_path / "summary.csv"
+    row = dict(dataset="movielens-1m", protocol="loo", std=0.1, n_seeds=2)
+    pd.DataFrame([{**row, "model": "full", "metric": "NDCG@10", "mean": 0.15},
+                  {**row, "model": "full", "metric": "value/rmse", "mean": 0.57},
+                  {**row, "model": "full", "protocol": "loo-unmasked", "metric": "NDCG@10", "mean": 0.11},
+                  {**row, "model": "sa2c", "metric": "NDCG@10", "mean": 0.13}]).to_csv(path, index=False)
+    merge_summary(path, pd.DataFrame([{**row, "model": "full", "metric": "NDCG@10", "mean": 0.16, "n_seeds": 3}]))
+    got = pd.read_csv(path)
+    assert got[(got["model"] == "full") & (got["protocol"] == "loo")]["metric"].tolist() == ["NDCG@10"]
+    assert len(got) == 3     # sa2c's row and full's other protocol stay
+
+    per_seed = tmp_path / "differences-per-seed.csv"
+    diff = dict(dataset="movielens-1m", protocol="loo", model="full", metric="NDCG@10")
+    pd.DataFrame([{**diff, "baseline": "gru4rec", "seed": s, "diff": 0.1} for s in range(5)]).to_csv(per_seed, index=False)
+    merge_summary(per_seed, pd.DataFrame([{**diff, "baseline": "sasrec", "seed": s, "diff": -0.1} for s in range(3)]))
+    got = pd.read_csv(per_seed)
+    assert sorted(got["seed"]) == [0, 1, 2] and set(got["baseline"]) == {"sasrec"}
+
+
 def test_a_data_sets_overrides_win_over_the_models_recipe(tmp_path):
     """SQN's recipe says gamma 0.5; the clickbait data set says 0.8 for every model, and its config applies."""
     (run,) = compare.plan(compare.DATASETS["simulated-delayed"], ["gru-sqn"], [0], True, [], compare.MODELS, tmp_path)
