@@ -702,8 +702,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
     p.add_argument("--out", default=None, help="output folder (default results/, or results/quick/)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "compare"), help="where the runs' folders go")
-    p.add_argument("--merge-into", metavar="CSV", help="also merge the summary into this summary.csv: its rows of "
-                   "the same dataset, protocol, model and metric are replaced, the others kept")
+    p.add_argument("--merge-into", metavar="CSV", help="also merge the summary into this summary.csv: every row of a model "
+                   "run here on the same dataset and protocol is replaced, the others kept")
     p.add_argument("--baselines-only", action="store_true",
                    help="no training: popularity offline and the simulator's policies online, in minutes")
     p.add_argument("--ope", action="store_true", help="also estimate every history-only policy's return off-policy "

@@ -33,7 +33,7 @@ def test_a_damaged_last_checkpoint_is_retrained(tmp_path):
     assert not compare.is_resumable(run)
 
 
-def test_merge_into_replaces_rows_with_the_same_key_and_keeps_the_rest(tmp_path):
+def test_merge_into_replaces_the_same_models_rows_and_keeps_the_rest(tmp_path):
     import pandas as pd
     from compare import merge_summary
     path = tmp_path / "summary.csv"
