@@ -591,7 +591,7 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
             drawn = torch.where(shown > 0, shown, drawn)
         neg_td, cql = negative_losses(net, states[:, :C][valid], actions[:, :C][valid], q_taken[valid],
                                       values[:, :C][valid], drawn, t, td_fn)
-        stats = {"td_negative": neg_td.sum().item() / count.item(), "cql": cql.sum().item() / count.item()}
+        stats.update(td_negative=neg_td.sum().item() / count.item(), cql=cql.sum().item() / count.item())
         loss = loss + t.alpha * t.negative_weight * neg_td.sum() / count + t.cql_weight * cql.sum() / count
     # Each rank's stats are its share of the global value: summed over ranks they are exact.
     stats = {"loss": loss.item(), "ce": ce.item(), "td": td.item(),

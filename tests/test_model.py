@@ -1,9 +1,9 @@
 """The encoder's one-pass window states, the heads' sizes and losses, the TD pieces of the training step,
 SA2C's advantage weighting and the value reranking."""
+import math
+
 import pytest
 import torch
-
-import math
 
 from model import SeqRecQ, compute_losses, expectile_loss, negative_losses, rerank, sampled_items, state_values
 from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
@@ -234,6 +234,20 @@ def test_iql_targets_bootstrap_the_value_head_which_learns_an_expectile_of_the_l
     assert stats["v_loss"] == pytest.approx(expectile_loss(diff, 0.8).mean().item(), rel=1e-5)
     loss.backward()
     assert model.v_head.weight.grad.abs().sum() > 0
+
+
+def test_iql_with_negatives_logs_every_term():
+    """With q_negatives on (every q-* recipe), the stats keep IQL's v_loss beside the negatives' terms."""
+    cfg = load_config(overrides=["pool.horizon=1", "model.ssl_steps=1", "train.bootstrap=expectile", "model.v_head=true",
+                                 "train.q_negatives=3", "train.cql_weight=0.5"])
+    torch.manual_seed(0)
+    model = random_q(SeqRecQ.from_config({**cfg.model.to_dict(), "hidden": 4, "dropout": 0.0}, 5))
+    batch = Batch(state=torch.tensor([[1, 2], [0, 4]]), actions=torch.tensor([[3], [5]]),
+                  rewards=torch.tensor([[0.2], [1.0]]), dones=torch.tensor([[False], [True]]),
+                  valid=torch.tensor([[True], [True]]))
+    _, stats = compute_losses(model, model, batch, cfg.train)
+    assert {"loss", "ce", "td", "q_mean", "v_loss", "td_negative", "cql"} <= set(stats)
+    assert all(math.isfinite(v) for v in stats.values())
 
 
 def test_iql_needs_the_value_head_and_the_value_head_needs_iql():
