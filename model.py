@@ -20,7 +20,8 @@ from seqrec.batches import Batch, Chunk, candidate_items
 from seqrec.config import load_config
 from seqrec.distributed import SINGLE, Dist
 from seqrec.errors import UserError
-from seqrec.streamed import argmax_linear
+from seqrec.metrics import NaNScores
+from seqrec.streamed import argmax_linear, top_k_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
 from td_lambda import lambda_returns, sliding_lambda_returns
 
@@ -381,6 +382,29 @@ class SeqRecQ(nn.Module):
         scores[..., 0] = float("-inf")  # in place: a fresh tensor, and no backward needs a layer's output
         return scores if seen is None else scores.scatter_(1, seen, float("-inf"))
 
+    @torch.no_grad()
+    def top_items(self, state: torch.Tensor, head: str, k: int, seen: torch.Tensor | None = None, beta: float = 0.0,
+                  top: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best k items of `scores(state, head, seen, beta, top)`, streamed over the catalogue: memory
+        is B x (k + a chunk of items), not B x N. state [B, H] -> (scores [B, k'], items [B, k'], best
+        first, k' = min(k, N)); a row with fewer unmasked items ends in -inf. metrics.NaNScores on NaN."""
+        if head != "mix":
+            values, items, _ = top_k_linear(*self.score_layer(state, head), k, seen)
+            return values, items
+        # mix: the ssl head's `top` best are the candidates, reranked; the rest follow in the ssl order
+        logits, items, lse = top_k_linear(*self.score_layer(state, "ssl"), max(top, k), seen)
+        log_pi = torch.where(torch.isfinite(logits), logits - lse[:, None], float("-inf"))
+        R = min(top, self.num_items)
+        cand_log_pi, cand = log_pi[:, :R], items[:, :R]
+        mixed = rerank_candidates(cand_log_pi, self.q_of(state[:, None], cand), beta)
+        if torch.isnan(mixed).any():
+            raise NaNScores(f"{int(torch.isnan(mixed).any(1).sum())} of {len(mixed)} rows hold NaN")
+        order = torch.argsort(mixed, dim=1, descending=True, stable=True)
+        scores = torch.cat([mixed.gather(1, order), log_pi[:, R:] + rest_shift(mixed, cand_log_pi)], 1)
+        items = torch.cat([cand.gather(1, order), items[:, R:]], 1)
+        k = min(k, self.num_items)
+        return scores[:, :k], items[:, :k]
+
 
 def rerank(log_pi: torch.Tensor, q: torch.Tensor, beta: float, top: int) -> torch.Tensor:
     """Value reranking within the log's support: the `top` items of the next-item policy log_pi [B, N+1]
@@ -388,16 +412,27 @@ def rerank(log_pi: torch.Tensor, q: torch.Tensor, beta: float, top: int) -> torc
     candidates; every other item keeps log pi's order, below all candidates. -> [B, N+1]"""
     top = min(top, log_pi.shape[-1])
     cand_log_pi, cand = log_pi.topk(top, -1)                                    # [B, R]
+    mixed = rerank_candidates(cand_log_pi, q.gather(1, cand), beta)
+    return (log_pi + rest_shift(mixed, cand_log_pi)).scatter(1, cand, mixed)
+
+
+def rerank_candidates(cand_log_pi: torch.Tensor, q_cand: torch.Tensor, beta: float) -> torch.Tensor:
+    """The reranked scores log pi + beta * (Q - mean Q over the live candidates) of candidates [B, R]
+    (log pi -inf: a dead candidate, masked or padding, which stays -inf). -> [B, R]"""
     live = torch.isfinite(cand_log_pi)
-    # A dead candidate (masked, or padding once `top` reaches past the live items) has Q = -inf:
-    # zeroed before the mean, as -inf * 0 would make every score of the row NaN.
-    q_cand = torch.where(live, q.gather(1, cand), torch.zeros((), dtype=q.dtype, device=q.device))
+    # A dead candidate's Q may be -inf: zeroed before the mean, as -inf * 0 would make the row NaN.
+    q_cand = torch.where(live, q_cand, torch.zeros((), dtype=q_cand.dtype, device=q_cand.device))
     mean = q_cand.sum(1, keepdim=True) / live.sum(1, keepdim=True).clamp(min=1)
-    mixed = torch.where(live, cand_log_pi + beta * (q_cand - mean), float("-inf"))
-    # the rest: shifted so the best of them (at most the last candidate's log pi) is below the worst candidate
+    return torch.where(live, cand_log_pi + beta * (q_cand - mean), float("-inf"))
+
+
+def rest_shift(mixed: torch.Tensor, cand_log_pi: torch.Tensor) -> torch.Tensor:
+    """What is added to the log pi of every item that is not a candidate [B, 1]: enough that the best of
+    them (at most the last candidate's log pi) falls below the worst candidate; 0 where a candidate is
+    dead (then every other item is masked too)."""
+    live = torch.isfinite(cand_log_pi)
     lowest = mixed.masked_fill(~live, float("inf")).min(1, keepdim=True).values
-    shift = torch.where(live.all(1, keepdim=True), lowest - cand_log_pi[:, -1:] - 1.0, torch.zeros_like(lowest))
-    return (log_pi + shift).scatter(1, cand, mixed)
+    return torch.where(live.all(1, keepdim=True), lowest - cand_log_pi[:, -1:] - 1.0, torch.zeros_like(lowest))
 
 
 # ================================================================================================

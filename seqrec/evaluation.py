@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
-from seqrec.metrics import KINDS, NaNScores, rank_of_targets, summarize
-from seqrec.streamed import rank_of_targets_linear
+from seqrec.metrics import KINDS, NaNScores, summarize
+from seqrec.streamed import rank_of_targets_linear, target_scores_linear, tie_band
 from seqrec.value import ValueReference
 
 EVAL_CHUNK = 64   # session path: items per encoder call (any value gives the same states; memory vs calls)
@@ -30,8 +30,9 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
     `limit` events), for each of `heads`; with `value`, also {"value": {"rmse": ...}}: the Q head's
     Q(s_t, a_t) of every query against its realized return (seqrec/value.py). state_len 0: the state
-    is the whole session so far. Head `mix` (value reranking, model.rerank with `beta` and
-    `rerank_top`) is scored as a [b, N+1] matrix; `ssl` and `q` are streamed.
+    is the whole session so far. Every head is streamed over the catalogue (no [b, N+1] matrix), so
+    memory stays flat in the number of queries and items; `mix` is model.rerank with `beta` and
+    `rerank_top` (rank_of_targets_mix).
 
     `model` needs `last_state(state [B, L]) -> [B, H]` (window path) or an `encoder` with
     `start`/`read` (session path), and `score_layer(states, head)` (see model.py).
@@ -69,7 +70,7 @@ def rank_queries(model, pool, split: str, state_len: int, batch_size: int, exclu
         seen = torch.from_numpy(pool.histories(batch)).to(device) if exclude_seen else None
         for head in heads:
             try:
-                higher, ties = (rank_of_targets(model.scores(h, head, seen, beta, rerank_top), target) if head == "mix"
+                higher, ties = (rank_of_targets_mix(model, h, target, seen, beta, rerank_top) if head == "mix"
                                 else rank_of_targets_linear(*model.score_layer(h, head), target, seen))
             except NaNScores as e:   # a NaN target would rank first: no metric at all is honest
                 raise UserError(f"the {head} head's scores on the {split} split are NaN ({e}), so it has no "
@@ -119,6 +120,34 @@ def session_query_states(encoder, pool, events: np.ndarray, batch_size: int, dev
             picked = states[lane, torch.from_numpy(place[here] - c0).to(device)]
             for part in range(0, len(here), batch_size):
                 yield events[here[part:part + batch_size]], picked[part:part + batch_size]
+
+
+def rank_of_targets_mix(model, states: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None, beta: float,
+                        top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """metrics.rank_of_targets of model.scores(states, "mix", seen, beta, top) without its [B, N+1] matrix.
+
+    The reranked candidates are the ssl head's `top` best and all rank above every other item, which
+    keep the ssl order. So a target among the candidates ranks among them by its reranked score; any
+    other target ranks after all live candidates, at its ssl rank among the rest: its ssl rank
+    (streamed) less the candidates counted above or tied with it there. states [B, H], targets [B]
+    -> (higher [B], ties [B]) int64."""
+    features, weight, bias = model.score_layer(states, "ssl")
+    higher, ties = rank_of_targets_linear(features, weight, bias, targets, seen)
+    mixed, cand = model.top_items(states, "mix", top, seen, beta, top)              # [B, R], reranked order
+    live = torch.isfinite(mixed)
+    hit = (cand == targets[:, None]) & live
+    target_mixed = mixed.masked_fill(~hit, 0.0).sum(1, keepdim=True)
+    among_higher = ((mixed > target_mixed) & live).sum(1)
+    among_ties = ((mixed == target_mixed) & live).sum(1) - 1
+    # a target outside them: the ssl counts less the candidates, then every live candidate above it
+    target_logit = target_scores_linear(features, weight, bias, targets, seen)[:, None]
+    band = tie_band(target_logit)
+    cand_logit = (features[:, None] * weight[cand]).sum(-1) + bias[cand]            # as the target's is computed
+    cand_above = ((cand_logit > target_logit + band) & live).sum(1)
+    cand_tied = ((cand_logit >= target_logit - band) & live).sum(1) - cand_above
+    inside = hit.any(1)
+    return (torch.where(inside, among_higher, live.sum(1) + higher - cand_above),
+            torch.where(inside, among_ties, ties - cand_tied))
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:

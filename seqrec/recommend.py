@@ -20,7 +20,7 @@ from seqrec.atomic import atomic_write
 from seqrec.config import load_config
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
-from seqrec.metrics import NaNScores, require_no_nan
+from seqrec.metrics import NaNScores
 from seqrec.preprocess import read_original_ids
 from seqrec.runs import check_network_unchanged, load_checkpoint
 
@@ -90,19 +90,13 @@ def top_k_batch(model, histories: Sequence[np.ndarray], state_len: int, k: int, 
         state[row, width - len(tail):] = tail
         seen[row, :len(h)] = h
     seen = torch.from_numpy(seen).to(device) if exclude_seen else None
-    scores = model.scores(model.last_state(torch.from_numpy(state).to(device)), head, seen, beta, rerank_top)
-    refuse_nan(scores, head)
-    values, items = torch.topk(scores, min(k, scores.shape[1] - 1), dim=1)
-    return items.cpu().numpy(), values.cpu().numpy()
-
-
-def refuse_nan(scores: torch.Tensor, head: str) -> None:
-    """A UserError naming the head if scores [B, N+1] hold NaN (topk would put NaN first)."""
-    try:
-        require_no_nan(scores)
-    except NaNScores as e:
+    try:                                                      # streamed: memory flat in the catalogue's size
+        values, items = model.top_items(model.last_state(torch.from_numpy(state).to(device)), head, k, seen, beta,
+                                        rerank_top)
+    except NaNScores as e:                                    # topk would put NaN first
         raise UserError(f"the {head} head's scores are NaN ({e}), so it cannot rank; the model diverged "
                         "(lower train.lr) or the head is broken") from None
+    return items.cpu().numpy(), values.cpu().numpy()
 
 
 def top_k(model, history: np.ndarray, state_len: int, k: int, head: str, exclude_seen: bool, beta: float = 0.0,

@@ -12,6 +12,8 @@ next is made:
 - `argmax_linear`: the best item per row (the double-Q bootstrap's argmax over the catalogue).
 - `rank_of_targets_linear`: how many items score above each row's target, and how many tie with it
   (full-ranking evaluation, seen items masked).
+- `top_k_linear`: each row's k best items and the log-sum-exp of all its scores (recommendations, and
+  the candidates the `mix` head reranks), seen items masked.
 """
 from __future__ import annotations
 
@@ -173,15 +175,8 @@ def rank_of_targets_linear(features: torch.Tensor, weight: torch.Tensor, bias: t
         rows = int((~torch.isfinite(features)).any(1).sum())
         where = f"{rows} of {len(features)} rows' features" if rows else "the item weights"
         raise NaNScores(f"{where} hold NaN or inf")
-    target_scores = (features * weight[targets]).sum(-1) + bias[targets]
-    if seen is not None:
-        target_scores = target_scores.masked_fill((seen == targets[:, None]).any(1), float("-inf"))
-        rows, cols = torch.nonzero(seen, as_tuple=True)
-        cols = seen[rows, cols]
-        by_col = torch.argsort(cols)
-        rows, cols = rows[by_col], cols[by_col]
-        starts = torch.arange(1, len(bias) + chunk, chunk, device=cols.device)
-        bounds = torch.searchsorted(cols, starts).tolist()          # seen entries of each chunk
+    target_scores = target_scores_linear(features, weight, bias, targets, seen)
+    masked = seen_by_chunk(seen, len(bias), chunk) if seen is not None else None
     band = tie_band(target_scores)
     above, at_least = (target_scores + band)[:, None], (target_scores - band)[:, None]
     higher = torch.zeros(len(targets), dtype=torch.int64, device=features.device)
@@ -192,11 +187,62 @@ def rank_of_targets_linear(features: torch.Tensor, weight: torch.Tensor, bias: t
         end = start + block.shape[1]
         inside = (targets >= start) & (targets < end)
         block[rows_b[inside], targets[inside] - start] = float("-inf")   # the target is not its own tie
-        if seen is not None:
-            lo, hi = bounds[i], bounds[i + 1]
-            block[rows[lo:hi], cols[lo:hi] - start] = float("-inf")
+        if masked is not None:
+            mask_block_(block, masked, i, start)
         # Counted as 0/1 floats, the second time in place: no bool or int64 copy of the block (3-5x
         # faster). A masked target (-inf) compares False with every masked item (-inf - -inf = nan).
         higher += torch.gt(block, above, out=spare[:, :end - start]).sum(1).long()
         not_below += block.sub_(at_least).ge_(0).sum(1).long()
     return higher, not_below - higher
+
+
+def target_scores_linear(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+                         seen: torch.Tensor | None = None) -> torch.Tensor:
+    """The score of each row's target [B], -inf where `seen` [B, S] holds it (a masked target)."""
+    scores = (features * weight[targets]).sum(-1) + bias[targets]
+    return scores if seen is None else scores.masked_fill((seen == targets[:, None]).any(1), float("-inf"))
+
+
+def seen_by_chunk(seen: torch.Tensor, columns: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The nonzero entries of seen [B, S] (item ids, 0 = none) as (rows, items) sorted by item, and
+    where each `chunk` of the columns 1..columns-1 starts among them: what `mask_block_` needs."""
+    rows, cols = torch.nonzero(seen, as_tuple=True)
+    cols = seen[rows, cols]
+    by_col = torch.argsort(cols)
+    starts = torch.arange(1, columns + chunk, chunk, device=cols.device)
+    return rows[by_col], cols[by_col], torch.searchsorted(cols[by_col], starts).tolist()
+
+
+def mask_block_(block: torch.Tensor, masked: tuple, i: int, start: int) -> None:
+    """Set the seen items of block number i (columns start..) to -inf, in place."""
+    rows, cols, bounds = masked
+    lo, hi = bounds[i], bounds[i + 1]
+    block[rows[lo:hi], cols[lo:hi] - start] = float("-inf")
+
+
+@torch.no_grad()
+def top_k_linear(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int,
+                 seen: torch.Tensor | None = None, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's k best items of features @ weight.T + bias, the padding column 0 and the `seen` items
+    masked, without materialising the [B, N+1] score matrix: memory is B x (chunk + k) whatever N.
+
+    features [B, H], weight [N+1, H], bias [N+1], seen [B, S] (0 = none) -> (scores [B, k'], items
+    [B, k'] in 1..N, best first, k' = min(k, N); a row with fewer than k' unmasked items ends in
+    -inf), and the log-sum-exp of each row's unmasked scores [B] (log pi = score - lse).
+    metrics.NaNScores if the scores hold NaN."""
+    k = min(k, len(bias) - 1)
+    best = features.new_full((len(features), k), float("-inf"))
+    best_items = torch.zeros(len(features), k, dtype=torch.long, device=features.device)
+    lse = features.new_full((len(features),), float("-inf"))
+    masked = seen_by_chunk(seen, len(bias), chunk) if seen is not None else None
+    for i, (start, block) in enumerate(chunked_logits(features, weight, bias, chunk, first=1)):
+        if masked is not None:
+            mask_block_(block, masked, i, start)
+        if torch.isnan(block).any():
+            raise NaNScores(f"{int(torch.isnan(block).any(1).sum())} of {len(block)} rows hold NaN")
+        lse = logsumexp_update(lse, block)
+        values, at = block.topk(min(k, block.shape[1]), 1)
+        merged, pick = torch.cat([best, values], 1).topk(k, 1)            # the running best stays first on ties
+        best_items = torch.cat([best_items, at + start], 1).gather(1, pick)
+        best = merged
+    return best, best_items, lse

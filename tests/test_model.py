@@ -559,3 +559,20 @@ def test_tied_items_score_with_the_input_embeddings_and_survive_a_checkpoint(enc
     assert loaded.ssl.items.weight is loaded.encoder.embed.weight
     x = torch.randint(1, 21, (4, 5))
     torch.testing.assert_close(loaded.ssl(loaded.last_state(x)), model.eval().ssl(model.last_state(x)))
+
+
+@pytest.mark.parametrize("top,k", [(4, 3), (4, 9), (20, 5), (3, 30)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_streamed_top_items_equal_the_top_of_the_full_scores(top, k, masked):
+    """model.top_items (every head, mix reranking included) against topk of model.scores' [B, N+1] matrix."""
+    torch.manual_seed(top + k)
+    model = random_q(SeqRecQ(num_items=12, hidden=6, dropout=0.0, ssl_steps=1).double().eval())
+    state = torch.randn(5, 6, dtype=torch.float64)
+    seen = torch.tensor([[1, 2, 0], [12, 0, 0], [0, 0, 0], [3, 3, 4], [5, 6, 7]]) if masked else None
+    for head in ("ssl", "q", "mix"):
+        full = model.scores(state, head, seen, beta=1.5, top=top)
+        values, items = model.top_items(state, head, k, seen, beta=1.5, top=top)
+        expected_values, expected_items = full.topk(min(k, 12), 1)
+        torch.testing.assert_close(values, expected_values, msg=head)
+        live = torch.isfinite(expected_values)
+        assert torch.equal(items[live], expected_items[live]), head

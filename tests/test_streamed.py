@@ -94,3 +94,30 @@ def test_compiling_that_fails_warns_once_and_keeps_the_eager_kernels(monkeypatch
     assert err.count("\n") == 1 and err.startswith("warning: train.compile: torch.compile failed (RuntimeError: "
                                                    "InvalidCxxCompiler: No working C++ compiler found)")
     assert (streamed.logsumexp_update, streamed.softmax_grad_) == streamed._EAGER
+
+
+@pytest.mark.parametrize("k,chunk", [(3, 2), (5, 4), (12, 5), (40, 7)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_streamed_top_k_equals_the_top_k_of_the_full_scores(k, chunk, masked):
+    """Across chunk borders, with seen items masked, and k beyond the unmasked items (ends in -inf)."""
+    torch.manual_seed(k * 10 + chunk)
+    x, w, b = torch.randn(6, 4, dtype=torch.float64), torch.randn(14, 4, dtype=torch.float64), torch.randn(14, dtype=torch.float64)
+    seen = torch.tensor([[1, 5, 13, 0], [2, 2, 0, 0], [0, 0, 0, 0], [3, 4, 6, 7], [13, 12, 11, 10], [9, 0, 0, 0]])
+    full = F.linear(x, w, b)
+    full[:, 0] = float("-inf")
+    if masked:
+        full = full.scatter(1, seen, float("-inf"))
+    full[:, 0] = float("-inf")
+    values, items, lse = streamed.top_k_linear(x, w, b, k, seen if masked else None, chunk=chunk)
+    expected_values, expected_items = full.topk(min(k, 13), 1)
+    torch.testing.assert_close(values, expected_values)
+    live = torch.isfinite(expected_values)
+    assert torch.equal(items[live], expected_items[live])
+    torch.testing.assert_close(lse, torch.logsumexp(full, 1))
+
+
+def test_streamed_top_k_refuses_nan():
+    w = torch.randn(6, 3)
+    w[4] = float("nan")
+    with pytest.raises(streamed.NaNScores):
+        streamed.top_k_linear(torch.randn(2, 3), w, torch.zeros(6), 2, chunk=2)
