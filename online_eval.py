@@ -23,14 +23,14 @@ import pandas as pd
 import torch
 
 from model import HEADS, SeqRecQ, compute_losses
-from replay_buffer import Pool, append_train_sessions, ensure_pool
+from replay_buffer import Pool, append_train_sessions, ensure_pool, stale_reason
 from seqrec.atomic import atomic_write
 from seqrec.config import Config, add_config_args, load_config
 from seqrec.errors import UserError, run_cli
 from seqrec.learner import Learner, train_epoch
 from seqrec.online import ModelPolicy, baseline_policies, rollout, sim_to_pool_ids, simulator_for
 from seqrec.plots import plot_improvement
-from seqrec.runs import check_network_unchanged, load_checkpoint
+from seqrec.runs import check_network_unchanged, check_pool_kept, check_same_items, claim_run_dir, load_checkpoint
 from seqrec.simulator import Simulator
 
 
@@ -131,16 +131,20 @@ def main() -> None:
         first = next(iter(ckpts.values()))
         tuned = load_config(args.config, args.overrides, base=first["config"])
         check_network_unchanged(tuned, first)
+    claim_run_dir(run_dir)                          # online.csv goes there: a user's folder is refused now
     torch.manual_seed(cfg.train.seed)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    for name, ckpt in ckpts.items():                # a pool a model was trained on is not rebuilt under it
+        check_pool_kept(ckpt, Path(cfg.pool.dir), stale_reason(cfg), name)
     pool = ensure_pool(cfg)
+    for name, ckpt in ckpts.items():
+        check_same_items(ckpt, pool.num_items, pool.items_digest, f"the pool in {pool.dir}", name)
     policies = baseline_policies(sim, pool, cfg.online.seed)
     for name, ckpt in ckpts.items():
         policies.update(model_policies(name, ckpt, pool, sim, cfg))
     table = evaluate_policies(policies, sim, cfg)
     print(f"online evaluation: {cfg.online.sessions:,} simulated sessions per policy, slates of {sim.p.slate_size}")
     print(format_online(table.rename(columns={"return": "return_"})))
-    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "online.csv", lambda tmp: table.to_csv(tmp, index=False))
     if cfg.online.rounds > 0:
         rounds = improve_over_time(first, pool, sim, tuned, run_dir)

@@ -22,11 +22,20 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from seqrec.atomic import atomic_directory
+from seqrec.atomic import atomic_directory, check_replaceable, check_writable
 from seqrec.config import Config, add_config_args, load_config
 from seqrec.errors import UserError, run_cli
 from seqrec.loaders import load_events
-from seqrec.preprocess import REBUILD, SPLITS, Prepared, held_out, prepare, read_original_ids, split_events
+from seqrec.preprocess import (
+    REBUILD,
+    SPLITS,
+    Prepared,
+    held_out,
+    prepare,
+    read_original_ids,
+    split_events,
+    vocabulary_digest,
+)
 
 FORMAT_VERSION = 3     # 3: exposures (what was shown beside each event) where the log has them
 
@@ -230,6 +239,11 @@ class Pool:
             self._session_ids = read_original_ids(self.dir / "session_ids.csv")
         return self._session_ids
 
+    @property
+    def items_digest(self) -> str:
+        """vocabulary_digest of the pool's item ids (meta.json's, or computed for older pools)."""
+        return self.meta.get("items_digest") or vocabulary_digest(self.item_ids)
+
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())
 
@@ -308,16 +322,30 @@ def describe(p: Prepared, cfg: Config) -> dict:
     return {
         "format": FORMAT_VERSION, "config_hash": pool_fingerprint(cfg), "split_mode": cfg.data.split_mode,
         "splits_sessions": p.split_sessions, "splits": split_stats(p, cfg.data.split_mode),
-        "num_sessions": len(p.session_ids), "num_items": p.num_items, "num_events": len(p.items),
+        "num_sessions": len(p.session_ids), "num_items": p.num_items, "items_digest": vocabulary_digest(p.item_ids),
+        "num_events": len(p.items),
         "num_purchases": int(p.purchase.sum()), "num_clicks": int((~p.purchase).sum()),
         "data": cfg.data.to_dict(),
         "sim": cfg.sim.to_dict() if cfg.data.source == "synthetic" else None,
     }
 
 
+POOL_FOLDER = "an experience pool (pool.dir)"
+
+
+def is_pool_folder(folder: Path) -> bool:
+    """Whether `folder` holds a pool this project wrote (its meta.json), so a rebuild may replace it."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "num_items" in meta and "splits_sessions" in meta
+
+
 def write_pool(p: Prepared, meta: dict, folder: Path) -> None:
-    """Arrays, id maps and meta.json into a temporary folder, then renamed to `folder`."""
-    with atomic_directory(folder) as tmp:
+    """Arrays, id maps and meta.json into a temporary folder, then renamed to `folder` (which must be
+    missing, empty, or a pool: a user's file or folder there is an error, never replaced)."""
+    with atomic_directory(folder, is_pool_folder, POOL_FOLDER) as tmp:
         np.save(tmp / "items.npy", p.items.astype(np.int32))
         np.save(tmp / "rewards.npy", p.rewards.astype(np.float32))
         np.save(tmp / "purchase.npy", p.purchase.astype(bool))
@@ -384,8 +412,9 @@ def stale_reason(cfg: Config) -> str | None:
     if not meta_path.is_file():
         return "no pool yet"
     try:
-        stored = json.loads(meta_path.read_text()).get("config_hash")
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(meta_path.read_text())
+        stored = meta.get("config_hash") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
         stored = None
     return None if stored == pool_fingerprint(cfg) else "data config or input files changed"
 
@@ -395,6 +424,9 @@ def ensure_pool(cfg: Config, force: bool = False) -> Pool:
     reason = "forced" if force else stale_reason(cfg)
     if reason is None:
         return Pool(Path(cfg.pool.dir))
+    folder = Path(cfg.pool.dir)                       # a user's file or folder there: refused before any work
+    check_replaceable(folder, is_pool_folder, POOL_FOLDER)
+    check_writable(folder.parent, "the folder of pool.dir")
     print(f"building pool in {cfg.pool.dir} ({reason}) ...", flush=True)
     pool = build_pool(cfg)
     print(f"built in {pool.meta['build_seconds']:.1f} s", flush=True)

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from model import HEADS, SeqRecQ, compute_losses
-from replay_buffer import Pool, ensure_pool, summary
+from replay_buffer import Pool, ensure_pool, stale_reason, summary
 from seqrec import online, runs
 from seqrec.allocator import keep_freed_memory
+from seqrec.atomic import check_writable
 from seqrec.config import Config, add_config_args, load_config
 from seqrec.distributed import SINGLE, Dist
 from seqrec.distributed import setup as setup_distributed
@@ -206,12 +207,29 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--out {args.out} is a folder; give a file name, e.g. {Path(args.out) / 'recs.csv'}")
 
 
+def pool_for(cfg: Config, saved: dict | None, path: Path | None, args: argparse.Namespace) -> Pool:
+    """The pool to train, test or recommend on, built if needed, after the places this command will
+    write are checked; with a saved checkpoint, one with the items it was trained on (or a UserError,
+    before any work: a stale pool it was trained on is not rebuilt under it)."""
+    if args.mode == "train":
+        runs.claim_run_dir(Path(cfg.train.run_dir))
+    elif args.all:
+        out = Path(args.out) if args.out else Path(cfg.train.run_dir) / "recommendations.csv"
+        check_writable(out.parent, "the folder of --out" if args.out else "train.run_dir")
+    if saved is not None:
+        runs.check_pool_kept(saved, Path(cfg.pool.dir), stale_reason(cfg), str(path))
+    pool = ensure_pool(cfg)
+    if saved is not None:
+        runs.check_same_items(saved, pool.num_items, pool.items_digest, f"the pool in {pool.dir}", str(path))
+    return pool
+
+
 def main() -> None:
     args = parse_args()
     keep_freed_memory()                               # steps reuse big freed tensors (see seqrec/allocator.py)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.train.run_dir)
-    saved = None
+    saved = path = None
     if args.mode != "train" or args.resume:
         # A saved run carries its own config; the command line overrides what does not define the net.
         path = Path(args.checkpoint) if args.checkpoint else run_dir / ("last.pt" if args.resume else "best.pt")
@@ -226,7 +244,7 @@ def main() -> None:
         # 0 = this process's share of the cores (torchrun starts one process per rank on the same machine)
         torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // dist.local_world))
         if dist.main:                                 # one rank builds the pool, the others wait for it
-            pool = ensure_pool(cfg)
+            pool = pool_for(cfg, saved, path if saved is not None else None, args)
             print(summary(pool))
         dist.barrier()
         if not dist.main:

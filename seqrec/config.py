@@ -98,8 +98,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override one key, e.g. --set train.epochs=3 (repeatable)")
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: Config, path: Path, header: str = "") -> None:
+    """The whole config as YAML (loadable with --config), after an optional comment `header`."""
+    atomic_write_text(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 # ------------------------------------------------------------------------------------------------

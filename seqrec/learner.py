@@ -95,7 +95,7 @@ class Learner:
         return {"model": self.net.state_dict(), "target": self.target_net.state_dict(),
                 "optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
                 "sums": self.sums, "best": best, "config": cfg.to_dict(), "num_items": pool.num_items,
-                "pool_hash": pool.meta["config_hash"], "rng": torch.get_rng_state(), "carry": self.carry,
+                "pool_hash": pool.meta["config_hash"], "items_digest": pool.items_digest, "rng": torch.get_rng_state(), "carry": self.carry,
                 "twin_optimizer": self.twin_opt.state_dict() if self.twin_opt is not None else None}
 
     def restore(self, ckpt: dict) -> None:

@@ -6,6 +6,7 @@ padding) keeping the map; order by session and time and lay sessions out split a
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,6 +184,12 @@ def split_events(offsets: np.ndarray, split_sessions: dict, split_mode: str, spl
     keep = np.ones(int(offsets[-1]), dtype=bool)
     keep[ends - 1] = keep[ends - 2] = False
     return np.flatnonzero(keep)
+
+
+def vocabulary_digest(item_ids) -> str:
+    """A short hash of the item vocabulary: the original ids of items 1..N, in order, as text. Two
+    pools with the same digest map every internal id to the same original item. [N] -> str"""
+    return hashlib.sha256("\n".join(map(str, item_ids)).encode()).hexdigest()[:16]
 
 
 def read_original_ids(path) -> np.ndarray:

@@ -21,8 +21,8 @@ from seqrec.config import load_config
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
 from seqrec.metrics import NaNScores
-from seqrec.preprocess import read_original_ids
-from seqrec.runs import check_network_unchanged, load_checkpoint
+from seqrec.preprocess import read_original_ids, vocabulary_digest
+from seqrec.runs import check_network_unchanged, check_same_items, load_checkpoint
 
 SPLITS = ("all", "train", "valid", "test")
 # A batch of whole histories is padded to its longest: cap rows x width (the encoder's activations)
@@ -199,6 +199,7 @@ class Recommender:
         cfg = load_config(overrides=overrides, base=ckpt["config"])
         check_network_unchanged(cfg, ckpt)
         item_ids = read_original_ids(Path(cfg.pool.dir) / "item_ids.csv")
+        check_same_items(ckpt, len(item_ids), vocabulary_digest(item_ids), f"the pool in {cfg.pool.dir}", str(checkpoint))
         e = cfg.eval
         return cls(network.from_checkpoint(ckpt, len(item_ids)), item_ids, cfg.pool.state_len, e.head,
                    cfg.recommend.exclude_seen, e.beta, e.rerank_top)

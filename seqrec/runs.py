@@ -13,10 +13,13 @@ from pathlib import Path
 
 import torch
 
-from seqrec.atomic import atomic_write, atomic_write_text
+from seqrec.atomic import atomic_write, atomic_write_text, check_writable, writing
 from seqrec.config import Config, load_config, save_config
 from seqrec.errors import UserError
 from seqrec.learner import reads_exposures
+
+
+RUN_MARKER = "# the resolved config of a train_offline.py run (this line marks the folder as a run folder)\n"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -39,11 +42,38 @@ def load_checkpoint(path: Path) -> dict:
 
 def check_resumable(ckpt: dict, cfg: Config, pool) -> None:
     """--resume continues the same network (check_network_unchanged: keys added since the checkpoint
-    count at their defaults) on the same items, or a UserError."""
+    count at their defaults) on the same items (check_same_items), or a UserError."""
     check_network_unchanged(cfg, ckpt)
-    if ckpt["num_items"] != pool.num_items:
-        raise UserError("the checkpoint was trained on another pool "
-                        f"(items {ckpt['num_items']} vs {pool.num_items}); use the config it was trained with")
+    check_same_items(ckpt, pool.num_items, pool.items_digest, f"the pool in {pool.dir}")
+
+
+def check_same_items(ckpt: dict, num_items: int, digest: str, where: str, name: str = "the checkpoint") -> None:
+    """The checkpoint was trained on this item vocabulary (`num_items` items whose original ids hash to
+    `digest`, preprocess.vocabulary_digest), or a UserError: its item i would be another item here.
+    Checkpoints made before the digest was saved are checked by their number of items alone."""
+    theirs = ckpt.get("items_digest")
+    if ckpt["num_items"] != num_items or (theirs is not None and theirs != digest):
+        raise UserError(f"{name} was trained on other items than {where} ({ckpt['num_items']:,} items, vocabulary "
+                        f"{theirs or '?'}; here {num_items:,}, {digest}): the log or the data.* keys changed since "
+                        "training, so its item ids would name other items; retrain on the data as it is now, or "
+                        "restore the log it was trained on")
+
+
+def check_pool_kept(ckpt: dict, pool_dir: Path, stale: str | None, name: str = "the checkpoint") -> None:
+    """A UserError if the pool in `pool_dir` is the one the checkpoint was trained on but is `stale`
+    (its log or data config changed): rebuilding it would replace the pool that fits the model with
+    one whose item ids may not. Called before the pool is (re)built."""
+    if stale is None:
+        return
+    try:
+        meta = json.loads((Path(pool_dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return                                                   # no pool (or not ours): nothing to keep
+    if isinstance(meta, dict) and meta.get("config_hash") == ckpt.get("pool_hash"):
+        raise UserError(f"the pool in {pool_dir} is the one {name} was trained on, but {stale} since, so it "
+                        "would be rebuilt and its item ids could change; retrain on the data as it is now, restore "
+                        "the log (and data.* keys) it was trained with, or rebuild the pool yourself "
+                        "(python replay_buffer.py --force ...) and the items will be compared")
 
 
 # What the saved network is: its architecture (model.*) and the states it was trained to read
@@ -95,20 +125,51 @@ def check_trainable(cfg: Config, pool) -> None:
 # ------------------------------------------------------------------------------------------------
 # the run folder's files
 # ------------------------------------------------------------------------------------------------
+# A run folder holds one of these (a folder holding none, and not empty, is a user's: never written)
+RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "final.json")
+
+
+def is_run_folder(run_dir: Path) -> bool:
+    """Whether `run_dir` is a run folder of this project: its config.yaml starts with RUN_MARKER, or
+    it holds a checkpoint, metrics.csv or final.json (folders made before the marker)."""
+    config = Path(run_dir) / "config.yaml"
+    try:
+        with config.open() as f:
+            if f.readline() == RUN_MARKER:
+                return True
+    except (OSError, UnicodeDecodeError):
+        pass
+    return any((Path(run_dir) / name).is_file() for name in RUN_FILES[1:])
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Make sure train.run_dir may be written, before any work: missing (made now), empty, or a run
+    folder of ours, and writable; else a UserError naming it. Never writes into a user's folder."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"train.run_dir {run_dir} is a file, not a run folder; pick another train.run_dir "
+                        "(nothing was changed)")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not is_run_folder(run_dir):
+        raise UserError(f"train.run_dir {run_dir} is a folder this project did not write (no run's "
+                        f"{' / '.join(RUN_FILES)}); pick another train.run_dir (nothing was changed)")
+    check_writable(run_dir, "train.run_dir")
+
+
 def start_run(run_dir: Path, cfg: Config, epochs_done: int | None) -> None:
-    """Make the folder and save the resolved config. A fresh run (epochs_done None) starts an empty
-    metrics.csv; a resumed one drops the rows of epochs its checkpoint had not completed (logged,
-    then killed before saving)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Make the folder (claim_run_dir) and save the resolved config. A fresh run (epochs_done None)
+    starts an empty metrics.csv; a resumed one drops the rows of epochs its checkpoint had not
+    completed (logged, then killed before saving)."""
+    claim_run_dir(run_dir)
     metrics = run_dir / "metrics.csv"
     if epochs_done is None:
-        metrics.unlink(missing_ok=True)
+        with writing(metrics):
+            metrics.unlink(missing_ok=True)
     elif metrics.exists():
         rows = read_rows(metrics)
         keep = [r for r in rows if int(r["epoch"]) <= epochs_done]
         if len(keep) < len(rows):
             atomic_write(metrics, lambda tmp: _write_rows(tmp, keep))
-    save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, run_dir / "config.yaml", header=RUN_MARKER)
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -124,7 +185,7 @@ def append_row(path: Path, row: dict) -> None:
             rows = read_rows(path) + [row]
             atomic_write(path, lambda tmp: _write_rows(tmp, rows))
             return
-    with path.open("a", newline="") as f:
+    with writing(path), path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header, restval="")
         if new:
             writer.writeheader()

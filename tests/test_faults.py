@@ -41,7 +41,9 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["batch"] > 0, "expected a mid-epoch checkpoint"
 
-    run("train_offline.py", "--resume", tmp=work, extra=extra)
+    resumed = run("train_offline.py", "--resume", tmp=work, extra=extra)
+    assert (f"after {ckpt['epoch']} epochs and {ckpt['batch']} batches (step {ckpt['step']})" in resumed.stdout
+            and ckpt["step"] > 0), resumed.stdout                    # it continued, not trained from scratch
     assert final_metrics(work / "run") == final_metrics(reference / "run")
     rows = (work / "run" / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]

@@ -33,5 +33,5 @@ def test_a_checkpoint_from_before_a_new_model_key_resumes(tmp_path):
     runs.check_resumable(ckpt, cfg, pool)
     with pytest.raises(UserError, match="model.hidden is 32 here"):
         runs.check_resumable(ckpt, load_config(overrides=["model.hidden=32"]), pool)
-    with pytest.raises(UserError, match="trained on another pool"):
+    with pytest.raises(UserError, match="trained on other items than the pool"):
         runs.check_resumable({**ckpt, "num_items": pool.num_items + 1}, cfg, pool)

@@ -223,6 +223,7 @@ def test_an_epoch_stopped_mid_way_and_resumed_equals_an_uninterrupted_one(tmp_pa
     assert (saved["carry"] is not None) == (state_len == 0) and saved["batch"] == 3
     resumed = learner()
     resumed.restore(saved)
+    assert_restored(resumed, saved)
     assert train_epoch(resumed, pool, cfg, compute_losses, progress=False)
     assert resumed.step == straight.step > 3
     for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
@@ -241,3 +242,19 @@ def test_a_mid_epoch_checkpoint_with_an_older_sasrec_carry_is_refused_in_one_lin
         learner.restore(ckpt)
     ckpt["carry"] = tuple(enc.start(2) for enc in (net.encoder, learner.target_net.encoder))
     learner.restore(ckpt)
+
+
+def assert_restored(learner, ckpt):
+    """What resuming means: the learner holds the checkpoint's counters, weights (online and target),
+    optimizer state and RNG state, not a fresh start that a deterministic rerun would make look alike."""
+    assert (learner.step, learner.epoch, learner.batch, learner.sums) == (ckpt["step"], ckpt["epoch"], ckpt["batch"],
+                                                                          ckpt["sums"])
+    for got, saved in ((learner.net.state_dict(), ckpt["model"]), (learner.target_net.state_dict(), ckpt["target"])):
+        for name, tensor in saved.items():
+            torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)
+    moments = [s["exp_avg"] for s in learner.opt.state_dict()["state"].values()]
+    saved_moments = [s["exp_avg"] for s in ckpt["optimizer"]["state"].values()]
+    assert len(moments) == len(saved_moments) > 0
+    for got, saved in zip(moments, saved_moments):
+        torch.testing.assert_close(got, saved, rtol=0, atol=0)
+    assert torch.equal(torch.get_rng_state(), ckpt["rng"])

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import tiny_overrides
 
@@ -66,8 +67,11 @@ def test_same_seed_same_numbers_and_resume_matches_uninterrupted(trained, tmp_pa
     tmp, _ = trained
     # Three epochs straight, in a fresh folder...
     run("train_offline.py", tmp=tmp_path, extra=["train.epochs=3"])
-    # ...equal two epochs (the shared run) resumed for a third.
-    run("train_offline.py", "--resume", tmp=tmp, extra=["train.epochs=3"])
+    # ...equal two epochs (the shared run) resumed for a third, from where its checkpoint stood.
+    ckpt = torch.load(tmp / "run" / "last.pt", weights_only=True)
+    proc = run("train_offline.py", "--resume", tmp=tmp, extra=["train.epochs=3"])
+    assert ckpt["epoch"] == 2 and ckpt["step"] > 0
+    assert f"after 2 epochs and 0 batches (step {ckpt['step']})" in proc.stdout, proc.stdout
     straight, resumed = final_metrics(tmp_path / "run"), final_metrics(tmp / "run")
     assert straight == resumed
     rows = list(csv.DictReader((tmp / "run" / "metrics.csv").open()))
@@ -136,11 +140,17 @@ def test_replay_buffer_script(tmp_path):
     assert "up to date" in run("replay_buffer.py", tmp=tmp_path).stdout
 
 
-def assert_clean_failure(proc, message):
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
+def assert_clean_failure(proc, message, folder=None):
+    """Bad input as the README promises: exit status 2, no traceback, one `error: ...` line on stderr
+    (the last) holding `message`, and in `folder` (if given) no temporary a writer left behind."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert "Traceback" not in proc.stderr
-    assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
+    assert message in errors[0], proc.stderr
+    if folder is not None:
+        leftovers = [p for p in Path(folder).rglob(".*.pid*")]
+        assert not leftovers, leftovers
 
 
 @pytest.mark.parametrize("extra,args,message", [
