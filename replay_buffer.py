@@ -244,6 +244,17 @@ class Pool:
         """vocabulary_digest of the pool's item ids (meta.json's, or computed for older pools)."""
         return self.meta.get("items_digest") or vocabulary_digest(self.item_ids)
 
+    def filtered_sessions(self) -> pd.DataFrame:
+        """The log's sessions the filters removed: columns original_id (text) and filter (a
+        preprocess.FILTERED key); empty for pools built before this was kept, or made by appending."""
+        path = self.dir / "filtered_sessions.csv"
+        if not path.is_file():
+            return pd.DataFrame({"original_id": [], "filter": []}, dtype=str)
+        try:
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        except (OSError, ValueError, pd.errors.ParserError):
+            raise UserError(f"the pool's filtered_sessions.csv in {self.dir} is unreadable; {REBUILD}") from None
+
     def disk_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.dir.iterdir() if f.is_file())
 
@@ -352,6 +363,9 @@ def write_pool(p: Prepared, meta: dict, folder: Path) -> None:
         np.save(tmp / "offsets.npy", p.offsets.astype(np.int64))
         pd.DataFrame({"original_id": p.item_ids}).to_csv(tmp / "item_ids.csv", index=False)
         pd.DataFrame({"original_id": p.session_ids}).to_csv(tmp / "session_ids.csv", index=False)
+        if p.filtered_ids is not None:
+            pd.DataFrame({"original_id": p.filtered_ids, "filter": p.filtered_why}).to_csv(
+                tmp / "filtered_sessions.csv", index=False)
         if p.shown_offsets is not None:
             np.save(tmp / "shown_items.npy", p.shown_items.astype(np.int32))
             np.save(tmp / "shown_offsets.npy", p.shown_offsets.astype(np.int64))

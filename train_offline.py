@@ -163,7 +163,7 @@ def recommend(cfg: Config, pool: Pool, ckpt: dict, args: argparse.Namespace, dev
         print(f"top-{k} of every session of split '{args.split}' by the {e.head} head: {rows:,} rows in {out}")
         return
     if args.history is not None:
-        who, items = "the given history", history_from_ids(pool, args.history)
+        who, items = "the given history", history_from_ids(pool, args.history, r.unknown_items)
     else:
         user = args.user if args.user is not None else example_user(pool)
         who, items = f"user {user}", history_of_user(pool, user)

@@ -32,6 +32,7 @@ CHOICES = {
     "train.ssl_softmax": ("items", "shown"),
     "train.target_update": ("polyak", "hard"),
     "eval.head": ("ssl", "q", "mix"),
+    "recommend.unknown_items": ("error", "skip"),
 }
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from seqrec.errors import UserError
 
 CANONICAL = ["session", "item", "timestamp", "reward", "purchase"]
+PLAIN_INTEGER = r"-?(0|[1-9][0-9]{0,17})"   # an id written as an integer ("007" is not: it stays text)
 
 
 def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
@@ -211,8 +212,11 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
 
 def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, event: str | None,
                   reward: str | None, data: dict, where: str) -> pd.DataFrame:
-    """Select, clean and type the columns; map events or rewards to (reward, purchase)."""
-    frame = _drop_missing(frame, [session, item, timestamp], where)
+    """Select, clean and type the columns; map events or rewards to (reward, purchase); drop exact
+    duplicates (data.drop_duplicates), saying how many."""
+    if len(frame) == 0:
+        raise UserError(f"{where} has no events (a header and no rows); point data.path at a log with events")
+    frame = drop_duplicates(_drop_missing(frame, [session, item, timestamp], where), data["drop_duplicates"], where)
     if event is not None:
         kinds = frame[event].astype(str).str.strip()
         keep = ~kinds.isin([str(e) for e in data["drop_events"]])
@@ -226,6 +230,9 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
             raise UserError(f"{where}: column {reward!r} has a value that is not a number ({bad!r}); "
                             f"fix it or rename the column so it is not read as rewards")
         purchase = rewards >= data["reward_purchase"]
+        print(f"note: {where}: {int(purchase.sum()):,} of {len(purchase):,} events have {reward!r} >= "
+              f"data.reward_purchase ({data['reward_purchase']:g}) and count as purchases, the rest as clicks; "
+              "set data.reward_purchase to move the line", file=sys.stderr)
     else:
         purchase = np.zeros(len(frame), dtype=bool)
         rewards = np.full(len(frame), data["reward_click"])
@@ -246,6 +253,18 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
         **{c: exposure_ids(frame[c], items, where) for c in shown[:-1]},
         **({"slate_logp": slate_log_probabilities(frame["slate_logp"], where)} if shown else {}),
     })
+
+
+def drop_duplicates(frame: pd.DataFrame, drop: bool, where: str) -> pd.DataFrame:
+    """The log's rows without those that repeat an earlier row in every column read (with `drop`), and
+    a warning with the count either way: a log exported twice doubles every event without a word."""
+    repeated = frame.duplicated().to_numpy()
+    if repeated.any():
+        print(f"warning: {where}: {int(repeated.sum()):,} of {len(frame):,} rows repeat an earlier row exactly; "
+              f"{'dropped' if drop else 'kept'} (data.drop_duplicates: {'true' if drop else 'false'})", file=sys.stderr)
+        if drop:
+            return frame[~repeated]
+    return frame
 
 
 def exposure_columns(columns, where: str = "log") -> list[str]:
@@ -293,43 +312,57 @@ def slate_log_probabilities(column: pd.Series, where: str) -> np.ndarray:
     return values.to_numpy(np.float64)
 
 
+MISSING_TEXT = ("", "nan")   # as text, after stripping and lower-casing: no id (a NaN written out by a tool)
+
+
 def _drop_missing(frame: pd.DataFrame, columns: list[str], where: str) -> pd.DataFrame:
-    """Drop rows whose id or time field is empty or blank (pandas does not always read "" as NaN)."""
+    """Drop rows whose id or time field is missing: empty, blank, or the text NaN (pandas does not
+    always read these as NaN; "NA" or "None" can be real ids and are kept)."""
     missing = np.zeros(len(frame), dtype=bool)
     for c in columns:
         missing |= frame[c].isna().to_numpy()
         if not pd.api.types.is_numeric_dtype(frame[c]):
-            missing |= frame[c].astype(str).str.strip().eq("").to_numpy()
+            missing |= frame[c].astype(str).str.strip().str.lower().isin(MISSING_TEXT).to_numpy()
     if missing.any():
-        print(f"warning: {where}: dropped {int(missing.sum())} rows with a missing "
+        print(f"warning: {where}: dropped {int(missing.sum()):,} of {len(frame):,} rows with a missing (empty or NaN) "
               f"{' / '.join(columns)}", file=sys.stderr)
         frame = frame[~missing]
+        if len(frame) == 0:
+            raise UserError(f"{where}: every row lacks a {' / '.join(columns)}; fix the file or data.columns.*")
     return frame
 
 
 def _ids(column: pd.Series) -> np.ndarray:
-    """Ids as integers when they all are, else as stripped strings: both hash and sort consistently."""
+    """Ids as integers when they all are (numbers, or texts written as plain integers: a column read as
+    text because of a row since dropped), else as stripped strings: both hash and sort consistently."""
     values = column.to_numpy()
     if pd.api.types.is_integer_dtype(column):
         return values
     if (pd.api.types.is_float_dtype(column) and np.isfinite(values).all() and (np.mod(values, 1) == 0).all()
             and np.abs(values).max(initial=0) < 2 ** 62):
         return values.astype(np.int64)
-    return column.astype(str).str.strip().to_numpy(dtype=object)
+    text = column.astype(str).str.strip()
+    if len(text) and text.str.fullmatch(PLAIN_INTEGER).all():
+        return text.astype(np.int64).to_numpy()
+    return text.to_numpy(dtype=object)
 
 
 def parse_timestamps(column: pd.Series, where: str = "log", name: str = "timestamp") -> np.ndarray:
-    """Numbers are taken as they are; strings must be ISO-8601 times (converted to seconds). [E] float64"""
+    """Numbers are taken as they are; strings must be ISO-8601 times, converted to seconds since the
+    epoch, so a column mixing both reads numbers as epoch seconds. [E] float64"""
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         return column.to_numpy(dtype=np.float64)
-    numbers = pd.to_numeric(column, errors="coerce")
-    if numbers.notna().all():
-        return numbers.to_numpy(dtype=np.float64)
-    times = pd.to_datetime(column.astype(str).str.strip(), utc=True, format="ISO8601", errors="coerce")
+    numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    is_text = np.isnan(numbers)
+    if not is_text.any():
+        return numbers
+    text = column[is_text].astype(str).str.strip()
+    times = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
     bad = times.isna().to_numpy()
     if bad.any():
         raise UserError(f"{where}: column {name!r} has a value that is neither a number nor an ISO-8601 time "
-                        f"({column[bad].iloc[0]!r}); fix the file or point data.columns.timestamp elsewhere")
+                        f"({text[bad].iloc[0]!r}); fix the file or point data.columns.timestamp elsewhere")
     # Microseconds since the epoch: unlike nanoseconds, they cover years 1 to 9999.
     micros = times.dt.tz_convert(None).astype("datetime64[us]").astype("int64").to_numpy()
-    return micros / 1e6
+    numbers[is_text] = micros / 1e6
+    return numbers

@@ -32,6 +32,8 @@ class Prepared:
     shown_items: np.ndarray | None = None    # [X] int32, the items shown beside each event, event after event (None: not logged)
     shown_offsets: np.ndarray | None = None  # [E+1] int64, event e's slate is shown_items[shown_offsets[e]:shown_offsets[e+1]]
     slate_logp: np.ndarray | None = None     # [E] float32, log-probability of event e's slate under the logging policy
+    filtered_ids: np.ndarray | None = None   # [D] original ids of the log's sessions the filters removed
+    filtered_why: np.ndarray | None = None   # [D] which filter removed each (a FILTERED key)
 
     @property
     def num_items(self) -> int:
@@ -47,7 +49,7 @@ def prepare(events: pd.DataFrame, data: dict) -> Prepared:
     sessions, session_ids = _codes(events["session"])
     items, item_ids = _codes(events["item"])
     times = events["timestamp"].to_numpy(np.float64)
-    keep = filter_mask(sessions, items, data["min_item_count"], data["min_session_len"])
+    keep = filtered = filter_mask(sessions, items, data["min_item_count"], data["min_session_len"])
     if data["max_sessions"] > 0:
         keep &= sample_mask(sessions, keep, data["max_sessions"], data["seed"])
         keep = filter_mask(sessions, items, data["min_item_count"], data["min_session_len"], keep)
@@ -55,6 +57,7 @@ def prepare(events: pd.DataFrame, data: dict) -> Prepared:
     if len(rows) == 0:
         raise UserError(f"no events left after filtering (data.min_item_count={data['min_item_count']}, "
                         f"data.min_session_len={data['min_session_len']}); lower them or use more data")
+    filtered_ids, filtered_why = why_filtered(sessions, filtered.copy(), keep, session_ids, data["min_session_len"])
     sessions, session_ids = _compact(sessions[rows], session_ids)
     items, item_ids = _compact(items[rows], item_ids)
     split = split_sessions(sessions, times[rows], data["split"], data["split_mode"], data["seed"])
@@ -79,7 +82,28 @@ def prepare(events: pd.DataFrame, data: dict) -> Prepared:
         session_ids=np.asarray(session_ids)[session_seq],
         shown_items=exposures[0], shown_offsets=exposures[1],
         slate_logp=events["slate_logp"].to_numpy(np.float32)[rows] if shown else None,
+        filtered_ids=filtered_ids, filtered_why=filtered_why,
     )
+
+
+# Why a session of the log is not in the pool: the filter that removed it, as said to a user
+FILTERED = {"short": "shorter than data.min_session_len",
+            "rare": "shorter than data.min_session_len once the items seen fewer than data.min_item_count times "
+                    "were dropped",
+            "sample": "not drawn in the data.max_sessions sample"}
+
+
+def why_filtered(sessions: np.ndarray, filtered: np.ndarray, kept: np.ndarray, session_ids: np.ndarray,
+                 min_session_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sessions no event of which is kept, with the FILTERED key of why: sessions [E] codes;
+    filtered [E] the events the item and length filters keep, kept [E] those the pool keeps (after
+    the sample) -> (original ids [D], keys [D])."""
+    count = len(session_ids)
+    raw = np.bincount(sessions, minlength=count)
+    after_filters = np.bincount(sessions[filtered], minlength=count) > 0
+    gone = np.flatnonzero(np.bincount(sessions[kept], minlength=count) == 0)
+    why = np.where(raw[gone] < min_session_len, "short", np.where(after_filters[gone], "sample", "rare"))
+    return np.asarray(session_ids)[gone], why.astype(object)
 
 
 def flat_exposures(shown: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

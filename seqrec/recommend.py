@@ -7,6 +7,7 @@ it was asked for.
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -20,8 +21,9 @@ from seqrec.atomic import atomic_write
 from seqrec.config import load_config
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
+from seqrec.loaders import PLAIN_INTEGER
 from seqrec.metrics import NaNScores
-from seqrec.preprocess import read_original_ids, vocabulary_digest
+from seqrec.preprocess import FILTERED, read_original_ids, vocabulary_digest
 from seqrec.runs import check_network_unchanged, check_same_items, load_checkpoint
 
 SPLITS = ("all", "train", "valid", "test")
@@ -36,31 +38,51 @@ CSV_COLUMNS = ["session_id", "rank", "item_id", "score"]
 # ================================================================================================
 def history_of_user(pool, user: str) -> np.ndarray:
     """Internal item ids of the session/user with original id `user`, in time order. [n]"""
-    matches = np.flatnonzero(pool.session_ids == str(user).strip())
+    user = str(user).strip()
+    matches = np.flatnonzero(pool.session_ids == user)
     if len(matches) == 0:
+        filtered = pool.filtered_sessions()
+        why = filtered["filter"][filtered["original_id"] == user]
+        if len(why):
+            raise UserError(f"user '{user}' is in the log but was filtered out of the pool: "
+                            f"{FILTERED.get(why.iloc[0], why.iloc[0])}; lower that key and rebuild, or pass --history")
         examples = ", ".join(pool.session_ids[:3])
         raise UserError(f"unknown user '{user}': not among the {pool.num_sessions:,} sessions in the pool "
                         f"(e.g. {examples}); pass an id from the data, or --history")
     return pool.session_items(int(matches[-1]))
 
 
-def history_from_ids(pool, text: str) -> np.ndarray:
+def history_from_ids(pool, text: str, unknown_items: str = "error") -> np.ndarray:
     """Internal ids of a comma-separated list of original item ids. [n]"""
     wanted = [t.strip() for t in text.split(",") if t.strip()]
     if not wanted:
         raise UserError("--history is empty; give original item ids, e.g. --history '12,7,42'")
-    return internal_ids(pool.item_ids, wanted, "--history")
+    return internal_ids(pool.item_ids, wanted, "--history", unknown_items)
 
 
-def internal_ids(item_ids: np.ndarray, wanted: Sequence, where: str) -> np.ndarray:
-    """Original item ids (any type; compared as text) -> internal ids [n] in 1..N, or a UserError
-    naming the first unknown one. item_ids [N] are the pool's original ids."""
+def internal_ids(item_ids: np.ndarray, wanted: Sequence, where: str, unknown_items: str = "error") -> np.ndarray:
+    """Original item ids (any type; compared as text) -> internal ids [n] in 1..N. An unknown one is a
+    UserError naming it, or with unknown_items `skip` left out, with one warning line (a live session
+    often holds an item newer than the model). item_ids [N] are the pool's original ids."""
     lookup = {str(orig): i + 1 for i, orig in enumerate(item_ids)}
     unknown = [w for w in wanted if str(w).strip() not in lookup]
-    if unknown:
+    if unknown and unknown_items != "skip":
         raise UserError(f"unknown item '{unknown[0]}' in {where}: not among the {len(item_ids):,} items "
-                        f"in the pool (e.g. {', '.join(map(str, item_ids[:3]))})")
-    return np.array([lookup[str(w).strip()] for w in wanted], dtype=np.int64)
+                        f"in the pool (e.g. {', '.join(map(str, item_ids[:3]))}); "
+                        "recommend.unknown_items=skip leaves such items out")
+    if unknown:
+        print(f"warning: skipped {len(unknown)} item{'s' if len(unknown) > 1 else ''} of {where} the model does not "
+              f"know (e.g. '{unknown[0]}'; recommend.unknown_items=skip)", file=sys.stderr)
+    return np.array([lookup[str(w).strip()] for w in wanted if str(w).strip() in lookup], dtype=np.int64)
+
+
+def typed_ids(item_ids: np.ndarray) -> np.ndarray:
+    """The pool's original ids (text) as the log had them: integers when every one is written as a
+    plain integer (as the loader keeps them), else text. [N]"""
+    text = pd.Series(item_ids, dtype=str)
+    if len(text) and text.str.fullmatch(PLAIN_INTEGER).all():
+        return text.astype(np.int64).to_numpy()
+    return np.asarray(item_ids)
 
 
 def example_user(pool) -> str:
@@ -138,13 +160,17 @@ def recommend_all(model, pool, out: Path, split: str, state_len: int, k: int, he
                   beta: float = 0.0, rerank_top: int = 1, batch_size: int = 256) -> int:
     """Write the top k of every session of `split` (from its whole logged history) to the CSV `out`:
     session_id, rank, item_id, score, original ids, best first; streamed batch by batch to a temporary
-    name, renamed when complete. -> rows written."""
+    name, renamed when complete. With split `all`, the log's sessions the filters removed follow with
+    the k items most often in training (score empty: no model scored them), counted on stderr.
+    -> rows written."""
     sessions = np.asarray(sessions_of_split(pool, split), dtype=np.int64)
     if len(sessions) == 0:
         raise UserError(f"the {split} split has no sessions; pick another with --split")
     offsets = np.asarray(pool.offsets)
     lengths = offsets[sessions + 1] - offsets[sessions]
     item_ids, session_ids = pool.item_ids, pool.session_ids
+    filtered = pool.filtered_sessions()["original_id"].to_numpy() if split == "all" else np.zeros(0, dtype=object)
+    popular = item_ids[most_popular(pool, k) - 1]
     written = 0
 
     def write(tmp: Path) -> None:
@@ -162,9 +188,22 @@ def recommend_all(model, pool, out: Path, split: str, state_len: int, k: int, he
                                          item_ids[row_items[live] - 1], (f"{v:.6g}" for v in row_scores[live])))
                     written += int(live.sum())
                 bar.update(len(batch))
+            for session in filtered:
+                writer.writerows((session, rank, item, "") for rank, item in enumerate(popular, 1))
+            written += len(filtered) * len(popular)
 
     atomic_write(Path(out), write)
+    if len(filtered):
+        print(f"note: {len(filtered):,} sessions of the log were filtered out of the pool (data.min_session_len, "
+              f"data.min_item_count, data.max_sessions); they got the {len(popular)} items most often in training, "
+              "with an empty score", file=sys.stderr)
     return written
+
+
+def most_popular(pool, k: int) -> np.ndarray:
+    """The k items most often in the training events, most first (ties: lower id). [k'] internal ids"""
+    counts = np.bincount(np.asarray(pool.items)[pool.events("train")], minlength=pool.num_items + 1)[1:]
+    return np.argsort(-counts, kind="stable")[:k] + 1
 
 
 # ================================================================================================
@@ -183,12 +222,13 @@ class Recommender:
     (`state_len`); seen items are left out with `exclude_seen` (recommend.exclude_seen).
     """
     model: torch.nn.Module
-    item_ids: np.ndarray          # [N] original ids; internal id i is item_ids[i - 1]
+    item_ids: np.ndarray          # [N] original ids, of the log's type (typed_ids); internal id i is item_ids[i - 1]
     state_len: int
     head: str = "ssl"
     exclude_seen: bool = True
     beta: float = 0.0
     rerank_top: int = 1
+    unknown_items: str = "error"  # an item the model does not know: error | skip (recommend.unknown_items)
 
     @classmethod
     def load(cls, checkpoint: str | Path, network, overrides: Sequence[str] = ()) -> "Recommender":
@@ -201,14 +241,16 @@ class Recommender:
         item_ids = read_original_ids(Path(cfg.pool.dir) / "item_ids.csv")
         check_same_items(ckpt, len(item_ids), vocabulary_digest(item_ids), f"the pool in {cfg.pool.dir}", str(checkpoint))
         e = cfg.eval
-        return cls(network.from_checkpoint(ckpt, len(item_ids)), item_ids, cfg.pool.state_len, e.head,
-                   cfg.recommend.exclude_seen, e.beta, e.rerank_top)
+        return cls(network.from_checkpoint(ckpt, len(item_ids)), typed_ids(item_ids), cfg.pool.state_len, e.head,
+                   cfg.recommend.exclude_seen, e.beta, e.rerank_top, cfg.recommend.unknown_items)
 
     def top_k(self, histories: Sequence[Sequence], k: int = 10, batch_size: int = 256) -> pd.DataFrame:
         """Top k for each history (a list of original item ids, oldest first; [] for a new user) ->
         DataFrame with columns query (the history's index in `histories`), rank (1 = best), item_id
-        (original id), score; rows of one query best first. An unknown item is a UserError."""
-        internal = [internal_ids(self.item_ids, list(h), f"history {q}") for q, h in enumerate(histories)]
+        (original id, of the log's type), score; rows of one query best first. An unknown item is a
+        UserError, or left out with unknown_items `skip`."""
+        internal = [internal_ids(self.item_ids, list(h), f"history {q}", self.unknown_items)
+                    for q, h in enumerate(histories)]
         lengths = np.array([len(h) for h in internal], dtype=np.int64)
         frames = []
         for part in length_batches(lengths, self.state_len, batch_size):

@@ -177,3 +177,56 @@ def test_pool_arrays_that_disagree_are_corrupt(tmp_path):
     np.save(pool_dir / "items.npy", np.asarray(np.load(pool_dir / "items.npy"))[:-1])    # one event short
     with pytest.raises(UserError, match="corrupt .*differ in length.*replay_buffer.py --force"):
         Pool(pool_dir)
+
+
+# What each kind of file of a run is written with: (module, call) run in a child process; the target
+# already holds an older complete version, and the child is killed mid-write or just before the rename.
+WRITERS = {
+    "checkpoint": "from seqrec.runs import save_checkpoint; save_checkpoint(TARGET, {'step': VERSION, 'w': torch.ones(50000)})",
+    "json": "from seqrec.runs import write_final; write_final(TARGET.parent, {'step': VERSION})",
+    "csv": "from seqrec.runs import _write_rows; from seqrec.atomic import atomic_write; "
+           "atomic_write(TARGET, lambda tmp: _write_rows(tmp, [{'epoch': VERSION, 'loss': 1.0}] * 20000))",
+    "config": "from seqrec.config import load_config, save_config; "
+              "save_config(load_config(overrides=[f'train.epochs={VERSION}']), TARGET)",
+}
+TARGETS = {"checkpoint": "last.pt", "json": "final.json", "csv": "metrics.csv", "config": "config.yaml"}
+
+
+def _write_version(kind, target, version, die=None):
+    """Write version `version` of a `kind` file at `target` in a child process; with `die`, SIGKILL it
+    when the temporary file is complete and about to be renamed ('rename'), or with only its first half
+    on disk ('writing': the state a kill during the write leaves)."""
+    kill = "os.kill(os.getpid(), signal.SIGKILL)"
+    cut = {"rename": "", "writing": "os.truncate(src, os.path.getsize(src) // 2); "}.get(die)
+    patch = "" if die is None else ("import seqrec.atomic as a\n"
+                                    f"def dying_replace(src, dst): {cut}{kill}\n"
+                                    "a.os = type('os', (), {**vars(os), 'replace': staticmethod(dying_replace)})\n")
+    code = (f"import os, signal, sys\nsys.path.insert(0, {str(ROOT)!r})\nimport torch\nfrom pathlib import Path\n"
+            f"TARGET, VERSION = Path({str(target)!r}), {version}\n{patch}{WRITERS[kind]}\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def _version(kind, target):
+    if kind == "checkpoint":
+        return torch.load(target, weights_only=True)["step"]
+    if kind == "json":
+        return json.loads(target.read_text())["step"]
+    if kind == "csv":
+        rows = target.read_text().splitlines()
+        assert len(rows) == 20001 and rows[-1] == rows[1], "a complete file"
+        return int(rows[1].split(",")[0])
+    return int(target.read_text().split("epochs: ")[1].split()[0])
+
+
+@pytest.mark.parametrize("die", ["writing", "rename"])
+@pytest.mark.parametrize("kind", sorted(WRITERS))
+def test_a_run_file_killed_mid_write_keeps_its_last_complete_version(tmp_path, kind, die):
+    target = tmp_path / TARGETS[kind]
+    assert _write_version(kind, target, 1).returncode == 0
+    proc = _write_version(kind, target, 2, die=die)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert _version(kind, target) == 1, "a reader sees the old file whole, never half of the new one"
+    assert list(tmp_path.glob(f".{target.name}.pid*.tmp")), "the killed writer's temporary is left"
+    assert _write_version(kind, target, 3).returncode == 0
+    assert _version(kind, target) == 3
+    assert not list(tmp_path.glob(f".{target.name}.pid*")), "the next write removes what the killed one left"

@@ -56,7 +56,7 @@ def test_csv_rows_with_missing_ids_are_dropped(tmp_path, capsys):
     f = write(tmp_path / "log.csv", "session_id,item_id,timestamp\n1,1,1\n1,,2\n,3,3\n2,4,4\n")
     ev = load("data.source=csv", f"data.path={f}")
     assert ev["item"].tolist() == [1, 4]
-    assert "dropped 2 rows" in capsys.readouterr().err
+    assert "dropped 2 of 4 rows" in capsys.readouterr().err
 
 
 def test_retailrocket(tmp_path):
@@ -264,3 +264,48 @@ def test_csv_slates_without_probabilities_are_ignored_with_a_warning(tmp_path, c
     ev = load("data.source=csv", f"data.path={write(tmp_path / 'log.csv', text)}")
     assert "shown_0" not in ev.columns
     assert "shown_0 columns are ignored" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs that once passed without a word, or with a wrong one
+# ------------------------------------------------------------------------------------------------
+def test_a_column_mixing_epoch_seconds_and_iso_times_reads_both(tmp_path):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp\n1,10,1709287200\n1,11,2024-03-01T10:01:00\n")
+    ev = load("data.source=csv", f"data.path={f}")
+    np.testing.assert_allclose(ev["timestamp"], [1709287200.0, 1709287260.0])     # 2024-03-01T10:00:00Z + 60 s
+
+
+def test_a_header_only_csv_says_the_file_has_no_events(tmp_path):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp\n")
+    with pytest.raises(UserError, match=r"log.csv has no events \(a header and no rows\)"):
+        load("data.source=csv", f"data.path={f}")
+
+
+def test_nan_as_an_id_is_missing_and_the_rest_stay_integers(tmp_path, capsys):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp\n1,10,1\n1,NaN,2\n2,11,3\nnan,12,4\n")
+    ev = load("data.source=csv", f"data.path={f}")
+    assert ev["item"].tolist() == [10, 11] and ev["item"].dtype == np.int64
+    assert ev["session"].tolist() == [1, 2]
+    assert "dropped 2 of 4 rows with a missing (empty or NaN)" in capsys.readouterr().err
+
+
+def test_ids_written_with_leading_zeros_stay_text(tmp_path):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp\n1,007,1\n1,x,2\n")
+    assert load("data.source=csv", f"data.path={f}")["item"].tolist() == ["007", "x"]
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_exact_duplicate_rows_are_counted_and_dropped_by_default(tmp_path, capsys, drop):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp,event\n"
+              "1,10,1,click\n1,10,1,click\n1,10,1,purchase\n1,11,2,click\n1,10,1,click\n")
+    ev = load("data.source=csv", f"data.path={f}", f"data.drop_duplicates={str(drop).lower()}")
+    assert len(ev) == (3 if drop else 5)                       # same time, another event: not a duplicate
+    err = capsys.readouterr().err
+    assert f"2 of 5 rows repeat an earlier row exactly; {'dropped' if drop else 'kept'}" in err
+
+
+def test_a_reward_column_says_how_many_events_became_purchases(tmp_path, capsys):
+    f = write(tmp_path / "log.csv", "session_id,item_id,timestamp,reward\n1,10,1,4.2\n1,11,2,0.5\n1,12,3,3.9\n")
+    ev = load("data.source=csv", f"data.path={f}")
+    assert ev["purchase"].tolist() == [True, False, True]
+    assert "2 of 3 events have 'reward' >= data.reward_purchase (1) and count as purchases" in capsys.readouterr().err

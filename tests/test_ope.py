@@ -149,6 +149,19 @@ def test_ips_forms_are_unbiased_on_a_one_step_log_with_a_known_truth(theta, form
         assert abs(values.mean() - truth) < 4 * values.std(ddof=1) / np.sqrt(reps), name
 
 
+def test_bootstrap_interval_of_a_weighted_ratio_against_a_loop():
+    """Unequal weights (den): the interval is of sum(num) / sum(den) over resampled sessions, not of the
+    mean of num, and equals a loop over the same draws."""
+    rng = np.random.default_rng(3)
+    num, den = rng.exponential(size=40), rng.choice([0.0, 0.5, 4.0], size=40)
+    lo, hi = bootstrap_interval(num, den, np.random.default_rng(5), resamples=200)
+    draws = np.random.default_rng(5).integers(0, 40, size=(200, 40))
+    ratios = [num[d].sum() / den[d].sum() for d in draws if den[d].sum() > 0]
+    expected = np.quantile(ratios, [0.025, 0.975])
+    assert (lo, hi) == pytest.approx(tuple(expected))
+    assert lo < num.sum() / den.sum() < hi and not lo < num.mean() < hi
+
+
 def test_bootstrap_interval_covers_the_estimate_and_narrows_with_more_sessions():
     rng = np.random.default_rng(0)
     small, large = rng.exponential(size=50), rng.exponential(size=5000)

@@ -83,6 +83,14 @@ def test_eval_and_recommend_modes_load_without_training(trained):
     before = (tmp / "run" / "last.pt").stat().st_mtime_ns
     ev = run("train_offline.py", "--mode", "eval", tmp=tmp)
     assert "test:" in ev.stdout and "top-" not in ev.stdout
+    # eval's test table gives the figures training wrote to final.json for the same checkpoint
+    final, table = final_metrics(tmp / "run"), ev.stdout.split("test:")[1].splitlines()
+    columns = table[1].split()[2:]                                   # head, events, then HR@5 ... MRR
+    rows = [line.split() for line in table[2:] if line.split()[:1] and line.split()[0] in final["heads"]]
+    assert len(rows) == 3 * len(final["heads"]) and "MRR" in columns          # all, click, purchase
+    for head, kind, *values in rows:
+        for column, value in zip(columns, values):
+            assert float(value) == pytest.approx(final["heads"][head][f"{kind}/{column}"], abs=5e-5), (head, kind, column)
     sessions = (tmp / "pool" / "session_ids.csv").read_text().split()[1:]
     rec = run("train_offline.py", "--mode", "recommend", "--user", sessions[0], tmp=tmp)
     assert f"for user {sessions[0]}" in rec.stdout and "epoch" not in rec.stdout
@@ -103,7 +111,11 @@ def test_recommend_all_writes_what_recommend_user_prints(trained):
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["session_id", "rank", "item_id", "score"]
     sessions = (tmp / "pool" / "session_ids.csv").read_text().split()[1:]
-    assert [r["session_id"] for r in rows[::4]] == sessions and len(rows) == 4 * len(sessions)
+    filtered = (tmp / "pool" / "filtered_sessions.csv").read_text().split()[1:]      # id,filter lines
+    assert filtered and f"{len(filtered):,} sessions of the log were filtered out" in proc.stderr
+    assert [r["session_id"] for r in rows[::4]] == sessions + [line.split(",")[0] for line in filtered]
+    assert len(rows) == 4 * (len(sessions) + len(filtered))
+    assert all(r["score"] == "" for r in rows[4 * len(sessions):])      # popularity: no model score
     for user in (sessions[0], sessions[len(sessions) // 2], sessions[-1]):
         printed = run("train_offline.py", "--mode", "recommend", "--user", user, "--k", "4", tmp=tmp).stdout
         lines = [l.split(None, 2) for l in printed.splitlines() if l.strip()[:1].isdigit()]

@@ -140,8 +140,14 @@ def test_logging_value_at_gamma_zero_is_the_expected_immediate_reward():
     items = np.arange(5)
     p = sim.purchase_prob(users, items[:, None])[:, 0]
     expected = sim.reward_click * (1 - p) + sim.reward_purchase * p
-    got = sim.logging_value(users, items, gamma=0.0, rollouts=4000, rng=np.random.default_rng(1))
-    np.testing.assert_allclose(got, expected, atol=0.05)
+    choose = lambda sub, _: sim.logging_slates(sub, np.random.default_rng(2))          # noqa: E731
+    got, sem = sim.click_value(users, items, choose, gamma=0.0, rollouts=4000, rng=np.random.default_rng(1))
+    # within 4 standard errors of the exact value (about 0.01 here: a purchase counted as a click
+    # moves the value by 0.8 p, 0.02 to 0.1)
+    assert (np.abs(got - expected) <= 4 * sem + 1e-12).all(), (got, expected, sem)
+    assert (sem < 0.01).all()
+    np.testing.assert_allclose(sim.logging_value(users, items, gamma=0.0, rollouts=4000, rng=np.random.default_rng(1)),
+                               got)
 
 
 def test_true_values_of_logged_events_average_to_their_realized_returns(tmp_path):

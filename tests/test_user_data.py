@@ -1,7 +1,9 @@
-"""A user's data is safe: nothing the project did not create is moved or deleted, a checkpoint is never
-applied to another item vocabulary, unwritable places fail in one line before any work, and files
-get the user's umask."""
+"""A user's own log, as a practitioner brings it: nothing the project did not create is moved or
+deleted, a checkpoint is never applied to another item vocabulary, unwritable places fail in one line
+before any work, files get the user's umask, and recommendations answer for every session of the log
+in the log's own ids."""
 import builtins
+from collections import Counter
 import errno
 import io
 import os
@@ -11,12 +13,14 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from helpers import tiny_overrides
 from model import SeqRecQ
+from replay_buffer import Pool
 from seqrec.atomic import atomic_write_text, remove_stale_temporaries
 from seqrec.errors import UserError
 from seqrec.recommend import Recommender
@@ -26,8 +30,10 @@ CSV = ["data.source=csv", "data.path=log.csv", "data.min_item_count=1", "eval.se
 
 
 def write_log(folder, sessions=60, items=12):
-    """A small CSV log: `sessions` sessions of 4 events over `items` items with 8-digit ids."""
+    """A small CSV log: `sessions` sessions of 4 events over `items` items with 8-digit ids, and session
+    5000 of one event, which data.min_session_len (2) filters out."""
     rows = [(1000 + s, 10_000_000 + (s * 7 + j * 3) % items, 100 * s + j) for s in range(sessions) for j in range(4)]
+    rows.append((5000, 10_000_001, 10 ** 6))
     pd.DataFrame(rows, columns=["session_id", "item_id", "timestamp"]).to_csv(folder / "log.csv", index=False)
 
 
@@ -255,3 +261,45 @@ def test_files_a_run_writes_get_the_users_umask(tmp_path):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["items_digest"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Recommendations as a practitioner expects them
+# ------------------------------------------------------------------------------------------------
+def test_a_user_the_filters_removed_is_named_as_such(csv_run):
+    proc = run("train_offline.py", "--mode", "recommend", "--user", "5000", tmp=csv_run, extra=CSV, check=False)
+    assert_clean_failure(proc, "user '5000' is in the log but was filtered out of the pool: shorter than "
+                               "data.min_session_len")
+    proc = run("train_offline.py", "--mode", "recommend", "--user", "6000", tmp=csv_run, extra=CSV, check=False)
+    assert_clean_failure(proc, "unknown user '6000'")
+
+
+def test_all_gives_every_session_of_the_log_its_rows(csv_run, tmp_path):
+    proc = run("train_offline.py", "--mode", "recommend", "--all", "--k", "3", "--out", str(tmp_path / "recs.csv"),
+               tmp=csv_run, extra=CSV)
+    table = pd.read_csv(tmp_path / "recs.csv")
+    assert set(table["session_id"]) == set(pd.read_csv(csv_run / "log.csv")["session_id"])
+    filtered = table[table["session_id"] == 5000]
+    assert list(filtered["rank"]) == [1, 2, 3] and filtered["score"].isna().all()
+    pool = Pool(csv_run / "pool")                               # the most frequent training items, by a loop
+    counts = Counter(int(pool.item_ids[pool.items[e] - 1]) for e in pool.events("train"))
+    assert list(filtered["item_id"]) == [item for item, _ in sorted(counts.items(), key=lambda c: (-c[1], c[0]))[:3]]
+    assert table[table["session_id"] != 5000]["score"].notna().all()
+    assert "1 sessions of the log were filtered out of the pool" in proc.stderr
+
+
+def test_unknown_items_of_a_history_are_an_error_or_skipped(csv_run):
+    proc = run("train_offline.py", "--mode", "recommend", "--history", "10000001,424242", tmp=csv_run, extra=CSV,
+               check=False)
+    assert_clean_failure(proc, "unknown item '424242' in --history")
+    proc = run("train_offline.py", "--mode", "recommend", "--history", "10000001,424242", tmp=csv_run,
+               extra=CSV + ["recommend.unknown_items=skip"])
+    assert "warning: skipped 1 item of --history the model does not know (e.g. '424242'" in proc.stderr
+    assert "history of 1 items: 10000001" in proc.stdout
+
+
+def test_recommender_answers_in_the_logs_own_id_type(csv_run):
+    rec = Recommender.load(csv_run / "run" / "best.pt", SeqRecQ, overrides=["recommend.unknown_items=skip"])
+    table = rec.top_k([[10_000_001, 424242], ["10000002"]], k=3)
+    assert table["item_id"].dtype == np.int64 and set(table["item_id"]) <= set(range(10_000_000, 10_000_012))
+    assert list(table["query"]) == [0, 0, 0, 1, 1, 1]
