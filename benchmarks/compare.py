@@ -52,7 +52,7 @@ from seqrec.plots import pyplot, save_png  # noqa: E402
 from paired import differences  # noqa: E402
 from recipes import BASELINES, LAMBDAS, MODELS  # noqa: E402
 from tuning import TUNE_BUDGET, chosen_settings, grid, merged_tables, transfer_grid, tuning_table  # noqa: E402
-from seqrec.runs import load_checkpoint  # noqa: E402
+from seqrec.runs import is_run_folder, load_checkpoint  # noqa: E402
 
 
 # ================================================================================================
@@ -159,6 +159,8 @@ def adopt_twin(run: Run) -> bool:
             tmp = run.run_dir.with_name(run.run_dir.name + ".adopting")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(other, tmp)
+            if run.run_dir.exists() and not is_run_folder(run.run_dir):
+                raise UserError(f"{run.run_dir} is a folder this project did not write; move it out of the runs folder")
             shutil.rmtree(run.run_dir, ignore_errors=True)     # a run of another config: training would overwrite it
             tmp.rename(run.run_dir)
             print(f"{run.run_dir}: the finished run of {other} (same config), copied", flush=True)

@@ -22,6 +22,10 @@ def run_cli(main: Callable[[], None]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:   # a read or write the checks before it did not foresee (a full disk, a vanished file)
+        print(f"error: {e.strerror or type(e).__name__}: {e.filename or e}; check the path, its permissions and "
+              "free space", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted; rerun (train_offline.py takes --resume)", file=sys.stderr)
         sys.exit(130)

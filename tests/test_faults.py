@@ -218,8 +218,7 @@ def _version(kind, target):
     return int(target.read_text().split("epochs: ")[1].split()[0])
 
 
-@pytest.mark.parametrize("die", ["writing", "rename"])
-@pytest.mark.parametrize("kind", sorted(WRITERS))
+@pytest.mark.parametrize("kind,die", [(kind, "writing") for kind in sorted(WRITERS)] + [("checkpoint", "rename")])
 def test_a_run_file_killed_mid_write_keeps_its_last_complete_version(tmp_path, kind, die):
     target = tmp_path / TARGETS[kind]
     assert _write_version(kind, target, 1).returncode == 0
