@@ -2,7 +2,10 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+from seqrec.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import compare  # noqa: E402
@@ -141,7 +144,12 @@ def test_a_finished_run_of_the_same_config_under_another_name_is_adopted_not_ret
     assert not compare.adopt_twin(same)                      # nothing finished yet
     finished_without_checkpoints(point, figures=True)
     same.run_dir.mkdir(parents=True)
-    (same.run_dir / "stale.txt").write_text("a run of another config")
+    (same.run_dir / "notes.txt").write_text("not a run")                # a folder the project did not write
+    with pytest.raises(UserError, match="did not write"):
+        compare.adopt_twin(same)
+    assert (same.run_dir / "notes.txt").is_file()
+    (same.run_dir / "notes.txt").unlink()
+    (same.run_dir / "metrics.csv").write_text("epoch,loss\n1,2.0\n")     # a run of another config, stopped early
     assert compare.adopt_twin(same) and compare.is_done(same)
     assert sorted(p.name for p in same.run_dir.iterdir()) == ["collected.csv", "config.yaml", "final.json"]
     assert not compare.adopt_twin(same)                      # done already: nothing to copy

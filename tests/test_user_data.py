@@ -111,7 +111,7 @@ def edited_run(csv_run, tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("args", [["--mode", "recommend", "--user", "1003"], ["--mode", "eval"], ["--resume"]])
+@pytest.mark.parametrize("args", [["--mode", "recommend", "--user", "1003"], ["--resume"]])    # eval: recommend's path
 def test_a_changed_log_is_not_rebuilt_under_a_checkpoint_trained_on_its_pool(edited_run, args):
     before = (edited_run / "pool" / "meta.json").read_text()
     proc = run("train_offline.py", *args, tmp=edited_run, extra=CSV + ["train.epochs=2"], check=False)
@@ -119,8 +119,7 @@ def test_a_changed_log_is_not_rebuilt_under_a_checkpoint_trained_on_its_pool(edi
     assert (edited_run / "pool" / "meta.json").read_text() == before, "the pool was rebuilt"
 
 
-@pytest.mark.parametrize("args", [["--mode", "recommend", "--user", "1003"], ["--mode", "recommend", "--all"],
-                                  ["--mode", "eval"], ["--resume"]])
+@pytest.mark.parametrize("args", [["--mode", "recommend", "--all"], ["--mode", "eval"], ["--resume"]])
 def test_a_pool_rebuilt_with_other_items_is_refused(edited_run, args):
     run("replay_buffer.py", "--force", tmp=edited_run, extra=CSV)
     proc = run("train_offline.py", *args, tmp=edited_run, extra=CSV + ["train.epochs=2"], check=False)
