@@ -37,30 +37,56 @@ def write_log(folder, sessions=60, items=12):
     pd.DataFrame(rows, columns=["session_id", "item_id", "timestamp"]).to_csv(folder / "log.csv", index=False)
 
 
+@pytest.fixture
+def script(monkeypatch, capsys):
+    """Run an entry script as a user runs it (test_train_integration.run's arguments), but in this
+    process: the same argv, folder, stdout, stderr and exit status, without a second start of Python
+    and torch for each of this file's many runs."""
+    def run_here(name, *args, tmp, extra=(), check=True):
+        argv = [name, *args]
+        for o in tiny_overrides(tmp) + list(extra):
+            argv += ["--set", o]
+        monkeypatch.setattr(sys, "argv", argv)
+        monkeypatch.chdir(tmp)
+        threads, code = torch.get_num_threads(), 0
+        try:
+            runpy.run_path(str(ROOT / name), run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            torch.set_num_threads(threads)                        # the script sets train.threads
+        out = capsys.readouterr()
+        proc = subprocess.CompletedProcess(argv, code, out.out, out.err)
+        if check and code != 0:
+            raise AssertionError(f"{name} failed ({code}):\n{out.err[-3000:]}")
+        return proc
+    return run_here
+
+
 # ------------------------------------------------------------------------------------------------
 # Never move or delete what the project did not create
 # ------------------------------------------------------------------------------------------------
-def test_a_pool_dir_that_names_a_users_file_is_refused_and_the_file_kept(tmp_path):
+def test_a_pool_dir_that_names_a_users_file_is_refused_and_the_file_kept(tmp_path, script):
     write_log(tmp_path)
     (tmp_path / "mine.csv").write_text("precious\n")
-    proc = run("replay_buffer.py", tmp=tmp_path, extra=CSV + ["pool.dir=mine.csv"], check=False)
+    proc = script("replay_buffer.py", tmp=tmp_path, extra=CSV + ["pool.dir=mine.csv"], check=False)
     assert_clean_failure(proc, "mine.csv exists and is not a folder", folder=tmp_path)
     assert (tmp_path / "mine.csv").read_text() == "precious\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "mine.csv"]
 
 
-def test_a_pool_dir_that_names_a_users_folder_is_refused_and_left_alone(tmp_path):
+def test_a_pool_dir_that_names_a_users_folder_is_refused_and_left_alone(tmp_path, script):
     write_log(tmp_path)
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").write_text("x")
-    proc = run("train_offline.py", tmp=tmp_path, extra=CSV + ["pool.dir=photos"], check=False)
+    proc = script("train_offline.py", tmp=tmp_path, extra=CSV + ["pool.dir=photos"], check=False)
     assert_clean_failure(proc, "photos is a folder this project did not write", folder=tmp_path)
     assert [p.name for p in (tmp_path / "photos").iterdir()] == ["a.jpg"]
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
 @pytest.mark.parametrize("make", ["file", "folder"])
-def test_a_run_dir_that_is_not_a_run_folder_is_refused_before_any_work(tmp_path, make):
+def test_a_run_dir_that_is_not_a_run_folder_is_refused_before_any_work(tmp_path, script, make):
     write_log(tmp_path)
     if make == "file":
         (tmp_path / "notes.txt").write_text("mine\n")
@@ -69,7 +95,7 @@ def test_a_run_dir_that_is_not_a_run_folder_is_refused_before_any_work(tmp_path,
         (tmp_path / "docs").mkdir()
         (tmp_path / "docs" / "config.yaml").write_text("mine: 1\n")     # a config.yaml of the user's
         target, message = "docs", "train.run_dir docs is a folder this project did not write"
-    proc = run("train_offline.py", tmp=tmp_path, extra=CSV + [f"train.run_dir={target}"], check=False)
+    proc = script("train_offline.py", tmp=tmp_path, extra=CSV + [f"train.run_dir={target}"], check=False)
     assert_clean_failure(proc, message, folder=tmp_path)
     assert not (tmp_path / "pool").exists(), "refused before the pool was built"
     if make == "folder":
@@ -112,17 +138,17 @@ def edited_run(csv_run, tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--mode", "recommend", "--user", "1003"], ["--resume"]])    # eval: recommend's path
-def test_a_changed_log_is_not_rebuilt_under_a_checkpoint_trained_on_its_pool(edited_run, args):
+def test_a_changed_log_is_not_rebuilt_under_a_checkpoint_trained_on_its_pool(edited_run, script, args):
     before = (edited_run / "pool" / "meta.json").read_text()
-    proc = run("train_offline.py", *args, tmp=edited_run, extra=CSV + ["train.epochs=2"], check=False)
+    proc = script("train_offline.py", *args, tmp=edited_run, extra=CSV + ["train.epochs=2"], check=False)
     assert_clean_failure(proc, "is the one", folder=edited_run)
     assert (edited_run / "pool" / "meta.json").read_text() == before, "the pool was rebuilt"
 
 
 @pytest.mark.parametrize("args", [["--mode", "recommend", "--all"], ["--mode", "eval"], ["--resume"]])
-def test_a_pool_rebuilt_with_other_items_is_refused(edited_run, args):
-    run("replay_buffer.py", "--force", tmp=edited_run, extra=CSV)
-    proc = run("train_offline.py", *args, tmp=edited_run, extra=CSV + ["train.epochs=2"], check=False)
+def test_a_pool_rebuilt_with_other_items_is_refused(edited_run, script, args):
+    script("replay_buffer.py", "--force", tmp=edited_run, extra=CSV)
+    proc = script("train_offline.py", *args, tmp=edited_run, extra=CSV + ["train.epochs=2"], check=False)
     assert_clean_failure(proc, "was trained on other items than the pool", folder=edited_run)
     assert not (edited_run / "run" / "recommendations.csv").exists()
 
@@ -132,27 +158,27 @@ def csv_run_of(edited_run):
     return edited_run / "run" / "best.pt"
 
 
-def test_recommender_load_refuses_a_pool_with_other_items(edited_run, monkeypatch):
-    run("replay_buffer.py", "--force", tmp=edited_run, extra=CSV)
+def test_recommender_load_refuses_a_pool_with_other_items(edited_run, script, monkeypatch):
+    script("replay_buffer.py", "--force", tmp=edited_run, extra=CSV)
     monkeypatch.chdir(edited_run)
     with pytest.raises(UserError, match="was trained on other items"):
         Recommender.load(edited_run / "run" / "best.pt", SeqRecQ, overrides=[f"pool.dir={edited_run / 'pool'}"])
     assert Recommender.load(csv_run_of(edited_run), SeqRecQ).top_k([[10_000_001]], k=2)["rank"].tolist() == [1, 2]
 
 
-def test_a_pool_rebuilt_from_an_unchanged_log_is_accepted(csv_run, tmp_path):
+def test_a_pool_rebuilt_from_an_unchanged_log_is_accepted(csv_run, script, tmp_path):
     shutil.copytree(csv_run, tmp_path, dirs_exist_ok=True)
     os.utime(tmp_path / "log.csv")                                   # touched: stale, but the same items
-    proc = run("train_offline.py", "--mode", "recommend", "--user", "1003", tmp=tmp_path, extra=CSV, check=False)
+    proc = script("train_offline.py", "--mode", "recommend", "--user", "1003", tmp=tmp_path, extra=CSV, check=False)
     assert_clean_failure(proc, "rebuild the pool yourself")
-    run("replay_buffer.py", "--force", tmp=tmp_path, extra=CSV)
-    proc = run("train_offline.py", "--mode", "recommend", "--user", "1003", tmp=tmp_path, extra=CSV)
+    script("replay_buffer.py", "--force", tmp=tmp_path, extra=CSV)
+    proc = script("train_offline.py", "--mode", "recommend", "--user", "1003", tmp=tmp_path, extra=CSV)
     assert "for user 1003" in proc.stdout
 
 
-def test_online_eval_refuses_to_rebuild_the_pool_of_its_checkpoint(tmp_path):
-    run("train_offline.py", tmp=tmp_path, extra=["train.epochs=1"])
-    proc = run("online_eval.py", tmp=tmp_path, extra=["train.epochs=1", "data.min_item_count=50", "online.sessions=20"],
+def test_online_eval_refuses_to_rebuild_the_pool_of_its_checkpoint(tmp_path, script):
+    script("train_offline.py", tmp=tmp_path, extra=["train.epochs=1"])
+    proc = script("online_eval.py", tmp=tmp_path, extra=["train.epochs=1", "data.min_item_count=50", "online.sessions=20"],
                check=False)
     assert_clean_failure(proc, "is the one", folder=tmp_path)
 
@@ -199,24 +225,18 @@ def read_only(monkeypatch):
     return lambda folder: folders.append(os.path.abspath(folder))
 
 
-def main_exits(monkeypatch, capsys, folder, *args, extra=()):
-    """Run train_offline.py as a script in this process (so the patches apply) -> (exit code, stderr)."""
-    argv = ["train_offline.py", *args]
-    for o in tiny_overrides(folder) + list(extra):
-        argv += ["--set", o]
-    monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.chdir(folder)
-    with pytest.raises(SystemExit) as stop:
-        runpy.run_path(str(ROOT / "train_offline.py"), run_name="__main__")
-    return stop.value.code, capsys.readouterr().err
+def main_exits(script, folder, *args, extra=()):
+    """Run train_offline.py in this process (so the patches apply) -> (exit code, stderr)."""
+    proc = script("train_offline.py", *args, tmp=folder, extra=extra, check=False)
+    return proc.returncode, proc.stderr
 
 
 @pytest.mark.parametrize("args", [[], ["--resume"], ["--mode", "recommend", "--all"]])
-def test_a_read_only_run_dir_fails_in_one_line_naming_it(csv_run, tmp_path, monkeypatch, capsys, read_only, args):
+def test_a_read_only_run_dir_fails_in_one_line_naming_it(csv_run, tmp_path, script, read_only, args):
     shutil.copytree(csv_run, tmp_path, dirs_exist_ok=True)
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     read_only(tmp_path / "run")
-    code, err = main_exits(monkeypatch, capsys, tmp_path, *args, extra=CSV + ["train.epochs=2"])
+    code, err = main_exits(script, tmp_path, *args, extra=CSV + ["train.epochs=2"])
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert f"cannot write train.run_dir {tmp_path / 'run'}" in errors[0] or \
@@ -225,11 +245,11 @@ def test_a_read_only_run_dir_fails_in_one_line_naming_it(csv_run, tmp_path, monk
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
-def test_a_read_only_out_folder_fails_before_recommending(csv_run, tmp_path, monkeypatch, capsys, read_only):
+def test_a_read_only_out_folder_fails_before_recommending(csv_run, tmp_path, script, read_only):
     shutil.copytree(csv_run, tmp_path, dirs_exist_ok=True)
     (tmp_path / "out").mkdir()
     read_only(tmp_path / "out")
-    code, err = main_exits(monkeypatch, capsys, tmp_path, "--mode", "recommend", "--all", "--out", "out/recs.csv",
+    code, err = main_exits(script, tmp_path, "--mode", "recommend", "--all", "--out", "out/recs.csv",
                            extra=CSV)
     assert code == 2 and "cannot write the folder of --out out" in err and "Read-only file system" in err, err
     assert "recommending" not in err
@@ -265,16 +285,16 @@ def test_files_a_run_writes_get_the_users_umask(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Recommendations as a practitioner expects them
 # ------------------------------------------------------------------------------------------------
-def test_a_user_the_filters_removed_is_named_as_such(csv_run):
-    proc = run("train_offline.py", "--mode", "recommend", "--user", "5000", tmp=csv_run, extra=CSV, check=False)
+def test_a_user_the_filters_removed_is_named_as_such(csv_run, script):
+    proc = script("train_offline.py", "--mode", "recommend", "--user", "5000", tmp=csv_run, extra=CSV, check=False)
     assert_clean_failure(proc, "user '5000' is in the log but was filtered out of the pool: shorter than "
                                "data.min_session_len")
-    proc = run("train_offline.py", "--mode", "recommend", "--user", "6000", tmp=csv_run, extra=CSV, check=False)
+    proc = script("train_offline.py", "--mode", "recommend", "--user", "6000", tmp=csv_run, extra=CSV, check=False)
     assert_clean_failure(proc, "unknown user '6000'")
 
 
-def test_all_gives_every_session_of_the_log_its_rows(csv_run, tmp_path):
-    proc = run("train_offline.py", "--mode", "recommend", "--all", "--k", "3", "--out", str(tmp_path / "recs.csv"),
+def test_all_gives_every_session_of_the_log_its_rows(csv_run, script, tmp_path):
+    proc = script("train_offline.py", "--mode", "recommend", "--all", "--k", "3", "--out", str(tmp_path / "recs.csv"),
                tmp=csv_run, extra=CSV)
     table = pd.read_csv(tmp_path / "recs.csv")
     assert set(table["session_id"]) == set(pd.read_csv(csv_run / "log.csv")["session_id"])
@@ -287,11 +307,11 @@ def test_all_gives_every_session_of_the_log_its_rows(csv_run, tmp_path):
     assert "1 sessions of the log were filtered out of the pool" in proc.stderr
 
 
-def test_unknown_items_of_a_history_are_an_error_or_skipped(csv_run):
-    proc = run("train_offline.py", "--mode", "recommend", "--history", "10000001,424242", tmp=csv_run, extra=CSV,
+def test_unknown_items_of_a_history_are_an_error_or_skipped(csv_run, script):
+    proc = script("train_offline.py", "--mode", "recommend", "--history", "10000001,424242", tmp=csv_run, extra=CSV,
                check=False)
     assert_clean_failure(proc, "unknown item '424242' in --history")
-    proc = run("train_offline.py", "--mode", "recommend", "--history", "10000001,424242", tmp=csv_run,
+    proc = script("train_offline.py", "--mode", "recommend", "--history", "10000001,424242", tmp=csv_run,
                extra=CSV + ["recommend.unknown_items=skip"])
     assert "warning: skipped 1 item of --history the model does not know (e.g. '424242'" in proc.stderr
     assert "history of 1 items: 10000001" in proc.stdout
