@@ -207,6 +207,10 @@ class Pool:
         """The session of each event: events [n] -> [n] int64."""
         return np.searchsorted(self.offsets, np.asarray(events, dtype=np.int64), side="right") - 1
 
+    def train_item_counts(self) -> np.ndarray:
+        """How often each item is in the training events: [N+1] int64, index = item id (0: padding, 0)."""
+        return np.bincount(np.asarray(self.items[self.events("train")]), minlength=self.num_items + 1)
+
     def train_lengths(self) -> np.ndarray:
         """Training events of each session [S] (a prefix of the session; 0 outside the training split)."""
         return np.bincount(self.session_of(self.events("train")), minlength=self.num_sessions)

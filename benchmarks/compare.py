@@ -218,8 +218,7 @@ class PopularityRanker(torch.nn.Module):
 
     def __init__(self, pool: Pool):
         super().__init__()
-        counts = np.bincount(np.asarray(pool.items[pool.events("train")]), minlength=pool.num_items + 1)
-        self.register_buffer("counts", torch.tensor(counts, dtype=torch.float32))
+        self.register_buffer("counts", torch.tensor(pool.train_item_counts(), dtype=torch.float32))
 
     def last_state(self, state: torch.Tensor) -> torch.Tensor:
         return torch.ones(len(state), 1)

@@ -14,6 +14,7 @@ UserError line naming the path.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 import shutil
@@ -107,23 +108,20 @@ def check_writable(folder: Path, what: str) -> None:
 
 
 @contextmanager
-def writing(path: Path, what: str = "") -> Iterator[None]:
+def writing(path: Path) -> Iterator[None]:
     """Turn an OSError raised while writing `path` into one UserError line naming the path and why."""
     try:
         yield
     except OSError as e:
-        where = e.filename or path
-        why = e.strerror or type(e).__name__
-        label = f"{what} " if what else ""
-        raise UserError(f"cannot write {label}{where}: {why}; pick a path you can write to "
-                        "(or free space / fix its permissions)") from None
+        raise UserError(f"cannot write {e.filename or path}: {e.strerror or type(e).__name__}; pick a path you "
+                        "can write to (or free space / fix its permissions)") from None
 
 
 def remove_stale_temporaries(path: Path) -> None:
     """Delete temporaries of `path` whose writer process no longer exists (it was killed): only names
     of exactly the forms this module makes, `.<name>.pid<N>.<random>.tmp` and `.<name>.pid<N>.old`."""
     ours = re.compile(rf"\.{re.escape(Path(path).name)}\.pid(\d+)\.(?:[A-Za-z0-9_]+\.tmp|old)")
-    for leftover in Path(path).parent.glob(f".{glob_escape(Path(path).name)}.pid*"):
+    for leftover in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.pid*"):
         match = ours.fullmatch(leftover.name)
         if match and not _alive(int(match.group(1))) and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
@@ -134,10 +132,6 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _prefix(path: Path) -> str:

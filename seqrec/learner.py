@@ -95,7 +95,8 @@ class Learner:
         return {"model": self.net.state_dict(), "target": self.target_net.state_dict(),
                 "optimizer": self.opt.state_dict(), "step": self.step, "epoch": self.epoch, "batch": self.batch,
                 "sums": self.sums, "best": best, "config": cfg.to_dict(), "num_items": pool.num_items,
-                "pool_hash": pool.meta["config_hash"], "items_digest": pool.items_digest, "rng": torch.get_rng_state(), "carry": self.carry,
+                "pool_hash": pool.meta["config_hash"], "items_digest": pool.items_digest,
+                "rng": torch.get_rng_state(), "carry": self.carry,
                 "twin_optimizer": self.twin_opt.state_dict() if self.twin_opt is not None else None}
 
     def restore(self, ckpt: dict) -> None:
@@ -139,8 +140,8 @@ def train_epoch(learner: Learner, pool, cfg, loss_fn, dist: Dist = SINGLE, on_st
     batches, batch_at = (session_steps if cfg.pool.state_len == 0 else window_batches)(learner, pool, cfg, dist, device)
     log_inclusion = None
     if t.negatives:                                   # sampled softmax: each item's chance to be a candidate
-        counts = np.bincount(np.asarray(pool.items[pool.events("train")]), minlength=pool.num_items + 1)
-        log_inclusion = candidate_log_inclusion(counts, actions_per_step(cfg, dist), t.negatives).to(device)
+        log_inclusion = candidate_log_inclusion(pool.train_item_counts(), actions_per_step(cfg, dist),
+                                                t.negatives).to(device)
     bar = tqdm(range(learner.batch, batches), desc=label or f"epoch {learner.epoch + 1}/{t.epochs}", unit="batch",
                leave=False, disable=not (progress and dist.main))
     for i in bar:

@@ -245,9 +245,9 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
                 f"data.reward_click / data.reward_purchase ({rewards[first]:g}) is not a finite 32-bit number")
         raise UserError(f"{where}: {what}; rewards must be finite and below 3.4e38 in size")
     shown = exposure_columns(frame.columns, where)   # what was shown beside each event, where the log has it
-    items = _ids(frame[item])
+    items = typed_ids(frame[item])
     return pd.DataFrame({
-        "session": _ids(frame[session]), "item": items,
+        "session": typed_ids(frame[session]), "item": items,
         "timestamp": parse_timestamps(frame[timestamp], where, timestamp),
         "reward": rewards32, "purchase": purchase.astype(bool),
         **{c: exposure_ids(frame[c], items, where) for c in shown[:-1]},
@@ -332,7 +332,7 @@ def _drop_missing(frame: pd.DataFrame, columns: list[str], where: str) -> pd.Dat
     return frame
 
 
-def _ids(column: pd.Series) -> np.ndarray:
+def typed_ids(column: pd.Series) -> np.ndarray:
     """Ids as integers when they all are (numbers, or texts written as plain integers: a column read as
     text because of a row since dropped), else as stripped strings: both hash and sort consistently."""
     values = column.to_numpy()

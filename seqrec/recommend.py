@@ -21,7 +21,7 @@ from seqrec.atomic import atomic_write
 from seqrec.config import load_config
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
-from seqrec.loaders import PLAIN_INTEGER
+from seqrec.loaders import typed_ids
 from seqrec.metrics import NaNScores
 from seqrec.preprocess import FILTERED, read_original_ids, vocabulary_digest
 from seqrec.runs import check_network_unchanged, check_same_items, load_checkpoint
@@ -76,13 +76,6 @@ def internal_ids(item_ids: np.ndarray, wanted: Sequence, where: str, unknown_ite
     return np.array([lookup[str(w).strip()] for w in wanted if str(w).strip() in lookup], dtype=np.int64)
 
 
-def typed_ids(item_ids: np.ndarray) -> np.ndarray:
-    """The pool's original ids (text) as the log had them: integers when every one is written as a
-    plain integer (as the loader keeps them), else text. [N]"""
-    text = pd.Series(item_ids, dtype=str)
-    if len(text) and text.str.fullmatch(PLAIN_INTEGER).all():
-        return text.astype(np.int64).to_numpy()
-    return np.asarray(item_ids)
 
 
 def example_user(pool) -> str:
@@ -202,8 +195,7 @@ def recommend_all(model, pool, out: Path, split: str, state_len: int, k: int, he
 
 def most_popular(pool, k: int) -> np.ndarray:
     """The k items most often in the training events, most first (ties: lower id). [k'] internal ids"""
-    counts = np.bincount(np.asarray(pool.items)[pool.events("train")], minlength=pool.num_items + 1)[1:]
-    return np.argsort(-counts, kind="stable")[:k] + 1
+    return np.argsort(-pool.train_item_counts()[1:], kind="stable")[:k] + 1
 
 
 # ================================================================================================
@@ -222,7 +214,7 @@ class Recommender:
     (`state_len`); seen items are left out with `exclude_seen` (recommend.exclude_seen).
     """
     model: torch.nn.Module
-    item_ids: np.ndarray          # [N] original ids, of the log's type (typed_ids); internal id i is item_ids[i - 1]
+    item_ids: np.ndarray          # [N] original ids, of the log's type (loaders.typed_ids); internal id i is item_ids[i - 1]
     state_len: int
     head: str = "ssl"
     exclude_seen: bool = True
@@ -241,7 +233,7 @@ class Recommender:
         item_ids = read_original_ids(Path(cfg.pool.dir) / "item_ids.csv")
         check_same_items(ckpt, len(item_ids), vocabulary_digest(item_ids), f"the pool in {cfg.pool.dir}", str(checkpoint))
         e = cfg.eval
-        return cls(network.from_checkpoint(ckpt, len(item_ids)), typed_ids(item_ids), cfg.pool.state_len, e.head,
+        return cls(network.from_checkpoint(ckpt, len(item_ids)), typed_ids(pd.Series(item_ids, dtype=str)), cfg.pool.state_len, e.head,
                    cfg.recommend.exclude_seen, e.beta, e.rerank_top, cfg.recommend.unknown_items)
 
     def top_k(self, histories: Sequence[Sequence], k: int = 10, batch_size: int = 256) -> pd.DataFrame:
