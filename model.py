@@ -527,10 +527,11 @@ def advantages(net: SeqRecQ, states: torch.Tensor, actions: torch.Tensor, q_take
 
 
 def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist = SINGLE, step: int = 0,
-                   log_inclusion: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                   log_inclusion: torch.Tensor | None = None, reward_scale: float = 1.0) -> tuple[torch.Tensor, dict]:
     """CE of the K self-supervised steps + alpha * TD(lambda) loss of the Q head on one batch; `t` is
     the config's `train` section. Returns (loss, stats for the log). With alpha = 0 the Q head, the
-    target network and the bootstrap are skipped altogether (q_mean is then NaN).
+    target network and the bootstrap are skipped altogether (q_mean is then NaN). Rewards enter the TD
+    targets times `reward_scale` (seqrec/value.py reward_scale), so Q is in those units.
 
     A `Batch` holds T-step windows (the window path): each sample's TD loss covers its T steps, each
     against its lambda-return truncated at the window's end. A `Chunk` holds each lane's next events
@@ -599,9 +600,10 @@ def compute_losses(model, target_net: SeqRecQ, b: Batch | Chunk, t, dist: Dist =
         values[need] = (net.state_value(states[need]) if t.bootstrap == "expectile" else   # IQL: no max, no
                         state_values(net, target_net, states[need], target_states[need],  # out-of-log action
                                      logged[need], t.bootstrap, cand, follows_cut[need]))
-        returns = (sliding_lambda_returns(b.rewards, values[:, 1:], b.dones, t.gamma, t.lam, actions.shape[1] - C + 1,
+        rewards = b.rewards * reward_scale
+        returns = (sliding_lambda_returns(rewards, values[:, 1:], b.dones, t.gamma, t.lam, actions.shape[1] - C + 1,
                                           b.truncated) if chunked else
-                   lambda_returns(b.rewards, values[:, 1:], b.dones, t.gamma, t.lam, b.truncated))  # [B, C]
+                   lambda_returns(rewards, values[:, 1:], b.dones, t.gamma, t.lam, b.truncated))  # [B, C]
     # Outside no_grad: the TD loss differentiates Q of the trained events
     q_taken, valid = q_all[:, :C], b.valid[:, :C]
     weight = valid.to(q_taken.dtype)

@@ -25,7 +25,7 @@ import torch
 from model import HEADS, SeqRecQ, compute_losses
 from replay_buffer import Pool, append_train_sessions, ensure_pool, stale_reason
 from seqrec.atomic import atomic_write
-from seqrec.config import Config, add_config_args, load_config
+from seqrec.config import WORLDS, Config, add_config_args, load_config
 from seqrec.errors import UserError, run_cli
 from seqrec.learner import Learner, train_epoch
 from seqrec.online import ModelPolicy, baseline_policies, rollout, sim_to_pool_ids, simulator_for
@@ -35,10 +35,11 @@ from seqrec.simulator import Simulator
 
 
 def check_trained_here(name: str, ckpt: dict, cfg: Config) -> None:
-    """A UserError unless the checkpoint was trained on this simulator's data."""
+    """A UserError unless the checkpoint was trained on this world's data."""
     trained_on = load_config(base=ckpt["config"])            # keys added since the checkpoint count at their defaults
-    if trained_on.sim.to_dict() != cfg.sim.to_dict() or trained_on.data.source != "synthetic":
-        raise UserError(f"{name} was trained on other data than this simulator's; evaluate it with its own config")
+    world = WORLDS[cfg.data.source]
+    if trained_on.data.source != cfg.data.source or trained_on[world].to_dict() != cfg[world].to_dict():
+        raise UserError(f"{name} was trained on other data than this world's; evaluate it with its own config")
 
 
 def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Config) -> dict:
@@ -51,8 +52,13 @@ def evaluate_policies(policies: dict, sim: Simulator, cfg: Config) -> pd.DataFra
     for name, policy in policies.items():
         rows.append({"policy": name, **rollout(sim, policy, cfg.online.sessions, seed=cfg.online.seed).summary()})
     table = pd.DataFrame(rows)
-    table["of_oracle"] = table["return"] / table.loc[table["policy"] == "oracle", "return"].iloc[0]
+    table["of_oracle"] = table["return"] / table.loc[table["policy"] == oracle_name(sim), "return"].iloc[0]
     return table
+
+
+def oracle_name(sim) -> str:
+    """The reference policy a world's returns are divided by: the simulator's greedy oracle, RecSim's budget-aware one."""
+    return getattr(sim, "ORACLE", "oracle")
 
 
 def format_online(table: pd.DataFrame) -> str:
@@ -103,8 +109,7 @@ def _as_pool_events(log: pd.DataFrame, sim_to_pool: np.ndarray, cfg: Config, rou
     they were clicked in (pool ids, 0 = unknown to the pool) and the slates' log-probabilities."""
     items = sim_to_pool[log["item_id"].to_numpy(np.int64)]
     log = log[items > 0].assign(item=items[items > 0])
-    purchase = log["purchase"].to_numpy(bool)
-    rewards = np.where(purchase, cfg.data.reward_purchase, cfg.data.reward_click)
+    purchase, rewards = log["purchase"].to_numpy(bool), log["reward"].to_numpy(np.float64)
     sessions, lengths = np.unique(log["session_id"].to_numpy(), return_counts=True)
     ids = np.array([f"online-r{round_}-{s}" for s in sessions])
     shown = sim_to_pool[log[[c for c in log.columns if c.startswith("shown_")]].to_numpy(np.int64)]
@@ -139,17 +144,18 @@ def main() -> None:
     pool = ensure_pool(cfg)
     for name, ckpt in ckpts.items():
         check_same_items(ckpt, pool.num_items, pool.items_digest, f"the pool in {pool.dir}", name)
-    policies = baseline_policies(sim, pool, cfg.online.seed)
+    policies = baseline_policies(sim, pool, cfg.online.seed, cfg.train.gamma)
     for name, ckpt in ckpts.items():
         policies.update(model_policies(name, ckpt, pool, sim, cfg))
     table = evaluate_policies(policies, sim, cfg)
-    print(f"online evaluation: {cfg.online.sessions:,} simulated sessions per policy, slates of {sim.p.slate_size}")
+    print(f"online evaluation: {cfg.online.sessions:,} simulated sessions per policy, slates of {sim.p.slate_size}; "
+          f"'of oracle' is of {oracle_name(sim)}'s return")
     print(format_online(table.rename(columns={"return": "return_"})))
     atomic_write(run_dir / "online.csv", lambda tmp: table.to_csv(tmp, index=False))
     if cfg.online.rounds > 0:
         rounds = improve_over_time(first, pool, sim, tuned, run_dir)
         atomic_write(run_dir / "improve.csv", lambda tmp: rounds.to_csv(tmp, index=False))
-        oracle = float(table.loc[table["policy"] == "oracle", "return"].iloc[0])
+        oracle = float(table.loc[table["policy"] == oracle_name(sim), "return"].iloc[0])
         plot_improvement(rounds, oracle, run_dir / "improve.png")
 
 

@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from seqrec.atomic import atomic_directory, check_replaceable, check_writable
-from seqrec.config import Config, add_config_args, load_config
+from seqrec.config import WORLDS, Config, add_config_args, load_config
 from seqrec.errors import UserError, run_cli
 from seqrec.loaders import load_events
 from seqrec.preprocess import (
@@ -280,11 +280,13 @@ def pool_fingerprint(cfg: Config) -> str:
     parts = {"format": FORMAT_VERSION, "data": data,
              "sim": cfg.sim.to_dict() if data["source"] == "synthetic" else None,
              "inputs": [_file_stamp(p) for p in _input_files(data)]}
+    if data["source"] == "recsim":
+        parts["recsim"] = cfg.recsim.to_dict()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _input_files(data: dict) -> list[Path]:
-    if data["source"] == "synthetic" or not data["path"]:
+    if data["source"] in WORLDS or not data["path"]:
         return []
     if data["source"] == "yoochoose":
         return [Path(data["path"]) / "yoochoose-clicks.dat", Path(data["path"]) / "yoochoose-buys.dat"]
@@ -303,12 +305,13 @@ def build_pool(cfg: Config) -> Pool:
     """Load, preprocess and write the pool atomically to `pool.dir`."""
     t0 = time.perf_counter()
     data = cfg.data.to_dict()
-    if data["source"] == "synthetic":
-        with tqdm(total=cfg.sim.num_sessions, desc="simulating sessions", unit="session", leave=False) as bar:
-            events = load_events(data, cfg.sim.to_dict(), progress=bar)
+    if data["source"] in WORLDS:
+        world = cfg[WORLDS[data["source"]]]
+        with tqdm(total=world.num_sessions, desc="simulating sessions", unit="session", leave=False) as bar:
+            events = load_events(data, world.to_dict(), progress=bar)
     else:
         print(f"reading the {data['source']} log {data['path'] or '(cached download)'} ...", flush=True)
-        events = load_events(data, cfg.sim.to_dict())
+        events = load_events(data, None)
     return pool_from_events(events, cfg, started=t0)
 
 
@@ -342,6 +345,7 @@ def describe(p: Prepared, cfg: Config) -> dict:
         "num_purchases": int(p.purchase.sum()), "num_clicks": int((~p.purchase).sum()),
         "data": cfg.data.to_dict(),
         "sim": cfg.sim.to_dict() if cfg.data.source == "synthetic" else None,
+        **({"recsim": cfg.recsim.to_dict()} if cfg.data.source == "recsim" else {}),
     }
 
 

@@ -32,7 +32,7 @@ from replay_buffer import Pool, ensure_pool, stale_reason, summary
 from seqrec import online, runs
 from seqrec.allocator import keep_freed_memory
 from seqrec.atomic import check_writable
-from seqrec.config import Config, add_config_args, load_config
+from seqrec.config import WORLDS, Config, add_config_args, load_config
 from seqrec.distributed import SINGLE, Dist
 from seqrec.distributed import setup as setup_distributed
 from seqrec.distributed import teardown as teardown_distributed
@@ -48,7 +48,7 @@ from seqrec.recommend import (
     recommend_all,
     top_k,
 )
-from seqrec.value import ValueReference, value_reference
+from seqrec.value import ValueReference, reward_scale, value_reference
 
 
 # ================================================================================================
@@ -142,9 +142,10 @@ def test(cfg: Config, pool: Pool, ckpt: dict, run_dir: Path | None, device: torc
 def value_reference_of(cfg: Config, pool: Pool) -> ValueReference:
     """What Q values are scored against: realized returns and the position-mean baseline, and on
     simulated data the logging policy's true values of some validation and test events."""
-    # The simulator's sessions end when the user leaves; a real log's end cuts them (seqrec/value.py).
-    cut = cfg.data.source != "synthetic"
-    reference = value_reference(pool, cfg.train.gamma, cfg.eval.value_observed if cut else None)
+    # A world's sessions end when the user leaves; a real log's end may cut them (seqrec/value.py).
+    cut = cfg.data.source not in WORLDS and not cfg.eval.complete_sessions
+    reference = value_reference(pool, cfg.train.gamma, cfg.eval.value_observed if cut else None,
+                                reward_scale(pool, cfg.train.gamma, cfg.train.reward_scale))
     truths = [t for t in (online.true_event_values(cfg, pool, split) for split in ("valid", "test")) if t is not None]
     if truths:
         reference.true_events = np.concatenate([events for events, _ in truths])

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from model import SeqRecQ  # noqa: E402
 from replay_buffer import Pool, ensure_pool  # noqa: E402
 from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
-from seqrec.config import load_config  # noqa: E402
+from seqrec.config import WORLDS, load_config  # noqa: E402
 from seqrec.errors import UserError, run_cli  # noqa: E402
 from seqrec.evaluation import evaluate, rank_queries  # noqa: E402
 from seqrec.metrics import ndcg  # noqa: E402
@@ -87,13 +87,16 @@ DATASETS = {
                               quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml-loo"])],
     "movielens-1m": [Dataset("movielens-1m", "loo", "configs/movielens-1m-loo.yaml",
                              quick=["data.max_sessions=200", "pool.dir=data/pool-quick-ml1m-loo"])],
+    # RecSim's interest evolution (a world nobody here wrote); gamma 0.99 and scaled rewards for every TD model
+    "recsim": [Dataset("recsim", "event", "configs/recsim.yaml", ["train.gamma=0.99", "train.reward_scale=0"], online=True,
+                       quick=["recsim.num_sessions=300", "pool.dir=data/pool-quick-recsim"])],
 }
 ALL = ("simulated", "movielens")   # --data all; movielens-loo is a part of movielens, movielens-1m takes hours
 # Figures kept in summary.csv: per protocol, the test metrics (of the head each model ranks with, eval.head) worth a row.
 EVENT_METRICS = [f"{kind}/{m}@{k}" for kind in ("click", "purchase") for m in ("HR", "NDCG") for k in (5, 10, 20)]
 LOO_METRICS = [f"all/{m}@{k}" for m in ("HR", "NDCG") for k in (5, 10, 20)] + ["all/MRR"]
 ONLINE_METRICS = ["return", "of_oracle", "ctr", "purchase_rate", "length"]
-VALUE_METRICS = ["rmse", "bias", "spearman", "baseline_rmse", "true_r2", "n"]
+VALUE_METRICS = ["rmse", "bias", "spearman", "baseline_rmse", "r2", "true_r2", "n"]
 
 
 @dataclass
@@ -135,7 +138,9 @@ def same_config(saved: dict, run: Run) -> bool:
     cloned runs folder still matches). Keys added to config.yaml since the run was made count at their
     defaults (a new key's default must leave results unchanged)."""
     def placeless(cfg: dict) -> dict:
-        return {**cfg, "train": {k: v for k, v in cfg["train"].items() if k != "run_dir"}}
+        worlds = {w for s, w in WORLDS.items() if s != cfg["data"]["source"]}    # another source's world is not read
+        return {**{k: v for k, v in cfg.items() if k not in worlds},
+                "train": {k: v for k, v in cfg["train"].items() if k != "run_dir"}}
     return placeless(load_config(base=saved).to_dict()) == placeless(run.config().to_dict())
 
 
@@ -365,7 +370,7 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
     if ds.online:
         sim = simulator_for(cfg)
         for seed in seeds:
-            for name, policy in baseline_policies(sim, pool, seed).items():
+            for name, policy in baseline_policies(sim, pool, seed, cfg.train.gamma).items():
                 rows += online_rows(ds, name, seed, rollout(sim, policy, cfg.online.sessions, seed=seed).summary())
     return rows
 

@@ -19,9 +19,12 @@ from seqrec.errors import UserError
 
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config.yaml"
 
+# The sources a world of ours generates, and the config section that describes that world.
+WORLDS = {"synthetic": "sim", "recsim": "recsim"}
+
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
-    "data.source": ("synthetic", "csv", "retailrocket", "yoochoose", "movielens", "recbole"),
+    "data.source": ("synthetic", "recsim", "csv", "retailrocket", "yoochoose", "movielens", "recbole"),
     "data.movielens": ("100k", "1m"),
     "model.encoder": ("gru", "sasrec"),
     "model.q_head": ("shared", "linear", "dueling"),

@@ -3,7 +3,7 @@ the counters that say where training stands.
 
 `Learner.update(loss)` is the one optimisation step (zero_grad, backward, clip, step, target update)
 that training, fine-tuning and every benchmark step take. `train_epoch` walks an epoch's batches with
-any loss function of the form `loss_fn(model, target_net, batch, train_cfg, dist, step, log_inclusion)
+any loss function of the form `loss_fn(model, target_net, batch, train_cfg, dist, step, log_inclusion, reward_scale)
 -> (loss, stats)` (model.compute_losses).
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from seqrec.batches import Batch, Chunk, candidate_log_inclusion, epoch_order, l
 from seqrec.distributed import SINGLE, Dist, model_device
 from seqrec.errors import UserError
 from seqrec.streamed import compile_kernels
+from seqrec.value import reward_scale
 
 
 @dataclass
@@ -138,6 +139,7 @@ def train_epoch(learner: Learner, pool, cfg, loss_fn, dist: Dist = SINGLE, on_st
     t = cfg.train
     device = model_device(learner.net)
     batches, batch_at = (session_steps if cfg.pool.state_len == 0 else window_batches)(learner, pool, cfg, dist, device)
+    scale = reward_scale(pool, t.gamma, t.reward_scale)
     log_inclusion = None
     if t.negatives:                                   # sampled softmax: each item's chance to be a candidate
         log_inclusion = candidate_log_inclusion(pool.train_item_counts(), actions_per_step(cfg, dist),
@@ -151,7 +153,7 @@ def train_epoch(learner: Learner, pool, cfg, loss_fn, dist: Dist = SINGLE, on_st
         swapped = learner.swapped()
         if swapped and isinstance(batch, Chunk):                # each network keeps its own carry
             batch.carry = batch.carry[::-1]
-        loss, stats = loss_fn(*learner.roles(swapped), batch, t, dist, learner.step, log_inclusion)
+        loss, stats = loss_fn(*learner.roles(swapped), batch, t, dist, learner.step, log_inclusion, scale)
         learner.update(loss, swapped)
         learner.batch = i + 1
         if isinstance(batch, Chunk):

@@ -22,12 +22,17 @@ CANONICAL = ["session", "item", "timestamp", "reward", "purchase"]
 PLAIN_INTEGER = r"-?(0|[1-9][0-9]{0,17})"   # an id written as an integer ("007" is not: it stays text)
 
 
-def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
-    """The canonical event table for `data.source` (config sections as plain dicts)."""
+def load_events(data: dict, world: dict | None, progress=None) -> pd.DataFrame:
+    """The canonical event table for `data.source` (config sections as plain dicts; `world`: the
+    section of the world that generates the source's data, config.WORLDS)."""
     source = data["source"]
     if source == "synthetic":
-        raw = _synthetic(sim, data, progress)
+        raw = _synthetic(world, data, progress)
         return _to_canonical(raw, "session_id", "item_id", "timestamp", "event", None, data, "the simulator")
+    if source == "recsim":             # rewards are minutes watched: no event is a purchase
+        from seqrec.recsim_world import RecSimParams, RecSimWorld
+        raw = RecSimWorld(RecSimParams.from_dict(world)).generate_log(progress=progress)
+        return _to_canonical(raw, "session_id", "item_id", "timestamp", None, "reward", data, "RecSim", purchases=False)
     path = Path(data["path"]) if data["path"] else None
     if source == "movielens":
         return load_movielens(path or fetch_movielens(Path(data["download_dir"]), data["movielens"]), data)
@@ -42,7 +47,7 @@ def load_events(data: dict, sim: dict, progress=None) -> pd.DataFrame:
         return load_yoochoose(path, data)
     if source == "recbole":
         return load_recbole(path, data)
-    raise UserError(f"unknown data.source '{source}'; choose synthetic, csv, retailrocket, yoochoose, movielens or recbole")
+    raise UserError(f"unknown data.source '{source}'; choose synthetic, recsim, csv, retailrocket, yoochoose, movielens or recbole")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,9 +216,10 @@ def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
 
 
 def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, event: str | None,
-                  reward: str | None, data: dict, where: str) -> pd.DataFrame:
-    """Select, clean and type the columns; map events or rewards to (reward, purchase); drop exact
-    duplicates (data.drop_duplicates), saying how many."""
+                  reward: str | None, data: dict, where: str, purchases: bool = True) -> pd.DataFrame:
+    """Select, clean and type the columns; map events or rewards to (reward, purchase) (with a reward
+    column and not `purchases`, no event is a purchase); drop exact duplicates (data.drop_duplicates),
+    saying how many."""
     if len(frame) == 0:
         raise UserError(f"{where} has no events (a header and no rows); point data.path at a log with events")
     frame = drop_duplicates(_drop_missing(frame, [session, item, timestamp], where), data["drop_duplicates"], where)
@@ -229,10 +235,11 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
             bad = frame[reward][np.isnan(rewards)].iloc[0]
             raise UserError(f"{where}: column {reward!r} has a value that is not a number ({bad!r}); "
                             f"fix it or rename the column so it is not read as rewards")
-        purchase = rewards >= data["reward_purchase"]
-        print(f"note: {where}: {int(purchase.sum()):,} of {len(purchase):,} events have {reward!r} >= "
+        purchase = rewards >= data["reward_purchase"] if purchases else np.zeros(len(rewards), dtype=bool)
+        if purchases:
+            print(f"note: {where}: {int(purchase.sum()):,} of {len(purchase):,} events have {reward!r} >= "
               f"data.reward_purchase ({data['reward_purchase']:g}) and count as purchases, the rest as clicks; "
-              "set data.reward_purchase to move the line", file=sys.stderr)
+                  "set data.reward_purchase to move the line", file=sys.stderr)
     else:
         purchase = np.zeros(len(frame), dtype=bool)
         rewards = np.full(len(frame), data["reward_click"])

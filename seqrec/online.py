@@ -20,6 +20,7 @@ from seqrec.distributed import model_device
 from seqrec.errors import UserError
 from seqrec.ope import ranked_top_k
 from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions, top_k_slates
+from seqrec.value import discounted_returns
 
 Policy = Callable[[np.ndarray, Users], np.ndarray]
 
@@ -64,10 +65,14 @@ def posterior_oracle_policy(sim: Simulator, particles: int = 4096, keep: int = 3
     return lambda histories, users: sim.posterior_oracle_scores(users, histories, prior, keep)
 
 
-def simulator_for(cfg) -> Simulator:
-    """The simulator that generated a config's data set; only synthetic data has one."""
+def simulator_for(cfg):
+    """The world that generated a config's data set: the simulator (data.source synthetic) or RecSim
+    (recsim); no other source has one."""
+    if cfg.data.source == "recsim":
+        from seqrec.recsim_world import RecSimWorld
+        return RecSimWorld.from_config(cfg)
     if cfg.data.source != "synthetic":
-        raise UserError(f"online evaluation needs the simulator's own data (data.source=synthetic), "
+        raise UserError(f"online evaluation needs a world's own data (data.source synthetic or recsim), "
                         f"not '{cfg.data.source}'")
     return Simulator.from_config(cfg)
 
@@ -79,11 +84,29 @@ def pool_popularity_policy(sim: Simulator, pool) -> Policy:
     return popularity_policy(counts)
 
 
-def baseline_policies(sim: Simulator, pool, seed: int) -> dict:
-    """random, popular (clicks in the pool's training split), logging, the greedy, lookahead and posterior
-    oracles, by name."""
-    return {"random": random_policy(sim.p.num_items, seed), "popular": pool_popularity_policy(sim, pool),
-            "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim),
+def static_list_policy(sim, pool, gamma: float) -> Policy:
+    """The same slate for everyone: the items whose clicks in the pool's training split have the highest
+    mean discounted return-to-go (gamma), best first: the value anyone can read off the log, without a model."""
+    events = pool.events("train")
+    returns = discounted_returns(np.asarray(pool.rewards, dtype=np.float64), np.asarray(pool.offsets), gamma)[events]
+    items = pool.item_ids.astype(np.int64)[np.asarray(pool.items[events]) - 1]
+    total, count = np.zeros(sim.p.num_items), np.zeros(sim.p.num_items)
+    np.add.at(total, items, returns)
+    np.add.at(count, items, 1.0)
+    scores = np.where(count > 0, total / np.maximum(count, 1.0), -np.inf)
+    return lambda histories, users: np.broadcast_to(scores, (len(histories), len(scores)))
+
+
+def baseline_policies(sim, pool, seed: int, gamma: float) -> dict:
+    """The policies beside a world's trained models, by name: random, popular (clicks in the pool's
+    training split), static-list (static_list_policy), and those that see the hidden user: in the
+    simulator the logging policy and the greedy, lookahead and posterior oracles, in RecSim the myopic
+    and the budget-aware oracle."""
+    general = {"random": random_policy(sim.p.num_items, seed), "popular": pool_popularity_policy(sim, pool),
+               "static-list": static_list_policy(sim, pool, gamma)}
+    if not isinstance(sim, Simulator):
+        return {**general, **sim.reference_policies(seed)}
+    return {**general, "logging": logging_policy(sim, seed), "oracle": oracle_policy(sim),
             "lookahead-oracle": lookahead_oracle_policy(sim), "posterior-oracle": posterior_oracle_policy(sim, seed=seed)}
 
 
@@ -134,7 +157,7 @@ class Rollout:
     clicks: np.ndarray       # [n]
     purchases: np.ndarray    # [n]
     slates: np.ndarray       # [n] slates shown
-    log: pd.DataFrame | None  # recorded events (session_id, item_id, step, purchase) if asked for
+    log: pd.DataFrame | None  # recorded events (session_id, item_id, step, purchase, reward, the slate) if asked for
 
     def summary(self) -> dict:
         n = len(self.returns)
@@ -185,13 +208,13 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
         histories[rows] = np.concatenate([histories[rows, 1:], res.click[hit, None]], axis=1)
         if record:
             parts.append(pd.DataFrame({"session_id": rows, "item_id": res.click[hit], "step": t,
-                                       "purchase": res.purchase[hit],
+                                       "purchase": res.purchase[hit], "reward": res.reward[hit],
                                        **{f"shown_{j}": propensity["slates"][hit, j] for j in range(k)},
                                        "slate_logp": propensity["logp"][hit]}))
     log = None
     if record:
         log = (pd.concat(parts, ignore_index=True) if parts else
-               pd.DataFrame(columns=["session_id", "item_id", "step", "purchase"]
+               pd.DataFrame(columns=["session_id", "item_id", "step", "purchase", "reward"]
                             + [f"shown_{j}" for j in range(k)] + ["slate_logp"]))
         log = log.sort_values(["session_id", "step"], kind="stable", ignore_index=True)
     return Rollout(returns, clicks, purchases, shown, log)

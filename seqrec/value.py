@@ -88,6 +88,8 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 def r_squared(predicted: np.ndarray, truth: np.ndarray) -> float:
     """1 - SSE / SST of `predicted` against `truth` (can be negative: worse than the mean)."""
     truth = np.asarray(truth, dtype=np.float64)
+    if len(truth) == 0:
+        return float("nan")
     sst = float(((truth - truth.mean()) ** 2).sum())
     return 1.0 - float(((np.asarray(predicted, dtype=np.float64) - truth) ** 2).sum()) / sst if sst > 0 else float("nan")
 
@@ -101,20 +103,22 @@ class ValueReference:
     true_events: np.ndarray | None = None  # [m] events with a simulated true value
     true_values: np.ndarray | None = None  # [m] the logging policy's expected return after them
     observed: np.ndarray | None = None     # [E] bool: events whose return the log shows (None: all)
+    scale: float = 1.0                     # Q is in units of reward * scale (train.reward_scale): divided out
+
 
     def metrics(self, events: np.ndarray, q: np.ndarray) -> dict[str, float]:
-        """rmse, bias, spearman, baseline_rmse, n (events scored), n_held_out (events given) and, where
+        """rmse, bias, spearman, r2 (against the realized returns), baseline_rmse, n (events scored), n_held_out (events given) and, where
         true values exist among them, true_r2 and true_n, of Q(s_t, a_t) `q` [n] for `events` [n]; only
         `observed` events are scored."""
-        events, q = np.asarray(events, dtype=np.int64), np.asarray(q, dtype=np.float64)
+        events, q = np.asarray(events, dtype=np.int64), np.asarray(q, dtype=np.float64) / self.scale
         given = len(events)
         if self.observed is not None:
             keep = self.observed[events]
             events, q = events[keep], q[keep]
         g = self.returns[events]
         out = {"rmse": rmse(q, g), "bias": float((q - g).mean()) if len(q) else float("nan"),
-               "spearman": spearman(q, g), "baseline_rmse": rmse(self.baseline[events], g), "n": len(q),
-               "n_held_out": given}
+               "spearman": spearman(q, g), "r2": r_squared(q, g), "baseline_rmse": rmse(self.baseline[events], g),
+               "n": len(q), "n_held_out": given}
         if self.true_events is not None:
             where = {int(e): i for i, e in enumerate(events)}
             rows = [(where[int(e)], v) for e, v in zip(self.true_events, self.true_values) if int(e) in where]
@@ -128,7 +132,19 @@ def rmse(predicted: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt(((np.asarray(predicted) - np.asarray(truth)) ** 2).mean())) if len(truth) else float("nan")
 
 
-def value_reference(pool, gamma: float, within: float | None = None) -> ValueReference:
+def reward_scale(pool, gamma: float, setting: float) -> float:
+    """The factor rewards are multiplied by in the TD targets: `setting` (train.reward_scale), or with 0
+    one over the mean discounted return of the training events, so that Q's targets are about 1 at any
+    gamma and reward unit and alpha weighs the TD loss alike everywhere."""
+    if setting > 0:
+        return float(setting)
+    events = pool.events("train")
+    mean = float(np.abs(discounted_returns(np.asarray(pool.rewards), np.asarray(pool.offsets), gamma)[events]).mean()) \
+        if len(events) else 0.0
+    return 1.0 / mean if mean > 0 else 1.0
+
+
+def value_reference(pool, gamma: float, within: float | None = None, scale: float = 1.0) -> ValueReference:
     """Returns of every event of `pool` (to the session's end in the log, held-out events included)
     and the position-mean predictor fit on its training events. With `within` (a log whose sessions
     end by truncation), only events whose return is observed to within it count, for the predictor's
@@ -139,4 +155,4 @@ def value_reference(pool, gamma: float, within: float | None = None) -> ValueRef
     observed = observed_returns(offsets, gamma, within) if within is not None else None
     fit = pool.events("train")
     table = position_means(returns, place, fit[observed[fit]] if observed is not None else fit)
-    return ValueReference(gamma, returns, table[np.minimum(place, len(table) - 1)], observed=observed)
+    return ValueReference(gamma, returns, table[np.minimum(place, len(table) - 1)], observed=observed, scale=scale)

@@ -576,3 +576,23 @@ def test_streamed_top_items_equal_the_top_of_the_full_scores(top, k, masked):
         torch.testing.assert_close(values, expected_values, msg=head)
         live = torch.isfinite(expected_values)
         assert torch.equal(items[live], expected_items[live]), head
+
+
+def test_reward_scale_enters_only_through_the_rewards():
+    """reward_scale s on rewards r is the loss of rewards s r: the targets are scaled, nothing else."""
+    cfg = load_config(overrides=["pool.horizon=3", "model.ssl_steps=2", "train.lam=0.8", "train.bootstrap=max",
+                                 "model.hidden=8", "model.dropout=0.0"])
+    torch.manual_seed(0)
+    model = SeqRecQ.from_config(cfg.model.to_dict(), 12)
+
+    def batch(scale):
+        return Batch(state=torch.tensor([[0, 1, 3], [4, 5, 6]]), actions=torch.tensor([[7, 2, 0], [8, 9, 10]]),
+                     rewards=scale * torch.tensor([[4.0, 3.5, 0], [0.5, 2.0, 4.0]]),
+                     dones=torch.tensor([[False, True, False], [False, False, False]]),
+                     valid=torch.tensor([[True, True, False], [True, True, True]]))
+    scaled, stats = compute_losses(model, model, batch(1.0), cfg.train, reward_scale=0.25)
+    plain, plain_stats = compute_losses(model, model, batch(0.25), cfg.train)
+    torch.testing.assert_close(scaled, plain)
+    assert stats["td"] == pytest.approx(plain_stats["td"])
+    unscaled = compute_losses(model, model, batch(1.0), cfg.train)[1]["td"]
+    assert unscaled > 2 * stats["td"]

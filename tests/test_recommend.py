@@ -1,6 +1,5 @@
 """Recommendations: a batch of histories ranks as each history alone; every session to a CSV; the
 Python Recommender; NaN scores refused; batches bounded in memory."""
-import csv
 import math
 
 import numpy as np

@@ -14,6 +14,7 @@ from seqrec.value import (
     observed_returns,
     position_means,
     positions,
+    reward_scale,
     spearman,
     value_reference,
 )
@@ -163,3 +164,16 @@ def test_true_values_of_logged_events_average_to_their_realized_returns(tmp_path
     assert len(kept) > 0.9 * len(events)
     g = value_reference(pool, 0.5).returns[kept]
     assert abs(values.mean() - g.mean()) < 3 * g.std() / np.sqrt(len(g))
+
+
+def test_reward_scale_by_hand_and_divided_out_of_the_value_figures(tmp_path):
+    """Training sessions [1, 2, 3] (0.2, 0.2, 1.0) and [4, 5] (1.0, 0.2), gamma 0.5: returns 0.55, 0.7, 1.0
+    and 1.1, 0.2, whose mean is 0.71; auto (0) scales rewards by 1 / 0.71, a set value is kept."""
+    pool = pool_from_sessions(tmp_path / "p", [[1, 2, 3], [4, 5], [1, 2]], [[False, False, True], [True, False],
+                                                                          [False, False]], splits=(2, 0))
+    assert reward_scale(pool, 0.5, 0.0) == pytest.approx(1 / 0.71)
+    assert reward_scale(pool, 0.5, 4.0) == 4.0
+    ref = value_reference(pool, 0.5, scale=4.0)
+    test = pool.events("test")
+    out = ref.metrics(test, 4.0 * (ref.returns[test] + 0.1))            # Q in scaled units, figures in rewards
+    assert out["bias"] == pytest.approx(0.1) and out["rmse"] == pytest.approx(0.1)
