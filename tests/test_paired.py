@@ -53,3 +53,29 @@ def test_the_table_has_the_interface_columns():
     assert list(pooled.columns) == ["dataset", "protocol", "model", "baseline", "metric", "diff", "ci_low", "ci_high"]
     assert pooled["model"].tolist() == ["a", "c"] and pooled["diff"].tolist() == pytest.approx([0.1, 0.1])
     assert seeds[["model", "seed"]].values.tolist() == [["a", 0], ["c", 0]]
+
+
+def test_online_differences_pair_seeds_and_give_a_t_interval_by_hand():
+    import online_differences as od
+    rows = []
+    for seed, (t1, t3, gru, rmse1, rmse3) in enumerate([(1.0, 1.5, 0.5, 0.40, 0.38), (2.0, 2.1, 0.7, 0.42, 0.41),
+                                                         (1.5, 2.3, 0.6, 0.41, 0.37)]):
+        for model, ret, rmse in (("q-T1", t1, rmse1), ("q-T3-lam0.8", t3, rmse3), ("gru4rec", gru, None)):
+            rows.append({"dataset": "w", "protocol": "online", "model": model, "seed": seed, "split": "test",
+                         "metric": "return", "value": ret})
+            if rmse is not None:
+                rows.append({"dataset": "w", "protocol": "event", "model": model, "seed": seed, "split": "test",
+                             "metric": "value/rmse", "value": rmse})
+                rows.append({"dataset": "w", "protocol": "event", "model": model, "seed": seed, "split": "valid",
+                             "metric": "value/rmse", "value": 9.0})          # validation rows are not test figures
+    rows.append({"dataset": "w", "protocol": "online", "model": "q-T3-lam0.8", "seed": 7, "split": "test",
+                 "metric": "return", "value": 50.0})                        # a seed its baseline did not run
+    table = od.differences(pd.DataFrame(rows)).set_index(["model", "baseline", "metric"])
+    d = np.array([0.5, 0.1, 0.8])                      # q-T3 - q-T1 per seed; t(0.975, 2) = 4.302653
+    half = 4.302653 * d.std(ddof=1) / np.sqrt(3)
+    got = table.loc[("q-T3-lam0.8", "q-T1", "return")]
+    assert got["n_seeds"] == 3 and got["diff"] == pytest.approx(d.mean())
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-6)
+    assert table.loc[("q-T3-lam0.8", "q-T1", "value/rmse"), "diff"] == pytest.approx(np.mean([-0.02, -0.01, -0.04]))
+    assert table.loc[("q-T1", "gru4rec", "return"), "diff"] == pytest.approx(np.mean([0.5, 1.3, 0.9]))
+    assert ("gru4rec", "q-T1", "return") not in table.index
