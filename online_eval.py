@@ -4,18 +4,25 @@
     python online_eval.py --checkpoint runs/a/best.pt --checkpoint runs/b/best.pt
     python online_eval.py --set online.rounds=5             # deploy with exploration, collect, fine-tune, repeat
     python online_eval.py --config configs/sim-delayed.yaml # the clickbait simulator (its run: runs/sim-delayed)
+    python online_eval.py --config configs/recsim.yaml      # RecSim's interest evolution (its run: runs/recsim)
 
-Policies: random, popular (most clicked in the training data), logging (the policy that logged the
-data), oracle (greedy, knows the true preferences), lookahead-oracle (the same, a click's effect one step
+Policies: random, popular (most clicked in the training data), static-list (the items whose logged
+clicks have the highest mean discounted return, for everyone), logging (the policy that logged the data), oracle (greedy, knows the true preferences), lookahead-oracle (the same, a click's effect one step
 on), posterior-oracle (knows the world but infers the preferences from the clicks, as a model must), and each checkpoint ranked by its ssl, q and mix heads (mix: eval.beta, eval.rerank_top).
 Every policy meets the same simulated users. Reported per policy: mean return per session with a 95%
 confidence interval and as a fraction of the oracle's, click-through rate (clicks per slate),
-purchase rate (purchases per click), and session length (clicks per session).
+purchase rate (purchases per click), session length (clicks per session) and user-steps (slates) a second.
+
+With `--config configs/recsim.yaml` the world is RecSim's interest evolution: random, popular,
+static-list (the items of highest logged return, for everyone), the myopic oracle (most expected watch
+time now) and the budget-aware oracle (most watch time per minute of budget; the reference), beside
+each checkpoint's heads. static-list and popular join the simulator's policies too.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +57,10 @@ def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Confi
 def evaluate_policies(policies: dict, sim: Simulator, cfg: Config) -> pd.DataFrame:
     rows = []
     for name, policy in policies.items():
-        rows.append({"policy": name, **rollout(sim, policy, cfg.online.sessions, seed=cfg.online.seed).summary()})
+        started = time.perf_counter()
+        run = rollout(sim, policy, cfg.online.sessions, seed=cfg.online.seed, skip_memory=cfg.online.skip_memory)
+        rows.append({"policy": name, **run.summary(),
+                     "steps_per_s": float(run.slates.sum()) / max(time.perf_counter() - started, 1e-9)})
     table = pd.DataFrame(rows)
     table["of_oracle"] = table["return"] / table.loc[table["policy"] == oracle_name(sim), "return"].iloc[0]
     return table
@@ -62,10 +72,11 @@ def oracle_name(sim) -> str:
 
 
 def format_online(table: pd.DataFrame) -> str:
-    lines = [f"  {'policy':24s} {'return':>16s} {'of oracle':>9s} {'CTR':>7s} {'buy/click':>9s} {'length':>7s}"]
+    lines = [f"  {'policy':24s} {'return':>16s} {'of oracle':>9s} {'CTR':>7s} {'buy/click':>9s} {'length':>7s} "
+             f"{'steps/s':>8s}"]
     for r in table.itertuples():
         lines.append(f"  {r.policy:24s} {r.return_:8.3f} ± {r.return_ci95:5.3f} {r.of_oracle:9.1%} "
-                     f"{r.ctr:7.3f} {r.purchase_rate:9.3f} {r.length:7.2f}")
+                     f"{r.ctr:7.3f} {r.purchase_rate:9.3f} {r.length:7.2f} {r.steps_per_s:8,.0f}")
     return "\n".join(lines)
 
 
@@ -83,14 +94,15 @@ def improve_over_time(ckpt: dict, pool: Pool, sim: Simulator, cfg: Config, run_d
     for r in range(o.rounds + 1):
         policy = ModelPolicy.from_config(learner.model, pool.item_ids, sim.p.num_items, cfg)
         row = {"round": r, "pool_events": pool.meta["num_events"],
-               **rollout(sim, policy, o.sessions, seed=o.seed).summary()}
+               **rollout(sim, policy, o.sessions, seed=o.seed, skip_memory=o.skip_memory).summary()}
         row.update(ci_low=row["return"] - row["return_ci95"], ci_high=row["return"] + row["return_ci95"])
         print(f"round {r}: greedy return {row['return']:.3f} ± {row['return_ci95']:.3f} "
               f"({row['pool_events']:,} events in the pool)", flush=True)
         rows.append(row)
         if r == o.rounds:
             break
-        deployed = rollout(sim, policy, o.round_sessions, seed=1000 + r, explore=o.explore, record=True)
+        deployed = rollout(sim, policy, o.round_sessions, seed=1000 + r, explore=o.explore, record=True,
+                           skip_memory=o.skip_memory)
         rows[-1]["deployed_return"] = deployed.summary()["return"]
         items, rewards, purchase, lengths, ids, shown, logp = _as_pool_events(deployed.log, sim_to_pool, cfg, r)
         pool = append_train_sessions(pool, items, rewards, purchase, lengths, ids, folder=run_dir / "online-pool",

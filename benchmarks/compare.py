@@ -280,7 +280,7 @@ def run_rows(run: Run) -> list[dict]:
         if ds.online:
             sim = simulator_for(cfg)
             policy = ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, cfg)
-            summary = rollout(sim, policy, cfg.online.sessions, seed=run.seed).summary()
+            summary = rollout(sim, policy, cfg.online.sessions, seed=run.seed, skip_memory=cfg.online.skip_memory).summary()
             rows += online_rows(ds, run.model, run.seed, summary)
     return rows
 
@@ -371,7 +371,8 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
         sim = simulator_for(cfg)
         for seed in seeds:
             for name, policy in baseline_policies(sim, pool, seed, cfg.train.gamma).items():
-                rows += online_rows(ds, name, seed, rollout(sim, policy, cfg.online.sessions, seed=seed).summary())
+                run = rollout(sim, policy, cfg.online.sessions, seed=seed, skip_memory=cfg.online.skip_memory)
+                rows += online_rows(ds, name, seed, run.summary())
     return rows
 
 
@@ -471,10 +472,13 @@ def write_ope(table: pd.DataFrame, out: Path) -> pd.DataFrame:
     return assessment
 
 
+REFERENCE_POLICIES = ("oracle", "budget-oracle")     # the simulator's greedy oracle, RecSim's budget-aware one
+
+
 def with_oracle_fraction(rows: pd.DataFrame) -> pd.DataFrame:
-    """Online return as a fraction of the oracle's on the same simulated users (same seed)."""
+    """Online return as a fraction of the world's reference oracle's on the same users (same seed)."""
     ret = rows[(rows["protocol"] == "online") & (rows["metric"] == "return")]
-    oracle = ret[ret["model"] == "oracle"].set_index(["dataset", "seed"])["value"]
+    oracle = ret[ret["model"].isin(REFERENCE_POLICIES)].set_index(["dataset", "seed"])["value"]
     frac = ret.assign(metric="of_oracle", value=[v / oracle[(d, s)] for d, s, v in
                                                  zip(ret["dataset"], ret["seed"], ret["value"])])
     return pd.concat([rows, frac], ignore_index=True)

@@ -19,7 +19,7 @@ from seqrec.atomic import atomic_write
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
 from seqrec.ope import ranked_top_k
-from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions, top_k_slates
+from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions, sees_user, seeing, top_k_slates
 from seqrec.value import discounted_returns
 
 Policy = Callable[[np.ndarray, Users], np.ndarray]
@@ -42,17 +42,17 @@ def popularity_policy(click_counts: np.ndarray) -> Policy:
 def logging_policy(sim: Simulator, seed: int = 0) -> Policy:
     """The policy that logged the offline data (it reads the last click from the simulator's state)."""
     rng = np.random.default_rng([seed, 22])
-    return lambda histories, users: sim.logging_scores(users, rng)
+    return seeing(lambda histories, users: sim.logging_scores(users, rng))
 
 
 def oracle_policy(sim: Simulator) -> Policy:
     """Greedy oracle: true preferences and interest, maximal immediate expected reward."""
-    return lambda histories, users: sim.oracle_scores(users)
+    return seeing(lambda histories, users: sim.oracle_scores(users))
 
 
 def lookahead_oracle_policy(sim: Simulator) -> Policy:
     """Lookahead oracle: true preferences and interest, and a click's effect one step on (Simulator.lookahead_scores)."""
-    return lambda histories, users: sim.lookahead_scores(users)
+    return seeing(lambda histories, users: sim.lookahead_scores(users))
 
 
 def posterior_oracle_policy(sim: Simulator, particles: int = 4096, keep: int = 32, seed: int = 0) -> Policy:
@@ -169,11 +169,15 @@ class Rollout:
 
 
 def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explore: float = 0.0,
-            record: bool = False) -> Rollout:
+            record: bool = False, skip_memory: bool = False) -> Rollout:
     """Run `sessions` fresh users under `policy` until every session ends.
 
     The users are a function of (sim.seed, seed) alone, so every policy meets the same users. With
     `explore` = eps, each slate is a uniformly random one with probability eps (epsilon-greedy).
+    With `skip_memory` (online.skip_memory), a policy that reads only the clicks does not show again an
+    item shown since the user's last click: where a slate with no click does not end the session
+    (RecSim), the click history has not changed, and a deterministic policy would show the same ignored
+    slate until the budget is gone. Policies that see the user (`seeing`) are left alone.
     With `record`, the log holds every click with the slate it was clicked in (shown_0 ..) and that
     slate's log-probability under the epsilon-greedy policy (slate_logp), as the simulator's log does.
     """
@@ -184,9 +188,15 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
     returns, clicks, purchases, shown = (np.zeros(sessions) for _ in range(4))
     log_uniform = -(math.lgamma(sim.p.num_items + 1) - math.lgamma(k + 1) - math.lgamma(sim.p.num_items - k + 1))
     propensity = {}
+    skipped = np.zeros((sessions, sim.p.num_items), dtype=bool) if skip_memory and not sees_user(policy) else None
 
     def choose(sub: Users, active: np.ndarray) -> np.ndarray:
-        slates = top_k_slates(policy(histories[active], sub), k)
+        scores = policy(histories[active], sub)
+        if skipped is not None:
+            mask = skipped[active]
+            mask[(~mask).sum(1) < k] = False                  # everything shown once: start again
+            scores = np.where(mask, -np.inf, scores)
+        slates = top_k_slates(scores, k)
         greedy = np.sort(slates, 1)
         if explore > 0:
             explore_rows = rng.random(len(active)) < explore
@@ -198,7 +208,7 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
         return slates
 
     parts = []
-    for t, active, _, res in run_sessions(sim, users, choose, rng):
+    for t, active, slates, res in run_sessions(sim, users, choose, rng):
         hit = res.click != NO_CLICK
         returns[active] += res.reward
         shown[active] += 1
@@ -206,6 +216,10 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
         purchases[active] += res.purchase
         rows = active[hit]
         histories[rows] = np.concatenate([histories[rows, 1:], res.click[hit, None]], axis=1)
+        if skipped is not None:
+            skipped[rows] = False
+            missed = active[~hit]
+            skipped[missed[:, None], slates[~hit]] = True
         if record:
             parts.append(pd.DataFrame({"session_id": rows, "item_id": res.click[hit], "step": t,
                                        "purchase": res.purchase[hit], "reward": res.reward[hit],

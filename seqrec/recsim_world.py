@@ -33,7 +33,7 @@ import pandas as pd
 
 from seqrec.errors import UserError
 from seqrec.ope import plackett_luce_log_probs, ranked_top_k
-from seqrec.simulator import NO_CLICK, StepResult, run_sessions, top_k_slates
+from seqrec.simulator import NO_CLICK, StepResult, run_sessions, seeing, top_k_slates
 
 
 def stock_interest_evolution():
@@ -278,8 +278,8 @@ class RecSimWorld:
 
     def reference_policies(self, seed: int = 0) -> dict:
         """The policies that see the hidden user, by name: the myopic and the budget-aware oracle."""
-        return {"myopic-oracle": lambda h, users: self.myopic_scores(users),
-                "budget-oracle": lambda h, users: self.budget_scores(users)}
+        return {"myopic-oracle": seeing(lambda h, users: self.myopic_scores(users)),
+                "budget-oracle": seeing(lambda h, users: self.budget_scores(users))}
 
     def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.normal(0.0, self.p.logging_noise, size=(n, self.p.num_items))

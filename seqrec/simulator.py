@@ -439,6 +439,16 @@ class Simulator:
 SlateChooser = Callable[[Users, np.ndarray], np.ndarray]
 
 
+def seeing(policy):
+    """Mark a policy (a callable that scores items) as one that reads the hidden user, an oracle's way."""
+    policy.sees_user = True
+    return policy
+
+
+def sees_user(policy) -> bool:
+    return getattr(policy, "sees_user", False)
+
+
 def run_sessions(sim: Simulator, users: Users, choose: SlateChooser,
                  rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray, np.ndarray, StepResult]]:
     """The session loop, the one every user of the simulator runs: at each step t the users still in

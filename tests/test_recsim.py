@@ -201,3 +201,22 @@ def test_a_checkpoint_of_another_world_is_refused():
     for other in (load_config(), load_config(ROOT / "configs/recsim.yaml", ["recsim.seed=4"])):
         with pytest.raises(UserError, match="trained on other data than this world's"):
             check_trained_here("theirs.pt", {"config": other.to_dict()}, cfg)
+
+
+def test_skip_memory_moves_down_a_fixed_ranking_after_each_ignored_slate_and_spares_the_oracles(world):
+    """A fixed ranking with online.skip_memory: j slates ignored since the last click, the next slate is
+    the ranking's items 5j .. 5j + 4; after a click it starts at the top again. Oracles are left alone."""
+    order = np.random.default_rng(3).permutation(500)
+    scores = np.empty(500)
+    scores[order] = -np.arange(500.0)
+    log = rollout(world, lambda h, u: np.tile(scores, (len(h), 1)), 60, seed=1, record=True, skip_memory=True).log
+    assert len(log) > 100
+    for _, session in log.groupby("session_id"):
+        since = np.diff(np.concatenate([[-1], session["step"].to_numpy()])) - 1     # slates ignored before each click
+        assert since.max() > 0
+        for j, (_, row) in zip(since, session.iterrows()):
+            shown = {row[f"shown_{i}"] for i in range(5)}
+            assert shown == set(order[5 * (j % 100): 5 * (j % 100) + 5])
+    oracle = world.reference_policies()["budget-oracle"]
+    np.testing.assert_array_equal(rollout(world, oracle, 30, seed=1, skip_memory=True).returns,
+                                  rollout(world, oracle, 30, seed=1).returns)
