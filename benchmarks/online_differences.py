@@ -29,7 +29,6 @@ from seqrec.errors import UserError, run_cli  # noqa: E402
 
 COLUMNS = ["dataset", "model", "baseline", "metric", "diff", "ci_low", "ci_high", "n_seeds"]
 ONE_STEP = ("q-T1", "q-T1-w10")
-VALUE_FIGURES = ("value/rmse", "value/true_r2", "value/r2")
 
 
 def t_interval(d: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
@@ -48,15 +47,15 @@ def per_seed(runs: pd.DataFrame, dataset: str, model: str, metric: str, protocol
     return rows.set_index("seed")["value"].astype(float)
 
 
-def pairs(models: list[str]) -> list[tuple[str, str, str]]:
+def pairs(models: list[str], value_figures: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """(model, baseline, metric) of every comparison the models ran allow."""
     q = [m for m in models if m.startswith("q-")]
     out = []
     for base in [b for b in ONE_STEP if b in models]:
         for m in [m for m in q if m not in ONE_STEP]:
-            out += [(m, base, metric) for metric in ("return",) + VALUE_FIGURES]
+            out += [(m, base, metric) for metric in ("return",) + value_figures]
         if base != ONE_STEP[0] and ONE_STEP[0] in models:
-            out += [(base, ONE_STEP[0], metric) for metric in ("return",) + VALUE_FIGURES]
+            out += [(base, ONE_STEP[0], metric) for metric in ("return",) + value_figures]
     if "gru4rec" in models:
         out += [(m, "gru4rec", "return") for m in q]
     return out
@@ -65,8 +64,10 @@ def pairs(models: list[str]) -> list[tuple[str, str, str]]:
 def differences(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for dataset in sorted(runs["dataset"].unique()):
-        models = sorted(runs.loc[runs["dataset"] == dataset, "model"].unique())
-        for model, base, metric in pairs(models):
+        mine = runs[runs["dataset"] == dataset]
+        models = sorted(mine["model"].unique())
+        truth = "value/true_r2" if (mine["metric"] == "value/true_r2").any() else "value/r2"   # R^2 against true values where the world gives them
+        for model, base, metric in pairs(models, ("value/rmse", truth)):
             protocol = "online" if metric == "return" else "offline"
             a, b = per_seed(runs, dataset, model, metric, protocol), per_seed(runs, dataset, base, metric, protocol)
             d = (a - b).dropna()

@@ -33,7 +33,7 @@ import pandas as pd
 
 from seqrec.errors import UserError
 from seqrec.ope import plackett_luce_log_probs, ranked_top_k
-from seqrec.simulator import NO_CLICK, StepResult, run_sessions, seeing, top_k_slates
+from seqrec.simulator import NO_CLICK, StepResult, UserRows, run_sessions, seeing, top_k_slates
 
 
 def stock_interest_evolution():
@@ -77,7 +77,7 @@ class RecSimParams:
 
 
 @dataclass
-class RecSimUsers:
+class RecSimUsers(UserRows):
     """A batch of B users in their sessions (20 topics)."""
     interests: np.ndarray    # [B, 20] interest per topic, in [-1, 1]
     budget: np.ndarray       # [B] minutes left
@@ -86,16 +86,6 @@ class RecSimUsers:
     length: np.ndarray       # [B] clicks so far
     last_click: np.ndarray   # [B] item of the last click, NO_CLICK before the first
     done: np.ndarray         # [B] bool, session over
-
-    def __len__(self) -> int:
-        return len(self.done)
-
-    def subset(self, rows: np.ndarray) -> "RecSimUsers":
-        return RecSimUsers(*(getattr(self, f.name)[rows] for f in fields(RecSimUsers)))
-
-    def update(self, rows: np.ndarray, sub: "RecSimUsers") -> None:
-        for f in fields(RecSimUsers):
-            getattr(self, f.name)[rows] = getattr(sub, f.name)
 
 
 # Streams of uniform draws, counter-based: splitmix64 of (key, step, stream). [B] each.

@@ -73,26 +73,30 @@ class SimParams:
         return cls(**d)
 
 
+class UserRows:
+    """Row access for a dataclass of per-user arrays (a world's batch of users, with a `done` field)."""
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+    def subset(self, rows: np.ndarray):
+        """A copy of the users at `rows`."""
+        return type(self)(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def update(self, rows: np.ndarray, sub) -> None:
+        """Write `sub` (a stepped `subset(rows)`) back into rows `rows`."""
+        for f in fields(self):
+            getattr(self, f.name)[rows] = getattr(sub, f.name)
+
+
 @dataclass
-class Users:
+class Users(UserRows):
     """A batch of users in the middle of their sessions (B users, C categories, d dims)."""
     prefs: np.ndarray        # [B, d] unit preference vectors
     interest: np.ndarray     # [B, C] built-up interest per category
     last_click: np.ndarray   # [B] item index of the last click, NO_CLICK before the first
     length: np.ndarray       # [B] clicks so far
     done: np.ndarray         # [B] bool, session over
-
-    def __len__(self) -> int:
-        return len(self.done)
-
-    def subset(self, rows: np.ndarray) -> "Users":
-        """A copy of the users at `rows`."""
-        return Users(*(getattr(self, f.name)[rows] for f in fields(Users)))
-
-    def update(self, rows: np.ndarray, sub: "Users") -> None:
-        """Write `sub` (a stepped `subset(rows)`) back into rows `rows`."""
-        for f in fields(Users):
-            getattr(self, f.name)[rows] = getattr(sub, f.name)
 
 
 @dataclass
