@@ -18,6 +18,7 @@ lambda, metric vs T and training curves.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -355,8 +356,9 @@ def online_rows(ds: Dataset, model: str, seed: int, summary: dict) -> list[dict]
              "metric": m, "value": summary[m]} for m in ONLINE_METRICS if m in summary]
 
 
-def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
-    """Popularity offline (deterministic: one seed) and the simulator's baselines online (per seed)."""
+def baseline_rows(ds: Dataset, cfg, seeds: list[int], cache: Path | None = None) -> list[dict]:
+    """Popularity offline (deterministic: one seed) and the world's baselines online (per seed; with
+    `cache`, a folder, each seed's rows are kept there under a hash of the config and read back)."""
     pool = Pool(Path(cfg.pool.dir))
     pop = PopularityRanker(pool)
     rows = []
@@ -369,10 +371,21 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int]) -> list[dict]:
         rows += test_rows(ds, "popularity", 0, views, split=split)
     if ds.online:
         sim = simulator_for(cfg)
+        key = hashlib.sha256(json.dumps({k: v for k, v in cfg.to_dict().items() if k != "train"}, sort_keys=True)
+                             .encode() + str(cfg.train.gamma).encode()).hexdigest()[:12]
         for seed in seeds:
+            kept = cache / f"{key}-seed{seed}.csv" if cache is not None else None
+            if kept is not None and kept.is_file():
+                rows += pd.read_csv(kept).to_dict("records")
+                continue
+            mine = []
             for name, policy in baseline_policies(sim, pool, seed, cfg.train.gamma).items():
                 run = rollout(sim, policy, cfg.online.sessions, seed=seed, skip_memory=cfg.online.skip_memory)
-                rows += online_rows(ds, name, seed, run.summary())
+                mine += online_rows(ds, name, seed, run.summary())
+            if kept is not None:
+                frame = pd.DataFrame(mine)
+                atomic_write(kept, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.9g"))
+            rows += mine
     return rows
 
 
@@ -800,7 +813,7 @@ def main() -> None:
     for ds in datasets:
         cfg = dataset_config(ds, args.quick, extra)
         ensure_pool(cfg)
-        rows += baseline_rows(ds, cfg, seeds)
+        rows += baseline_rows(ds, cfg, seeds, Path(args.runs) / f"{ds.name}-{ds.protocol}" / "baselines")
     rows = with_oracle_fraction(pd.DataFrame(rows))
     summary = summarize(rows)
     ope_table = []

@@ -50,6 +50,11 @@ MODELS.update({
     "q-T1-w10": multi_step(1, 1, alpha=1.0) + Q_RECIPE + ["pool.state_len=10"],   # SQN's 10-item windows
     **{f"q-T{T}-lam{lam:g}": multi_step(T, T, alpha=1.0, lam=lam) + Q_RECIPE for T in (3, 5) for lam in LAMBDAS},
     "q-T3-K1-lam0.8": multi_step(3, 1, alpha=1.0, lam=0.8) + Q_RECIPE,     # multi-step TD, one-step self-supervision
+    # RecSim, where a click's effect shows 50-250 steps later: returns over 20 clicks (K 3: five self-supervised
+    # weights exist), and the dueling head, whose V(s) carries the level (the budget left) that items share
+    "q-T20-K3-lam1": multi_step(20, 3, alpha=1.0, lam=1.0) + Q_RECIPE,
+    "q-T1-duel": multi_step(1, 1, alpha=1.0) + Q_RECIPE + ["model.q_head=dueling"],
+    "q-T20-K3-lam1-duel": multi_step(20, 3, alpha=1.0, lam=1.0) + Q_RECIPE + ["model.q_head=dueling"],
 })
 # The published methods a model of ours is compared against (results/differences.csv: against the best
 # of them by validation); popularity is reported beside them but not paired.
