@@ -32,21 +32,13 @@ import torch
 from model import HEADS, SeqRecQ, compute_losses
 from replay_buffer import Pool, append_train_sessions, ensure_pool, stale_reason
 from seqrec.atomic import atomic_write
-from seqrec.config import WORLDS, Config, add_config_args, load_config
+from seqrec.config import Config, add_config_args, check_trained_here, load_config
 from seqrec.errors import UserError, run_cli
 from seqrec.learner import Learner, train_epoch
 from seqrec.online import ModelPolicy, baseline_policies, rollout, sim_to_pool_ids, simulator_for
 from seqrec.plots import plot_improvement
 from seqrec.runs import check_network_unchanged, check_pool_kept, check_same_items, claim_run_dir, load_checkpoint
 from seqrec.simulator import Simulator
-
-
-def check_trained_here(name: str, ckpt: dict, cfg: Config) -> None:
-    """A UserError unless the checkpoint was trained on this world's data."""
-    trained_on = load_config(base=ckpt["config"])            # keys added since the checkpoint count at their defaults
-    world = WORLDS[cfg.data.source]
-    if trained_on.data.source != cfg.data.source or trained_on[world].to_dict() != cfg[world].to_dict():
-        raise UserError(f"{name} was trained on other data than this world's; evaluate it with its own config")
 
 
 def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Config) -> dict:

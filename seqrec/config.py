@@ -95,6 +95,14 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), b
     return Config(tree)
 
 
+def check_trained_here(name: str, ckpt: dict, cfg: Config) -> None:
+    """A UserError unless the checkpoint `name` was trained on the data of the world `cfg` describes."""
+    trained_on = load_config(base=ckpt["config"])            # keys added since the checkpoint count at their defaults
+    world = WORLDS[cfg.data.source]
+    if trained_on.data.source != cfg.data.source or trained_on[world].to_dict() != cfg[world].to_dict():
+        raise UserError(f"{name} was trained on other data than this world's; evaluate it with its own config")
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """The two options every entry script takes."""
     parser.add_argument("--config", metavar="PATH", help="YAML file with overrides of config.yaml")

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DESIGN_CARD = {"replay_buffer.py", "model.py", "ssl_heads.py", "td_lambda.py", "train_offline.py"}
 ENTRY_SCRIPTS = {"train_offline.py", "online_eval.py"}          # the top-level scripts users run
 BENCHMARK_SCRIPTS = {"bench.py", "compare.py", "sim_ceiling.py", "rollout_oracle.py", "profile_step.py",
-                     "compile_ce.py"}
+                     "compile_ce.py", "online_differences.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

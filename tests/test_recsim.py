@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 
 from helpers import pool_from_sessions
-from online_eval import check_trained_here
 from replay_buffer import Pool
-from seqrec.config import load_config
+from seqrec.config import check_trained_here, load_config
 from seqrec.errors import UserError
 from seqrec.ope import plackett_luce_log_probs
 from seqrec.online import random_policy, rollout, static_list_policy

@@ -52,7 +52,8 @@ def test_train_writes_everything_and_recommends(trained):
     assert "top-10 for user" in proc.stdout
     # The value function against returns: every figure, per epoch and at the end.
     value = final["value"]
-    assert set(value) == {"rmse", "bias", "spearman", "baseline_rmse", "n", "n_held_out", "true_r2", "true_n"}
+    assert set(value) == {"rmse", "bias", "spearman", "r2", "baseline_rmse", "n", "n_held_out", "true_r2",
+                          "true_n"}
     assert value["n"] == json.loads((tmp / "pool" / "meta.json").read_text())["splits"]["test"]["events"]
     assert value["rmse"] > 0 and value["baseline_rmse"] > 0 and 0 < value["true_n"] <= value["n"]
     assert "valid/value/rmse" in rows[0] and "valid/value/true_r2" in rows[0]
@@ -212,7 +213,7 @@ def test_online_eval_and_improve_over_time(trained):
                                                   "online.round_sessions=100"])
     table = list(csv.DictReader((tmp / "run" / "online.csv").open()))
     names = [r["policy"] for r in table]
-    assert names[:4] == ["random", "popular", "logging", "oracle"]
+    assert names[:5] == ["random", "popular", "static-list", "logging", "oracle"]
     assert any(n.endswith(":ssl") for n in names) and any(n.endswith(":q") for n in names)
     oracle = next(r for r in table if r["policy"] == "oracle")
     assert float(oracle["of_oracle"]) == 1.0
@@ -226,7 +227,7 @@ def test_online_eval_needs_the_simulator(tmp_path):
     (tmp_path / "log.csv").write_text("session_id,item_id,timestamp\n" + "".join(
         f"{s},{i},{i}\n" for s in range(30) for i in range(3)))
     proc = run("online_eval.py", tmp=tmp_path, extra=["data.source=csv", "data.path=log.csv"], check=False)
-    assert_clean_failure(proc, "online evaluation needs the simulator's own data")
+    assert_clean_failure(proc, "online evaluation needs a world's own data")
 
 
 def test_compare_quick_writes_the_summary(tmp_path):
@@ -273,8 +274,10 @@ def test_compare_baselines_only_trains_nothing(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = {r["model"] for r in csv.DictReader((out / "summary.csv").open())}
-    assert models == {"popularity", "random", "popular", "logging", "oracle", "lookahead-oracle", "posterior-oracle"}
-    assert not (tmp_path / "runs").exists()
+    assert models == {"popularity", "random", "popular", "static-list", "logging", "oracle", "lookahead-oracle",
+                      "posterior-oracle"}
+    kept = [p.relative_to(tmp_path / "runs") for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert kept and all(p.parent.name == "baselines" and p.suffix == ".csv" for p in kept), kept   # no model trained
 
 
 def test_patience_stops_training_and_resume_does_not_train_on(tmp_path):
