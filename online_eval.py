@@ -11,7 +11,8 @@ clicks have the highest mean discounted return, for everyone), logging (the poli
 on), posterior-oracle (knows the world but infers the preferences from the clicks, as a model must), and each checkpoint ranked by its ssl, q and mix heads (mix: eval.beta, eval.rerank_top).
 Every policy meets the same simulated users. Reported per policy: mean return per session with a 95%
 confidence interval and as a fraction of the oracle's, click-through rate (clicks per slate),
-purchase rate (purchases per click), session length (clicks per session) and user-steps (slates) a second.
+purchase rate (purchases per click), session length (clicks per session), user-steps (slates) a second,
+and slates@10: how many different slates the 10th step showed across users (1: the same list for all).
 
 With `--config configs/recsim.yaml` the world is RecSim's interest evolution: random, popular,
 static-list (the items of highest logged return, for everyone), the myopic oracle (most expected watch
@@ -65,10 +66,10 @@ def oracle_name(sim) -> str:
 
 def format_online(table: pd.DataFrame) -> str:
     lines = [f"  {'policy':24s} {'return':>16s} {'of oracle':>9s} {'CTR':>7s} {'buy/click':>9s} {'length':>7s} "
-             f"{'steps/s':>8s}"]
+             f"{'steps/s':>8s} {'slates@10':>9s}"]
     for r in table.itertuples():
         lines.append(f"  {r.policy:24s} {r.return_:8.3f} ± {r.return_ci95:5.3f} {r.of_oracle:9.1%} "
-                     f"{r.ctr:7.3f} {r.purchase_rate:9.3f} {r.length:7.2f} {r.steps_per_s:8,.0f}")
+                     f"{r.ctr:7.3f} {r.purchase_rate:9.3f} {r.length:7.2f} {r.steps_per_s:8,.0f} {r.distinct_at_10:9d}")
     return "\n".join(lines)
 
 

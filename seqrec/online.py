@@ -158,6 +158,7 @@ class Rollout:
     purchases: np.ndarray    # [n]
     slates: np.ndarray       # [n] slates shown
     log: pd.DataFrame | None  # recorded events (session_id, item_id, step, purchase, reward, the slate) if asked for
+    distinct_at_10: int = 0  # how many different sets of items the 10th slate was, across the sessions shown one
 
     def summary(self) -> dict:
         n = len(self.returns)
@@ -165,7 +166,7 @@ class Rollout:
                 "return_ci95": float(1.96 * self.returns.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
                 "ctr": float(self.clicks.sum() / max(self.slates.sum(), 1)),
                 "purchase_rate": float(self.purchases.sum() / max(self.clicks.sum(), 1)),
-                "length": float(self.clicks.mean()), "sessions": n}
+                "length": float(self.clicks.mean()), "sessions": n, "distinct_at_10": self.distinct_at_10}
 
 
 def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explore: float = 0.0,
@@ -207,8 +208,10 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
         propensity["slates"] = slates
         return slates
 
-    parts = []
+    parts, distinct_at_10 = [], 0
     for t, active, slates, res in run_sessions(sim, users, choose, rng):
+        if t == 9:                                         # personalisation: one list for everyone counts 1
+            distinct_at_10 = len(np.unique(np.sort(slates, 1), axis=0))
         hit = res.click != NO_CLICK
         returns[active] += res.reward
         shown[active] += 1
@@ -231,7 +234,7 @@ def rollout(sim: Simulator, policy: Policy, sessions: int, seed: int = 0, explor
                pd.DataFrame(columns=["session_id", "item_id", "step", "purchase", "reward"]
                             + [f"shown_{j}" for j in range(k)] + ["slate_logp"]))
         log = log.sort_values(["session_id", "step"], kind="stable", ignore_index=True)
-    return Rollout(returns, clicks, purchases, shown, log)
+    return Rollout(returns, clicks, purchases, shown, log, distinct_at_10)
 
 
 @dataclass

@@ -219,3 +219,18 @@ def test_skip_memory_moves_down_a_fixed_ranking_after_each_ignored_slate_and_spa
     oracle = world.reference_policies()["budget-oracle"]
     np.testing.assert_array_equal(rollout(world, oracle, 30, seed=1, skip_memory=True).returns,
                                   rollout(world, oracle, 30, seed=1).returns)
+
+
+def test_distinct_at_10_counts_the_different_tenth_slates(world):
+    """A policy that shows every user a slate of their own, except at the 10th step, where user i gets
+    ranking i mod 7: 7 different tenth slates. One ranking for everyone: 1."""
+    scores = np.random.default_rng(3).random((80, 500))
+    calls = []
+
+    def own_slates_but_seven_at_the_tenth(histories, users):
+        calls.append(len(histories))
+        return scores[np.arange(len(histories)) % (7 if len(calls) == 10 else 80)]
+
+    run = rollout(world, own_slates_but_seven_at_the_tenth, 80, seed=2)
+    assert calls[9] >= 7 and run.distinct_at_10 == 7 and run.summary()["distinct_at_10"] == 7
+    assert rollout(world, lambda h, u: np.tile(scores[0], (len(h), 1)), 80, seed=2).distinct_at_10 == 1
