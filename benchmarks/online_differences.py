@@ -8,7 +8,8 @@ simulated users, so the difference that matters is the per-seed one: d_s = model
 per (model, baseline, metric): the mean of d_s over the seeds both ran, its 95% t interval
 (mean +- t_{0.975, n-1} sd / sqrt(n)), and n. A difference counts when the interval excludes 0.
 
-Pairs: every multi-step Q model against the one-step ones (`q-T1`, and `q-T1-w10` where it ran) on the
+Pairs: every multi-step Q model against the one-step ones (`q-T1`, and `q-T1-w10` where it ran; a
+dueling-head model against `q-T1-duel` too) on the
 online return and the value figures (test RMSE, and R-squared against the true values where the world
 gives them, against the realized returns otherwise); every Q model against `gru4rec` on the online return.
 """
@@ -28,7 +29,7 @@ from seqrec.atomic import atomic_write  # noqa: E402
 from seqrec.errors import UserError, run_cli  # noqa: E402
 
 COLUMNS = ["dataset", "model", "baseline", "metric", "diff", "ci_low", "ci_high", "n_seeds"]
-ONE_STEP = ("q-T1", "q-T1-w10")
+ONE_STEP = ("q-T1", "q-T1-w10", "q-T1-duel")
 
 
 def t_interval(d: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
@@ -52,7 +53,7 @@ def pairs(models: list[str], value_figures: tuple[str, ...]) -> list[tuple[str, 
     q = [m for m in models if m.startswith("q-")]
     out = []
     for base in [b for b in ONE_STEP if b in models]:
-        for m in [m for m in q if m not in ONE_STEP]:
+        for m in [m for m in q if m not in ONE_STEP and (m.endswith("-duel") or not base.endswith("-duel"))]:
             out += [(m, base, metric) for metric in ("return",) + value_figures]
         if base != ONE_STEP[0] and ONE_STEP[0] in models:
             out += [(base, ONE_STEP[0], metric) for metric in ("return",) + value_figures]
@@ -89,7 +90,9 @@ def main() -> None:
         if not path.is_file():
             raise UserError(f"{path} does not exist; run benchmarks/compare.py with --out {folder} first")
         frames.append(pd.read_csv(path))
-    table = differences(pd.concat(frames, ignore_index=True))
+    runs = pd.concat(frames, ignore_index=True)          # baselines appear in every folder: keep one of each
+    runs = runs.drop_duplicates(["dataset", "protocol", "model", "seed", "split", "metric"], keep="last")
+    table = differences(runs)
     atomic_write(Path(args.out), lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.to_string(index=False))

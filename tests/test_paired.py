@@ -79,3 +79,11 @@ def test_online_differences_pair_seeds_and_give_a_t_interval_by_hand():
     assert table.loc[("q-T3-lam0.8", "q-T1", "value/rmse"), "diff"] == pytest.approx(np.mean([-0.02, -0.01, -0.04]))
     assert table.loc[("q-T1", "gru4rec", "return"), "diff"] == pytest.approx(np.mean([0.5, 1.3, 0.9]))
     assert ("gru4rec", "q-T1", "return") not in table.index
+
+
+def test_online_differences_pair_a_dueling_model_with_both_one_step_recipes_and_others_with_the_plain_one():
+    import online_differences as od
+    pairs = set(od.pairs(["gru4rec", "q-T1", "q-T1-duel", "q-T3-lam0.5", "q-T20-K3-lam1-duel"], ("value/rmse",)))
+    assert {("q-T20-K3-lam1-duel", "q-T1", "return"), ("q-T20-K3-lam1-duel", "q-T1-duel", "return"),
+            ("q-T3-lam0.5", "q-T1", "return"), ("q-T1-duel", "q-T1", "return")} <= pairs
+    assert ("q-T3-lam0.5", "q-T1-duel", "return") not in pairs
