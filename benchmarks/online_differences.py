@@ -11,7 +11,8 @@ per (model, baseline, metric): the mean of d_s over the seeds both ran, its 95% 
 Pairs: every multi-step Q model against the one-step ones (`q-T1`, and `q-T1-w10` where it ran; a
 dueling-head model against `q-T1-duel` too) on the
 online return and the value figures (test RMSE, and R-squared against the true values where the world
-gives them, against the realized returns otherwise); every Q model against `gru4rec` on the online return.
+gives them, against the realized returns otherwise); every Q model against `gru4rec`, the static best
+list and (in RecSim) the myopic oracle on the online return.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from seqrec.errors import UserError, run_cli  # noqa: E402
 
 COLUMNS = ["dataset", "model", "baseline", "metric", "diff", "ci_low", "ci_high", "n_seeds"]
 ONE_STEP = ("q-T1", "q-T1-w10", "q-T1-duel")
+REFERENCES = ("gru4rec", "static-list", "myopic-oracle")    # imitation, the best list from the log, RecSim's greedy oracle
 
 
 def t_interval(d: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
@@ -57,8 +59,8 @@ def pairs(models: list[str], value_figures: tuple[str, ...]) -> list[tuple[str, 
             out += [(m, base, metric) for metric in ("return",) + value_figures]
         if base != ONE_STEP[0] and ONE_STEP[0] in models:
             out += [(base, ONE_STEP[0], metric) for metric in ("return",) + value_figures]
-    if "gru4rec" in models:
-        out += [(m, "gru4rec", "return") for m in q]
+    for reference in [b for b in REFERENCES if b in models]:
+        out += [(m, reference, "return") for m in q]
     return out
 
 

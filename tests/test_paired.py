@@ -83,7 +83,10 @@ def test_online_differences_pair_seeds_and_give_a_t_interval_by_hand():
 
 def test_online_differences_pair_a_dueling_model_with_both_one_step_recipes_and_others_with_the_plain_one():
     import online_differences as od
-    pairs = set(od.pairs(["gru4rec", "q-T1", "q-T1-duel", "q-T3-lam0.5", "q-T20-K3-lam1-duel"], ("value/rmse",)))
+    pairs = set(od.pairs(["gru4rec", "q-T1", "q-T1-duel", "q-T3-lam0.5", "q-T20-K3-lam1-duel", "static-list", "random"],
+                         ("value/rmse",)))
     assert {("q-T20-K3-lam1-duel", "q-T1", "return"), ("q-T20-K3-lam1-duel", "q-T1-duel", "return"),
             ("q-T3-lam0.5", "q-T1", "return"), ("q-T1-duel", "q-T1", "return")} <= pairs
     assert ("q-T3-lam0.5", "q-T1-duel", "return") not in pairs
+    assert {("q-T1", "static-list", "return"), ("q-T1-duel", "gru4rec", "return")} <= pairs
+    assert not {p for p in pairs if p[1] == "random" or p[0] in ("gru4rec", "static-list")}
