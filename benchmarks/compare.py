@@ -515,12 +515,17 @@ SELECT = {"event": "purchase/NDCG@10", "loo": "NDCG@10", "online": "return"}
 
 
 def best_full(summary: pd.DataFrame, dataset: str, protocol: str) -> str | None:
-    """The full model with the best *validation* figure (the tuning protocol: test is not looked at)."""
-    metric = "valid/" + SELECT["loo" if protocol.startswith("loo") else "event"]
+    """The full model with the best *validation* figure (the tuning protocol: test is not looked at); on
+    event-level data without purchases (RecSim), the click figure."""
     protocol = "loo" if protocol.startswith("loo") else protocol if protocol != "online" else "event"
-    rows = summary[(summary["dataset"] == dataset) & (summary["protocol"] == protocol)
-                   & (summary["metric"] == metric) & summary["model"].str.match(r"full($|-)")]
-    return None if rows.empty else rows.loc[rows["mean"].idxmax(), "model"]
+    metrics = [SELECT[protocol]] + (["click/NDCG@10"] if protocol == "event" else [])
+    mine = summary[(summary["dataset"] == dataset) & (summary["protocol"] == protocol)
+                   & summary["model"].str.match(r"full($|-)") & summary["mean"].notna()]
+    for metric in metrics:
+        rows = mine[mine["metric"] == "valid/" + metric]
+        if not rows.empty:
+            return rows.loc[rows["mean"].idxmax(), "model"]
+    return None
 
 
 def markdown(summary: pd.DataFrame) -> str:
@@ -528,7 +533,8 @@ def markdown(summary: pd.DataFrame) -> str:
     out = []
     tests = summary[~summary["metric"].str.startswith("valid/")]
     for (dataset, protocol), block in tests.groupby(["dataset", "protocol"], sort=False):
-        metrics = [m for m in HEADLINE[protocol] if m in set(block["metric"])]
+        reported = set(block.loc[block["mean"].notna(), "metric"])             # RecSim has no purchases
+        metrics = [m for m in HEADLINE[protocol] if m in reported]
         best = best_full(summary, dataset, protocol)
         out += [f"### {dataset}, {describe_protocol(protocol)}", "",
                 "| model | " + " | ".join(metrics) + " | seeds |", "|---" * (len(metrics) + 2) + "|"]

@@ -164,3 +164,7 @@ def test_the_best_full_model_is_picked_on_validation_among_every_full_recipe():
     summary = pd.DataFrame([{**row, "model": "full", "mean": 0.12}, {**row, "model": "full-mix", "mean": 0.11},
                             {**row, "model": "gru4rec", "mean": 0.13}, {**row, "model": "fullish", "mean": 0.2}])
     assert compare.best_full(summary, "d", "loo-unmasked") == "full"
+    event = [dict(dataset="r", protocol="event", model=m, metric=f"valid/{kind}/NDCG@10", mean=v, std=0.0, n_seeds=3)
+             for m, kind, v in (("full", "purchase", None), ("full-mix", "purchase", None), ("full", "click", 0.17),
+                                ("full-mix", "click", 0.18), ("gru4rec", "click", 0.19))]
+    assert compare.best_full(pd.DataFrame(event), "r", "online") == "full-mix"      # no purchases: by clicks
