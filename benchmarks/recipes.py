@@ -55,6 +55,8 @@ MODELS.update({
     "q-T20-K3-lam1": multi_step(20, 3, alpha=1.0, lam=1.0) + Q_RECIPE,
     "q-T1-duel": multi_step(1, 1, alpha=1.0) + Q_RECIPE + ["model.q_head=dueling"],
     "q-T20-K3-lam1-duel": multi_step(20, 3, alpha=1.0, lam=1.0) + Q_RECIPE + ["model.q_head=dueling"],
+    # the same model deployed through its value reranking of the next-item head's top items (eval.rerank_top)
+    "q-T20-K3-lam1-duel-mix": multi_step(20, 3, alpha=1.0, lam=1.0) + Q_RECIPE + ["model.q_head=dueling", "eval.head=mix"],
 })
 # The published methods a model of ours is compared against (results/differences.csv: against the best
 # of them by validation); popularity is reported beside them but not paired.
