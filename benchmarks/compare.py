@@ -413,12 +413,14 @@ def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int, 
     compares with. The model-based estimators read model `critic`'s run (left out, with a line, when it
     was not run)."""
     sim, pool = simulator_for(cfg), Pool(Path(cfg.pool.dir))
-    log = impression_log(sim, cfg.online.sessions, seed=seed)
+    log = impression_log(sim, cfg.online.sessions, seed=seed, draws=draws)
     rng = np.random.default_rng([cfg.sim.seed, 61] + ([seed] if seed else []))
     logging = logging_propensities(sim, log, draws, rng)
     popular = pool_popularity_policy(sim, pool)
     targets = {"random": Target("uniform"), "logging": Target("logging"),
                "popular": Target("scores", lambda h: popular(h, None))}
+    if log.marginals is not None:      # RecSim's logging policy reads the hidden user: not a policy of the history
+        del targets["logging"]         # (no logits from a history to draw it, no online truth)
     seed_runs = {run.model: run for run in runs if run.dataset is ds and run.seed == seed}
 
     def policy_of(name: str, head: str | None = None) -> ModelPolicy:
@@ -441,7 +443,7 @@ def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int, 
         found = estimates(log, probs, logging, rng)
         if view is not None:
             found += model_based_estimates(log, target, view, probs.prefix / logging.prefix, slates,
-                                           sim.logging_logits_after, rng)
+                                           getattr(sim, "logging_logits_after", None), rng)
         for r in found:
             out.append({"dataset": ds.name, "policy": name, **r, "truth": truth.get(name, np.nan)})
         offline_name = "popularity" if name == "popular" else name
@@ -477,8 +479,14 @@ def plot_ope(table: pd.DataFrame, png: Path) -> None:
 
 
 def write_ope(table: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """ope.csv, ope-assessment.csv and ope.png in `out`: the data sets estimated here replace their rows of
+    an ope.csv already there, the other data sets' rows stay (one world at a time adds to the record)."""
     columns = ["dataset", "policy", "estimator", "estimate", "ci_low", "ci_high", "truth"]
-    atomic_write(out / "ope.csv", lambda tmp: table[columns].to_csv(tmp, index=False, float_format="%.6g"))
+    table = table[columns]
+    if (out / "ope.csv").is_file():
+        kept = pd.read_csv(out / "ope.csv")
+        table = pd.concat([kept[~kept["dataset"].isin(set(table["dataset"]))][columns], table], ignore_index=True)
+    atomic_write(out / "ope.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     assessment = assess(table)
     atomic_write(out / "ope-assessment.csv", lambda tmp: assessment.to_csv(tmp, index=False, float_format="%.4g"))
     plot_ope(table, out / "ope.png")
@@ -736,7 +744,8 @@ def main() -> None:
     p.add_argument("--baselines-only", action="store_true",
                    help="no training: popularity offline and the simulator's policies online, in minutes")
     p.add_argument("--ope", action="store_true", help="also estimate every history-only policy's return off-policy "
-                   "on the simulated data sets (seed-0 runs): ope.csv, ope.png and ope-assessment.csv in --ope-out")
+                   "on the worlds' data sets (seed-0 runs): ope.csv, ope.png and ope-assessment.csv in --ope-out, where "
+                   "rows of other data sets already there are kept")
     p.add_argument("--ope-out", default=str(ROOT / "results"), help="where ope.csv, ope.png and "
                    "ope-assessment.csv go (--ope; default results/)")
     p.add_argument("--ope-critic", help="the model (of --models) whose heads the direct method, cascade DR and "

@@ -18,7 +18,7 @@ import torch
 from seqrec.atomic import atomic_write
 from seqrec.distributed import model_device
 from seqrec.errors import UserError
-from seqrec.ope import ranked_top_k
+from seqrec.ope import position_marginals, ranked_top_k
 from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions, sees_user, seeing, top_k_slates
 from seqrec.value import discounted_returns
 
@@ -248,34 +248,47 @@ class ImpressionLog:
     reward: np.ndarray         # [S]
     histories: np.ndarray      # [S, H] the session's clicks before the slate, most recent last, -1 padded
     n_sessions: int
+    # ([S, k], [S, k]) the logging policy's P(logged item at its position) and P(logged item in the slate),
+    # drawn while logging where no history can give them back (RecSim's logging policy reads the hidden user)
+    marginals: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def impression_log(sim: Simulator, sessions: int, seed: int = 0) -> ImpressionLog:
+def impression_log(sim: Simulator, sessions: int, seed: int = 0, draws: int = 100) -> ImpressionLog:
     """`sessions` fresh users (a function of (sim.seed, seed), none of them the online evaluation's) under
-    the logging policy, every slate recorded with its positions' chain-rule propensities."""
+    the logging policy, every slate recorded with its positions' chain-rule propensities. In RecSim the
+    logging policy reads the hidden user, so its position marginals are drawn here (`draws` Plackett-Luce
+    draws a slate, ope.position_marginals) while its logits are at hand."""
     users = sim.start_sessions(sessions, np.random.default_rng([sim.p.seed, 51, seed]))
     rng = np.random.default_rng([sim.p.seed, 52, seed])
     H = sim.p.max_session_len
     histories = np.full((sessions, H), -1, dtype=np.int64)
+    reads_user = not isinstance(sim, Simulator)
+    noise = sim.session_noise(sessions, rng) if reads_user else None
     shown, parts = {}, []
 
     def choose(sub: Users, active: np.ndarray) -> np.ndarray:
-        ordered = ranked_top_k(sim.logging_scores(sub, rng), sim.p.slate_size)
-        shown.update(ordered=ordered, logp=sim.slate_position_log_probs(sub, ordered),
-                     histories=histories[active].copy())
+        if reads_user:
+            ordered, logp = sim.logging_slates(sub, noise[active], rng)
+            marginals = position_marginals(sim.logging_logits(sub, noise[active]), ordered, draws, rng)
+        else:
+            ordered = ranked_top_k(sim.logging_scores(sub, rng), sim.p.slate_size)
+            logp, marginals = sim.slate_position_log_probs(sub, ordered), (None, None)
+        shown.update(ordered=ordered, logp=logp, histories=histories[active].copy(), marginals=marginals)
         return ordered
 
     for t, active, _, res in run_sessions(sim, users, choose, rng):
         hit = res.click != NO_CLICK
         position = np.where(hit, (shown["ordered"] == res.click[:, None]).argmax(1), -1)
         parts.append((active, np.full(len(active), t), shown["ordered"], shown["logp"], position,
-                      res.reward, shown["histories"]))
+                      res.reward, shown["histories"]) + shown["marginals"])
         rows = active[hit]
         histories[rows] = np.concatenate([histories[rows, 1:], res.click[hit, None]], axis=1)
     if not parts:
         raise UserError("the impression log is empty: ask for at least one session")
-    session, step, slates, logp, click_pos, reward, hist = (np.concatenate(x) for x in zip(*parts))
-    return ImpressionLog(session, step, slates, logp, click_pos, reward.astype(np.float64), hist, sessions)
+    columns = list(zip(*parts))
+    session, step, slates, logp, click_pos, reward, hist = (np.concatenate(x) for x in columns[:7])
+    marginals = (np.concatenate(columns[7]), np.concatenate(columns[8])) if reads_user else None
+    return ImpressionLog(session, step, slates, logp, click_pos, reward.astype(np.float64), hist, sessions, marginals)
 
 
 # ================================================================================================

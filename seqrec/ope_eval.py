@@ -66,9 +66,11 @@ def logging_propensities(sim: Simulator, log: ImpressionLog, draws: int, rng: np
     """The logging policy's position and slate marginals (Gumbel draws, ope.position_marginals) and exact
     prefix probabilities (the chain rule the log holds)."""
     ope.check_log_propensities(log.log_cond_logp, "impression log")
+    prefix = np.exp(np.cumsum(log.log_cond_logp, 1))
+    if log.marginals is not None:                # drawn while logging (RecSim: the logging policy reads the user)
+        return Propensities(*log.marginals, prefix)
     logits = sim.logging_logits_after(log.histories[:, -1])
-    return Propensities(*ope.position_marginals(logits, log.slates, draws, rng),
-                        np.exp(np.cumsum(log.log_cond_logp, 1)))
+    return Propensities(*ope.position_marginals(logits, log.slates, draws, rng), prefix)
 
 
 def over_chunks(fn: Callable, histories: np.ndarray, chunk: int = 4096) -> np.ndarray:

@@ -271,7 +271,8 @@ class RecSimWorld:
         return {"myopic-oracle": seeing(lambda h, users: self.myopic_scores(users)),
                 "budget-oracle": seeing(lambda h, users: self.budget_scores(users))}
 
-    def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def session_noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The logging policy's error about each of n users' interests, fixed for a session. [n, N]"""
         return rng.normal(0.0, self.p.logging_noise, size=(n, self.p.num_items))
 
     def generate_log(self, num_sessions: int | None = None, chunk: int = 1024, progress=None) -> pd.DataFrame:
@@ -284,7 +285,7 @@ class RecSimWorld:
         for start in range(0, n, chunk):
             rng = np.random.default_rng([self.p.seed, 1, start])
             users = self.start_sessions(min(chunk, n - start), rng)
-            noise = self._noise(len(users), rng)
+            noise = self.session_noise(len(users), rng)
             shown = {}
 
             def choose(sub: RecSimUsers, active: np.ndarray) -> np.ndarray:

@@ -168,3 +168,18 @@ def test_the_best_full_model_is_picked_on_validation_among_every_full_recipe():
              for m, kind, v in (("full", "purchase", None), ("full-mix", "purchase", None), ("full", "click", 0.17),
                                 ("full-mix", "click", 0.18), ("gru4rec", "click", 0.19))]
     assert compare.best_full(pd.DataFrame(event), "r", "online") == "full-mix"      # no purchases: by clicks
+
+
+def test_write_ope_replaces_the_rows_of_the_data_sets_estimated_and_keeps_the_others(tmp_path):
+    import pandas as pd
+    def table(dataset, estimate):
+        return pd.DataFrame([{"dataset": dataset, "policy": p, "estimator": "ips", "estimate": estimate + i,
+                              "ci_low": 0.0, "ci_high": 9.0, "truth": 1.0 + i, "clipped": 0.0}
+                             for i, p in enumerate(("random", "popular"))])
+    compare.write_ope(table("a", 1.0), tmp_path)
+    compare.write_ope(table("b", 2.0), tmp_path)
+    compare.write_ope(table("a", 5.0), tmp_path)                 # a again: its rows replaced
+    written = pd.read_csv(tmp_path / "ope.csv")
+    assert sorted(written["dataset"]) == ["a", "a", "b", "b"] and "clipped" not in written
+    assert written.set_index(["dataset", "policy"]).loc[("a", "random"), "estimate"] == 5.0
+    assert set(pd.read_csv(tmp_path / "ope-assessment.csv")["dataset"]) == {"a", "b"}

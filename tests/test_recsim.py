@@ -234,3 +234,32 @@ def test_distinct_at_10_counts_the_different_tenth_slates(world):
     run = rollout(world, own_slates_but_seven_at_the_tenth, 80, seed=2)
     assert calls[9] >= 7 and run.distinct_at_10 == 7 and run.summary()["distinct_at_10"] == 7
     assert rollout(world, lambda h, u: np.tile(scores[0], (len(h), 1)), 80, seed=2).distinct_at_10 == 1
+
+
+def test_the_impression_log_records_every_slate_and_draws_the_logging_marginals():
+    """Every slate of every session, clicked or not (a slate with no click does not end a RecSim session);
+    the history before a slate is the session's earlier clicks; the marginals drawn while logging agree
+    with the exact first-position probability (exp of the first conditional log-probability), and the
+    logging policy as a target is estimated by the log's own mean return, exactly."""
+    from seqrec.online import impression_log
+    from seqrec.ope_eval import Target, estimates, logging_propensities, target_propensities
+    tiny = RecSimWorld(params(time_budget=20.0))
+    log = impression_log(tiny, 30, seed=1, draws=400)
+    assert set(log.session) == set(range(30)) and (log.click_pos < 0).any()
+    for s in range(30):
+        rows = np.flatnonzero(log.session == s)
+        assert (log.step[rows] == np.arange(len(rows))).all()
+        clicks = [log.slates[r, log.click_pos[r]] for r in rows if log.click_pos[r] >= 0]
+        seen = [int((log.click_pos[rows[:j]] >= 0).sum()) for j in range(len(rows))]
+        for j, r in enumerate(rows):
+            assert log.histories[r][log.histories[r] >= 0].tolist() == clicks[:seen[j]]
+    position, item = log.marginals
+    assert position.shape == item.shape == log.slates.shape and (item >= position).all()
+    exact = np.exp(log.log_cond_logp[:, 0])
+    assert abs((position[:, 0] - exact).mean()) < 0.01 and np.corrcoef(position[:, 0], exact)[0, 1] > 0.95
+    logging = logging_propensities(tiny, log, 0, np.random.default_rng(0))
+    assert logging.position is position
+    rows = estimates(log, target_propensities(Target("logging"), log, logging, 500), logging,
+                     np.random.default_rng(1), resamples=20)
+    for r in rows:
+        assert r["estimate"] == pytest.approx(log.reward.sum() / 30), r["estimator"]
