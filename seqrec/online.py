@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from seqrec.atomic import atomic_write
 from seqrec.distributed import model_device
@@ -276,7 +277,8 @@ def impression_log(sim: Simulator, sessions: int, seed: int = 0, draws: int = 10
         shown.update(ordered=ordered, logp=logp, histories=histories[active].copy(), marginals=marginals)
         return ordered
 
-    for t, active, _, res in run_sessions(sim, users, choose, rng):
+    steps = tqdm(run_sessions(sim, users, choose, rng), desc="impression log", unit="step", leave=False)
+    for t, active, _, res in steps:
         hit = res.click != NO_CLICK
         position = np.where(hit, (shown["ordered"] == res.click[:, None]).argmax(1), -1)
         parts.append((active, np.full(len(active), t), shown["ordered"], shown["logp"], position,
