@@ -1,6 +1,6 @@
 """Paired differences over training seeds: online return and the values' fit, results/online-differences.csv.
 
-    python benchmarks/online_differences.py results/power-preset results/power-recsim --out results/online-differences.csv
+    python benchmarks/online_differences.py results/power-preset results/power-recsim-a results/power-recsim-b --out results/online-differences.csv
 
 Each folder is a comparison's output (compare.py's runs.csv: a row per dataset, model, seed, metric). A
 model and its baseline trained on the same seed saw the same data order and, online, met the same
