@@ -245,7 +245,7 @@ class ImpressionLog:
     step: np.ndarray           # [S] the slate's step in its session
     slates: np.ndarray         # [S, k] simulator item ids, in the logging policy's order (best first)
     log_cond_logp: np.ndarray  # [S, k] log P(item at l | the items above) under the logging policy
-    click_pos: np.ndarray      # [S] the position clicked, -1 = none (the session ends)
+    click_pos: np.ndarray      # [S] the position clicked, -1 = none (in the simulator the session ends there)
     reward: np.ndarray         # [S]
     histories: np.ndarray      # [S, H] the session's clicks before the slate, most recent last, -1 padded
     n_sessions: int
@@ -265,16 +265,16 @@ def impression_log(sim: Simulator, sessions: int, seed: int = 0, draws: int = 10
     histories = np.full((sessions, H), -1, dtype=np.int64)
     reads_user = not isinstance(sim, Simulator)
     noise = sim.session_noise(sessions, rng) if reads_user else None
-    shown, parts = {}, []
+    shown, parts, drawn = {}, [], []
 
     def choose(sub: Users, active: np.ndarray) -> np.ndarray:
         if reads_user:
             ordered, logp = sim.logging_slates(sub, noise[active], rng)
-            marginals = position_marginals(sim.logging_logits(sub, noise[active]), ordered, draws, rng)
+            drawn.append(position_marginals(sim.logging_logits(sub, noise[active]), ordered, draws, rng))
         else:
             ordered = ranked_top_k(sim.logging_scores(sub, rng), sim.p.slate_size)
-            logp, marginals = sim.slate_position_log_probs(sub, ordered), (None, None)
-        shown.update(ordered=ordered, logp=logp, histories=histories[active].copy(), marginals=marginals)
+            logp = sim.slate_position_log_probs(sub, ordered)
+        shown.update(ordered=ordered, logp=logp, histories=histories[active].copy())
         return ordered
 
     steps = tqdm(run_sessions(sim, users, choose, rng), desc="impression log", unit="step", leave=False)
@@ -282,14 +282,13 @@ def impression_log(sim: Simulator, sessions: int, seed: int = 0, draws: int = 10
         hit = res.click != NO_CLICK
         position = np.where(hit, (shown["ordered"] == res.click[:, None]).argmax(1), -1)
         parts.append((active, np.full(len(active), t), shown["ordered"], shown["logp"], position,
-                      res.reward, shown["histories"]) + shown["marginals"])
+                      res.reward, shown["histories"]))
         rows = active[hit]
         histories[rows] = np.concatenate([histories[rows, 1:], res.click[hit, None]], axis=1)
     if not parts:
         raise UserError("the impression log is empty: ask for at least one session")
-    columns = list(zip(*parts))
-    session, step, slates, logp, click_pos, reward, hist = (np.concatenate(x) for x in columns[:7])
-    marginals = (np.concatenate(columns[7]), np.concatenate(columns[8])) if reads_user else None
+    session, step, slates, logp, click_pos, reward, hist = (np.concatenate(x) for x in zip(*parts))
+    marginals = tuple(np.concatenate(x) for x in zip(*drawn)) if reads_user else None
     return ImpressionLog(session, step, slates, logp, click_pos, reward.astype(np.float64), hist, sessions, marginals)
 
 
