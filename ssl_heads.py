@@ -69,3 +69,24 @@ def multi_step_loss(ce: torch.Tensor, valid: torch.Tensor, weights: torch.Tensor
     counts = valid.sum(0) if counts is None else counts
     per_step = (ce * valid).sum(0) / counts.clamp(min=1.0)
     return (weights * per_step).sum()
+
+
+def slate_cross_entropy(heads: MultiStepHeads, states: torch.Tensor, slates: torch.Tensor, clicked: torch.Tensor):
+    """The next-item head as a choice among what was shown: -log softmax over the slate's items
+    (conditional logit, the user's choice model given that something was clicked) of the clicked one.
+    states [n, H], slates [n, m] (0 = padding), clicked [n] -> (CE [n], whether the click is in its slate [n])."""
+    features = heads.step_features(states, 0)                                                # [n, H]
+    logits = (features[:, None, :] * heads.items.weight[slates]).sum(-1) + heads.items.bias[slates]   # [n, m]
+    hit = (slates == clicked[:, None]) & (slates > 0)
+    known = hit.any(1)
+    logits = logits.masked_fill(slates == 0, float("-inf"))
+    picked = logits.masked_fill(~hit, 0.0).sum(1)                            # the clicked item's logit
+    return torch.logsumexp(logits.masked_fill(~known[:, None], 0.0), 1) - picked.where(known, 0.0), known
+
+
+def with_slate_choice(heads: MultiStepHeads, ce: torch.Tensor, states: torch.Tensor, slates: torch.Tensor,
+                      clicked: torch.Tensor) -> torch.Tensor:
+    """ce [n, K] with step 0 replaced by the choice among the slate shown (slate_cross_entropy) where
+    the click is in its slate: states [n, H], slates [n, m], clicked [n] of the n trained states."""
+    slate_ce, known = slate_cross_entropy(heads, states, slates, clicked)
+    return torch.cat([torch.where(known, slate_ce, ce[:, 0])[:, None], ce[:, 1:]], 1)

@@ -52,3 +52,14 @@ def sliding_lambda_returns(rewards: torch.Tensor, next_values: torch.Tensor, don
     truncated = torch.zeros_like(dones) if truncated is None else truncated
     r, v, d, tr = (x[:, win].flatten(0, 1) for x in (rewards, next_values, dones, truncated))  # [B*J, T] each
     return lambda_returns(r, v, d, gamma, lam, tr)[:, 0].view(B, J)
+
+
+def td_targets(rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor, gamma: float, lam: float,
+               truncated: torch.Tensor | None = None, horizon: int | None = None) -> torch.Tensor:
+    """The TD target of each trained step: rewards, next_values (V after each step), dones, truncated
+    [B, W] -> [B, C]. With `horizon` None (a window) every step k's lambda-return runs to the window's
+    end (C = W); with a horizon T (a session chunk) each of the first C = W - T + 1 steps gets the
+    lambda-return of the T steps from it."""
+    if horizon is None:
+        return lambda_returns(rewards, next_values, dones, gamma, lam, truncated)
+    return sliding_lambda_returns(rewards, next_values, dones, gamma, lam, horizon, truncated)

@@ -183,8 +183,8 @@ def session_samples_per_s(torch, device, cfg, pool, steps: int, K: int = 3) -> t
 
     def step(i: int, timed: bool) -> None:
         chunk = step_at(i % count)
-        learner.update(compute_losses(learner.model, learner.target_net, chunk, cfg.train)[0])
-        learner.carry = chunk.next_carry
+        loss, _, learner.carry = compute_losses(learner.model, learner.target_net, chunk, cfg.train)
+        learner.update(loss)
         if timed:
             done["events"] += int(chunk.valid[:, :chunk.train_len].sum())
             done["flops"] += session_step_flops(chunk, K, cfg.model.hidden, pool.num_items)
@@ -242,9 +242,8 @@ def bench_training(torch, device, items: list[int], peak: float, steps: int, num
             log_q = candidate_log_inclusion(np.bincount(np.asarray(pool.items[events]), minlength=N + 1), B * T, 1024).to(device)
 
             def sampled_step(i):
-                loss, _ = compute_losses(learner.model, learner.target_net, windows(i), sampled_t, step=i,
-                                         log_inclusion=log_q)
-                learner.update(loss)
+                learner.update(compute_losses(learner.model, learner.target_net, windows(i), sampled_t, step=i,
+                                              log_inclusion=log_q)[0])
 
             sampled = samples_per_s(sampled_step, B, steps, lambda: sync(torch, device))
             gflops = fast / B * train_step_flops(B, L, T, 3, 64, N) / 1e9

@@ -40,7 +40,7 @@ def timed_steps(learner: Learner, cfg, pool, steps: int, warmup: int = 3) -> dic
         marks = [time.perf_counter()]
         batch = make(i % count)
         marks.append(time.perf_counter())
-        loss = compute_losses(learner.model, learner.target_net, batch, cfg.train)[0]
+        loss, _, carry = compute_losses(learner.model, learner.target_net, batch, cfg.train)
         marks.append(time.perf_counter())
         learner.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -51,7 +51,7 @@ def timed_steps(learner: Learner, cfg, pool, steps: int, warmup: int = 3) -> dic
         learner.step += 1
         update_target(learner.target_net, learner.net, cfg.train, learner.step)
         if sessions:
-            learner.carry = batch.next_carry
+            learner.carry = carry
         marks.append(time.perf_counter())
         if i >= warmup:
             for phase, a, b in zip(PHASES, marks, marks[1:]):

@@ -14,25 +14,60 @@ def epoch_order(num_events: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, 100, epoch]).permutation(num_events)
 
 
-@dataclass
-class Batch:
-    """B samples of T-step windows (replay_buffer.Windows) as tensors on the training device."""
-    state: torch.Tensor    # [B, L] items before the event
-    actions: torch.Tensor  # [B, T] a_t .. a_{t+T-1}
-    rewards: torch.Tensor  # [B, T]
-    dones: torch.Tensor    # [B, T] step k ends the session
-    valid: torch.Tensor    # [B, T] step k lies inside the session
-    truncated: torch.Tensor | None = None  # [B, T] the data stops after step k, the session does not (None: nowhere)
-    after: torch.Tensor | None = None      # [B] a_{t+T}, the logged action after the window (0 or None: none readable)
-    shown: torch.Tensor | None = None      # [B, T, m] the slate step k was clicked in (0: padding), if read
+def ahead(count: int, steps: int, device=None) -> torch.Tensor:
+    """Index [count, steps] of the `steps` positions from each of positions 0..count-1: row j is
+    j, j+1, ..., j+steps-1. Turns per-session arrays [B, W] into windows [B, count, steps]."""
+    return torch.arange(count, device=device)[:, None] + torch.arange(steps, device=device)
+
+
+@dataclass(kw_only=True)
+class Steps:
+    """What both data paths hand the loss: each row's consecutive logged steps, as tensors on the
+    training device. Step j of row b is the action items[b, j] taken from the state before it, its
+    reward, and whether it ends the session. The first `trained.shape[1]` steps are trained (the TD
+    loss of each valid one); the rest only extend their returns."""
+    items: torch.Tensor    # [B, W] the logged actions a_p .. a_{p+W-1}; 0 past the session's end
+    rewards: torch.Tensor  # [B, W]
+    dones: torch.Tensor    # [B, W] step j ends the session
+    valid: torch.Tensor    # [B, W] step j lies inside the session
+    truncated: torch.Tensor | None = None  # [B, W] the data stops after step j, the session does not (None: nowhere)
+    after: torch.Tensor | None = None      # [B] the logged action after the W steps (0 or None: none readable)
+    shown: torch.Tensor | None = None      # [B, W, m] the slate step j was clicked in (0: padding), if read
 
     def __post_init__(self):
         self.truncated, self.after = nothing_cut(self.dones, self.truncated, self.after)
 
+    def ssl_windows(self, x: torch.Tensor, steps: int) -> torch.Tensor:
+        """x [B, W] -> [n, steps]: for each of the n self-supervised states (ssl_from, row-major) the
+        entries of its `steps` steps."""
+        return x[:, ahead(self.ssl_from.shape[1], steps, x.device)][self.ssl_from]
+
+
+@dataclass(kw_only=True)
+class Batch(Steps):
+    """The window path (pool.state_len > 0): B samples of T-step windows (replay_buffer.Windows). Every
+    step of a window is trained against its lambda-return truncated at the window's end; the K
+    self-supervised heads read the window's first state only."""
+    history: torch.Tensor  # [B, L] the items before the window (left-padded)
+    carry = None           # no encoder state is carried between batches
+    horizon = None         # each step's return runs to the window's end
+
+    @property
+    def trained(self) -> torch.Tensor:
+        """[B, T] the steps trained by TD: all of the window's valid ones."""
+        return self.valid
+
+    @property
+    def ssl_from(self) -> torch.Tensor:
+        """[B, 1] the states the self-supervised heads are trained from: the window's first."""
+        return self.valid[:, :1]
+
     @classmethod
     def from_windows(cls, w, device: torch.device | str = "cpu") -> "Batch":
-        return cls(*tensors(w, ("state", "actions", "rewards", "dones", "valid", "truncated", "after"), device),
-                   shown=shown_tensor(w, device))
+        history, items, rewards, dones, valid, truncated, after = tensors(
+            w, ("state", "actions", "rewards", "dones", "valid", "truncated", "after"), device)
+        return cls(history=history, items=items, rewards=rewards, dones=dones, valid=valid, truncated=truncated,
+                   after=after, shown=shown_tensor(w, device))
 
 
 def shown_tensor(w, device) -> torch.Tensor | None:
@@ -123,31 +158,33 @@ def lane_schedule(lengths: np.ndarray, lanes: int, chunk: int, seed: int, epoch:
     return session, start
 
 
-@dataclass
-class Chunk:
-    """One step of the session path: each lane's next events, as tensors on the training device.
-
-    A lane trains the first `train_len` of its `width` = train_len + T - 1 events (the rest is the
-    look-ahead of their T-step returns); `carry` is what the encoders carry into the chunk (online,
-    target), and the loss leaves the carries after the trained events in `next_carry`.
-    """
-    items: torch.Tensor    # [B, W] a_p .. a_{p+W-1}, p the lane's start; 0 past the session's end
-    rewards: torch.Tensor  # [B, W]
-    dones: torch.Tensor    # [B, W] the session's last event
-    valid: torch.Tensor    # [B, W] inside the session
+@dataclass(kw_only=True)
+class Chunk(Steps):
+    """The session path (pool.state_len = 0): each lane's next W = train_len + T - 1 events. A lane
+    trains the first `train_len` (each against the lambda-return of the `horizon` = T steps from it,
+    so every transition is trained once per epoch; the rest is their look-ahead) and every one of
+    them feeds the self-supervised heads. `carry` is what the encoders (online, target) carry into the
+    chunk; the loss returns what they carry out."""
     train_len: int
     carry: tuple
-    next_carry: tuple | None = None
-    truncated: torch.Tensor | None = None  # [B, W] the data stops after this event, the session does not
-    after: torch.Tensor | None = None      # [B] the logged event after the chunk's W (0: none readable)
-    shown: torch.Tensor | None = None      # [B, W, m] the slate each event was clicked in (0: padding), if read
+    history = None         # the state before the chunk is in the carry
 
-    def __post_init__(self):
-        self.truncated, self.after = nothing_cut(self.dones, self.truncated, self.after)
+    @property
+    def horizon(self) -> int:
+        return self.items.shape[1] - self.train_len + 1
+
+    @property
+    def trained(self) -> torch.Tensor:
+        """[B, train_len] the trained events: padding past a session's end costs nothing."""
+        return self.valid[:, :self.train_len]
+
+    @property
+    def ssl_from(self) -> torch.Tensor:
+        return self.trained
 
     @classmethod
     def from_spans(cls, w, train_len: int, carry: tuple, device: torch.device | str = "cpu") -> "Chunk":
         items, rewards, dones, valid, truncated, after = tensors(
             w, ("actions", "rewards", "dones", "valid", "truncated", "after"), device)
-        return cls(items, rewards, dones, valid, train_len, carry, truncated=truncated, after=after,
-                   shown=shown_tensor(w, device))
+        return cls(items=items, rewards=rewards, dones=dones, valid=valid, train_len=train_len, carry=carry,
+                   truncated=truncated, after=after, shown=shown_tensor(w, device))

@@ -4,7 +4,7 @@ the counters that say where training stands.
 `Learner.update(loss)` is the one optimisation step (zero_grad, backward, clip, step, target update)
 that training, fine-tuning and every benchmark step take. `train_epoch` walks an epoch's batches with
 any loss function of the form `loss_fn(model, target_net, batch, train_cfg, dist, step, log_inclusion, reward_scale)
--> (loss, stats)` (model.compute_losses).
+-> (loss, stats, the encoders' carry after a session chunk or None)` (model.compute_losses).
 """
 from __future__ import annotations
 
@@ -153,11 +153,11 @@ def train_epoch(learner: Learner, pool, cfg, loss_fn, dist: Dist = SINGLE, on_st
         swapped = learner.swapped()
         if swapped and isinstance(batch, Chunk):                # each network keeps its own carry
             batch.carry = batch.carry[::-1]
-        loss, stats = loss_fn(*learner.roles(swapped), batch, t, dist, learner.step, log_inclusion, scale)
+        loss, stats, carry = loss_fn(*learner.roles(swapped), batch, t, dist, learner.step, log_inclusion, scale)
         learner.update(loss, swapped)
         learner.batch = i + 1
-        if isinstance(batch, Chunk):
-            learner.carry = batch.next_carry[::-1] if swapped else batch.next_carry
+        if carry is not None:
+            learner.carry = carry[::-1] if swapped else carry
         for k, v in stats.items():
             learner.sums[k] = learner.sums.get(k, 0.0) + v
         if i % 20 == 0:

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from model import SeqRecQ, compute_losses, expectile_loss, negative_losses, rerank, sampled_items, state_values
+from model import SeqRecQ, compute_losses, rerank
+from seqrec.losses import bootstrap_values, expectile_loss, negative_losses, sampled_items
 from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
 from seqrec.config import load_config
 from seqrec.errors import UserError
@@ -98,11 +99,11 @@ def test_state_values_double_and_max(with_candidates, q_head):
     expected_double = target_q.gather(-1, online_q.argmax(-1, keepdim=True)).squeeze(-1)
     given = cand if with_candidates else None
     unused = torch.zeros(4, 3, dtype=torch.long)
-    torch.testing.assert_close(state_values(online, target, states, target_states, unused, "double", given),
+    torch.testing.assert_close(bootstrap_values(online, target, states, target_states, unused, "double", given),
                                expected_double)
-    torch.testing.assert_close(state_values(online, target, states, target_states, unused, "swap", given),
+    torch.testing.assert_close(bootstrap_values(online, target, states, target_states, unused, "swap", given),
                                expected_double)
-    torch.testing.assert_close(state_values(online, target, states, target_states, unused, "max", given),
+    torch.testing.assert_close(bootstrap_values(online, target, states, target_states, unused, "max", given),
                                target_q.max(-1).values)
 
 
@@ -114,7 +115,7 @@ def test_state_values_logged():
     states, target_states = torch.randn(3, 4), torch.randn(3, 4)
     logged = torch.tensor([5, 0, 0])
     cut = torch.tensor([False, False, True])
-    got = state_values(online, target, states, target_states, logged, "logged", None, cut)
+    got = bootstrap_values(online, target, states, target_states, logged, "logged", None, cut)
     q = target.q_values(target_states)
     pi = [torch.softmax(online.ssl(states[2:3])[0, 0, 1:], 0)[i] for i in range(6)]
     expected = torch.stack([q[0, 5], torch.tensor(0.0), sum(pi[i] * q[2, i + 1] for i in range(6))])
@@ -178,11 +179,11 @@ def test_training_step_is_finite_and_trains_every_part(encoder):
     model = SeqRecQ.from_config(cfg.model.to_dict(), 12)
     target = SeqRecQ.from_config(cfg.model.to_dict(), 12).eval()
     # Windows that end early: padding after the session's end must not produce NaN.
-    batch = Batch(state=torch.tensor([[0, 0, 3], [4, 5, 6]]), actions=torch.tensor([[7, 0, 0], [8, 9, 10]]),
+    batch = Batch(history=torch.tensor([[0, 0, 3], [4, 5, 6]]), items=torch.tensor([[7, 0, 0], [8, 9, 10]]),
                   rewards=torch.tensor([[1.0, 0, 0], [0.2, 0.2, 1.0]]),
                   dones=torch.tensor([[True, False, False], [False, False, False]]),
                   valid=torch.tensor([[True, False, False], [True, True, True]]))
-    loss, stats = compute_losses(model, target, batch, cfg.train)
+    loss, stats, _ = compute_losses(model, target, batch, cfg.train)
     loss.backward()
     assert torch.isfinite(loss) and stats["td"] > 0 and stats["ce"] > 0
     for name, p in model.named_parameters():
@@ -195,10 +196,10 @@ def test_td_target_of_a_one_step_window_is_r_plus_gamma_v():
     cfg = load_config(overrides=["pool.horizon=1", "model.ssl_steps=1", "train.bootstrap=max", "train.alpha=1.0"])
     torch.manual_seed(0)
     model = SeqRecQ(num_items=5, hidden=4, dropout=0.0, ssl_steps=1)
-    batch = Batch(state=torch.tensor([[1, 2]]), actions=torch.tensor([[3]]), rewards=torch.tensor([[0.2]]),
+    batch = Batch(history=torch.tensor([[1, 2]]), items=torch.tensor([[3]]), rewards=torch.tensor([[0.2]]),
                   dones=torch.tensor([[False]]), valid=torch.tensor([[True]]))
-    _, stats = compute_losses(model, model, batch, cfg.train)
-    h = model.window_states(batch.state, batch.actions)
+    _, stats, _ = compute_losses(model, model, batch, cfg.train)
+    h = model.window_states(batch.history, batch.items)
     q = model.q_values(h)
     v = q[0, 1, 1:].max()
     expected = (q[0, 0, 3] - (0.2 + cfg.train.gamma * v)) ** 2
@@ -222,15 +223,15 @@ def test_iql_targets_bootstrap_the_value_head_which_learns_an_expectile_of_the_l
     target = random_q(SeqRecQ.from_config({**cfg.model.to_dict(), "hidden": 4, "dropout": 0.0}, 5))
     with torch.no_grad():
         model.v_head.weight.normal_()
-    batch = Batch(state=torch.tensor([[1, 2], [0, 4]]), actions=torch.tensor([[3], [5]]),
+    batch = Batch(history=torch.tensor([[1, 2], [0, 4]]), items=torch.tensor([[3], [5]]),
                   rewards=torch.tensor([[0.2], [1.0]]), dones=torch.tensor([[False], [True]]),
                   valid=torch.tensor([[True], [True]]))
-    loss, stats = compute_losses(model, target, batch, cfg.train)
-    h, h_target = model.window_states(batch.state, batch.actions), target.window_states(batch.state, batch.actions)
-    q = model.q_of(h[:, 0], batch.actions[:, 0])
+    loss, stats, _ = compute_losses(model, target, batch, cfg.train)
+    h, h_target = model.window_states(batch.history, batch.items), target.window_states(batch.history, batch.items)
+    q = model.q_of(h[:, 0], batch.items[:, 0])
     returns = torch.tensor([0.2, 1.0]) + cfg.train.gamma * torch.tensor([1.0, 0.0]) * model.state_value(h[:, 1])
     assert stats["td"] == pytest.approx(((q - returns) ** 2).mean().item(), rel=1e-5)
-    diff = target.q_of(h_target[:, 0], batch.actions[:, 0]) - model.state_value(h[:, 0])
+    diff = target.q_of(h_target[:, 0], batch.items[:, 0]) - model.state_value(h[:, 0])
     assert stats["v_loss"] == pytest.approx(expectile_loss(diff, 0.8).mean().item(), rel=1e-5)
     loss.backward()
     assert model.v_head.weight.grad.abs().sum() > 0
@@ -242,10 +243,10 @@ def test_iql_with_negatives_logs_every_term():
                                  "train.q_negatives=3", "train.cql_weight=0.5"])
     torch.manual_seed(0)
     model = random_q(SeqRecQ.from_config({**cfg.model.to_dict(), "hidden": 4, "dropout": 0.0}, 5))
-    batch = Batch(state=torch.tensor([[1, 2], [0, 4]]), actions=torch.tensor([[3], [5]]),
+    batch = Batch(history=torch.tensor([[1, 2], [0, 4]]), items=torch.tensor([[3], [5]]),
                   rewards=torch.tensor([[0.2], [1.0]]), dones=torch.tensor([[False], [True]]),
                   valid=torch.tensor([[True], [True]]))
-    _, stats = compute_losses(model, model, batch, cfg.train)
+    _, stats, _ = compute_losses(model, model, batch, cfg.train)
     assert {"loss", "ce", "td", "q_mean", "v_loss", "td_negative", "cql"} <= set(stats)
     assert all(math.isfinite(v) for v in stats.values())
 
@@ -284,17 +285,17 @@ def test_sampled_loss_is_the_softmax_over_the_candidates(corrected):
                                  "train.alpha=0.0"])
     torch.manual_seed(0)
     model = SeqRecQ(num_items=40, hidden=6, dropout=0.0, ssl_steps=2)
-    batch = Batch(state=torch.tensor([[0, 5, 6], [7, 8, 9]]), actions=torch.tensor([[11, 12], [13, 0]]),
+    batch = Batch(history=torch.tensor([[0, 5, 6], [7, 8, 9]]), items=torch.tensor([[11, 12], [13, 0]]),
                   rewards=torch.tensor([[0.2, 0.2], [1.0, 0.0]]), dones=torch.tensor([[False, False], [True, False]]),
                   valid=torch.tensor([[True, True], [True, False]]))
-    cand = candidate_items(batch.actions, 4, 40, cfg.train.seed, step=3)
+    cand = candidate_items(batch.items, 4, 40, cfg.train.seed, step=3)
     log_q = -torch.rand(41) * 3 if corrected else torch.zeros(41)
-    _, stats = compute_losses(model, model, batch, cfg.train, step=3, log_inclusion=log_q if corrected else None)
-    logits = model.ssl(model.window_states(batch.state, batch.actions)[:, 0]) - log_q   # [B, K, N+1]
+    _, stats, _ = compute_losses(model, model, batch, cfg.train, step=3, log_inclusion=log_q if corrected else None)
+    logits = model.ssl(model.window_states(batch.history, batch.items)[:, 0]) - log_q   # [B, K, N+1]
     weights = cfg.train.ssl_weights
     expected = 0.0
     for k in range(2):
-        terms = [-torch.log_softmax(logits[b, k, cand], 0)[cand.tolist().index(batch.actions[b, k].item())]
+        terms = [-torch.log_softmax(logits[b, k, cand], 0)[cand.tolist().index(batch.items[b, k].item())]
                  for b in range(2) if batch.valid[b, k]]
         expected += weights[k] * sum(terms) / len(terms)
     assert stats["ce"] == pytest.approx(float(expected.detach()), rel=1e-5)
@@ -323,16 +324,16 @@ def test_alpha_zero_skips_the_q_head_target_net_and_argmax():
         def __getattr__(self, name):
             raise AssertionError(f"the target net's {name} was used with alpha = 0")
     model.greedy_items = lambda *a, **k: pytest.fail("argmax with alpha = 0")
-    batch = Batch(state=torch.tensor([[0, 1, 2], [3, 4, 5]]), actions=torch.tensor([[6, 7, 0], [8, 9, 10]]),
+    batch = Batch(history=torch.tensor([[0, 1, 2], [3, 4, 5]]), items=torch.tensor([[6, 7, 0], [8, 9, 10]]),
                   rewards=torch.tensor([[0.2, 0.2, 0], [1.0, 0.2, 0.2]]),
                   dones=torch.tensor([[False, True, False], [False, False, False]]),
                   valid=torch.tensor([[True, True, False], [True, True, True]]))
-    loss, stats = compute_losses(model, Untouchable(), batch, cfg.train)
+    loss, stats, _ = compute_losses(model, Untouchable(), batch, cfg.train)
     loss.backward()
     assert stats["td"] == 0.0 and loss.item() == pytest.approx(stats["ce"])
     assert model.q_transform.grad is None and model.q_bias.grad is None
     del model.greedy_items
-    with_td, _ = compute_losses(model, model, batch, load_config(overrides=["pool.horizon=3", "model.ssl_steps=2",
+    with_td, _, _ = compute_losses(model, model, batch, load_config(overrides=["pool.horizon=3", "model.ssl_steps=2",
                                                                               "train.alpha=1.0"]).train)
     assert with_td.item() > loss.item()                 # the same CE plus a positive TD term
 
@@ -394,32 +395,32 @@ def test_sa2c_weighs_each_steps_cross_entropy_by_the_advantage_of_that_step():
     torch.manual_seed(3)
     net = random_q(SeqRecQ(num_items=9, hidden=4, dropout=0.0, ssl_steps=3))
     target = random_q(SeqRecQ(num_items=9, hidden=4, dropout=0.0, ssl_steps=3))
-    batch = Batch(state=torch.tensor([[0, 2], [3, 4], [5, 1]]), actions=torch.tensor([[7, 0, 0], [8, 9, 1], [2, 6, 3]]),
+    batch = Batch(history=torch.tensor([[0, 2], [3, 4], [5, 1]]), items=torch.tensor([[7, 0, 0], [8, 9, 1], [2, 6, 3]]),
                   rewards=torch.tensor([[1.0, 0, 0], [0.2, 0.2, 1.0], [0.2, 1.0, 0.2]]),
                   dones=torch.tensor([[True, False, False], [False] * 3, [False] * 3]),
                   valid=torch.tensor([[True, False, False], [True] * 3, [True] * 3]))
     warming = compute_losses(net, target, batch, sa2c, step=4)[0]
     torch.testing.assert_close(warming, compute_losses(net, target, batch, plain, step=4)[0])
-    _, stats = compute_losses(net, target, batch, sa2c, step=5)
+    _, stats, _ = compute_losses(net, target, batch, sa2c, step=5)
     with torch.no_grad():
         expected = sa2c_by_hand(net, batch, sa2c)
     assert stats["ce"] == pytest.approx(expected, rel=1e-5)
 
 
 def sa2c_by_hand(net, batch, t) -> float:
-    states = net.window_states(batch.state, batch.actions)
+    states = net.window_states(batch.history, batch.items)
     drawn = iter(sampled_items((7, 4), 9, t.seed, 5, "cpu", stream=1))      # valid steps in row-major order
     adv = torch.zeros(3, 3)
     for b in range(3):
         for j in range(3):
             if batch.valid[b, j]:
                 q = net.q_values(states[b, j])
-                both = [q[batch.actions[b, j]]] + [q[a] for a in next(drawn)]
+                both = [q[batch.items[b, j]]] + [q[a] for a in next(drawn)]
                 adv[b, j] = (both[0] - sum(both) / 5).clamp(0.0, 0.7)
     logits = net.ssl(states[:, 0])                                                # [B, K, N+1]
     expected = 0.0
     for k, w in enumerate(t.ssl_weights[:3]):
-        terms = [adv[b, k] * -torch.log_softmax(logits[b, k], 0)[batch.actions[b, k]] for b in range(3) if batch.valid[b, k]]
+        terms = [adv[b, k] * -torch.log_softmax(logits[b, k], 0)[batch.items[b, k]] for b in range(3) if batch.valid[b, k]]
         expected += w * sum(terms) / len(terms)
     assert 0 < float(adv.max()) <= 0.7 and float(adv[batch.valid].min()) == 0.0      # both clips bite here
     return float(expected)
@@ -480,17 +481,17 @@ def test_negatives_from_exposures_are_the_slates_other_items_and_uniform_draws_f
     torch.manual_seed(6)
     net, target = (random_q(SeqRecQ(num_items=9, hidden=4, dropout=0.0, ssl_steps=1)) for _ in range(2))
     shown = torch.tensor([[[4, 7, 2]], [[5, 0, 0]], [[9, 1, 0]]])                  # [B, T, m]: slates of 3, 1, 2
-    batch = Batch(state=torch.tensor([[0, 2], [3, 4], [5, 1]]), actions=torch.tensor([[7], [5], [1]]),
+    batch = Batch(history=torch.tensor([[0, 2], [3, 4], [5, 1]]), items=torch.tensor([[7], [5], [1]]),
                   rewards=torch.tensor([[0.2], [1.0], [0.2]]), dones=torch.tensor([[False], [True], [False]]),
                   valid=torch.ones(3, 1, dtype=torch.bool), after=torch.tensor([3, 0, 8]), shown=shown)
-    _, stats = compute_losses(net, target, batch, cfg.train, step=11)
+    _, stats, _ = compute_losses(net, target, batch, cfg.train, step=11)
     uniform = sampled_items((3, 3), 9, cfg.train.seed, 11, "cpu")
     drawn = torch.where(shown[:, 0] > 0, shown[:, 0], uniform)
     with torch.no_grad():
-        states = net.window_states(batch.state, batch.actions)[:, 0]
-        target_states = target.window_states(batch.state, batch.actions)[:, 0]
-        values = target.q_of(target_states, batch.actions[:, 0])              # logged: V(s) = Q_target(s, a)
-        td, _ = negative_losses(net, states, batch.actions[:, 0], net.q_of(states, batch.actions[:, 0]), values, drawn,
+        states = net.window_states(batch.history, batch.items)[:, 0]
+        target_states = target.window_states(batch.history, batch.items)[:, 0]
+        values = target.q_of(target_states, batch.items[:, 0])              # logged: V(s) = Q_target(s, a)
+        td, _ = negative_losses(net, states, batch.items[:, 0], net.q_of(states, batch.items[:, 0]), values, drawn,
                                 cfg.train, torch.nn.functional.mse_loss)
     assert stats["td_negative"] == pytest.approx(float(td.sum() / 3), rel=1e-5)
 
@@ -505,14 +506,14 @@ def test_slate_softmax_is_the_choice_among_the_items_shown():
     with torch.no_grad():
         net.ssl.items.weight.normal_()
     shown = torch.tensor([[[4, 7, 2], [1, 0, 0]], [[5, 6, 0], [2, 3, 0]], [[0, 0, 0], [9, 0, 0]]])   # [B, T, m]
-    batch = Batch(state=torch.tensor([[0, 2], [3, 4], [5, 1]]), actions=torch.tensor([[7, 1], [5, 2], [1, 9]]),
+    batch = Batch(history=torch.tensor([[0, 2], [3, 4], [5, 1]]), items=torch.tensor([[7, 1], [5, 2], [1, 9]]),
                   rewards=torch.zeros(3, 2), dones=torch.zeros(3, 2, dtype=torch.bool),
                   valid=torch.ones(3, 2, dtype=torch.bool), shown=shown)
-    _, plain = compute_losses(net, net, batch, items_cfg)
-    _, chosen = compute_losses(net, net, batch, shown_cfg)
+    _, plain, _ = compute_losses(net, net, batch, items_cfg)
+    _, chosen, _ = compute_losses(net, net, batch, shown_cfg)
     with torch.no_grad():
-        logits = net.ssl(net.window_states(batch.state, batch.actions)[:, 0])                       # [B, K, N+1]
-        full = [-torch.log_softmax(logits[b, k], 0)[batch.actions[b, k]] for b in range(3) for k in range(2)]
+        logits = net.ssl(net.window_states(batch.history, batch.items)[:, 0])                       # [B, K, N+1]
+        full = [-torch.log_softmax(logits[b, k], 0)[batch.items[b, k]] for b in range(3) for k in range(2)]
         in_slate = [-torch.log_softmax(logits[b, 0, [int(i) for i in shown[b, 0] if i > 0]], 0)[j]
                     for b, j in ((0, 1), (1, 0))]
     ws = items_cfg.ssl_weights
@@ -523,7 +524,7 @@ def test_slate_softmax_is_the_choice_among_the_items_shown():
 
 
 def test_fast_dropout_keeps_each_element_with_probability_1_minus_p_and_passes_its_mask_to_the_gradient():
-    from model import fast_dropout
+    from seqrec.encoders import fast_dropout
     torch.manual_seed(0)
     x = torch.full((400, 500), 2.0, requires_grad=True)
     out = fast_dropout(x, 0.1, training=True)
@@ -586,12 +587,12 @@ def test_reward_scale_enters_only_through_the_rewards():
     model = SeqRecQ.from_config(cfg.model.to_dict(), 12)
 
     def batch(scale):
-        return Batch(state=torch.tensor([[0, 1, 3], [4, 5, 6]]), actions=torch.tensor([[7, 2, 0], [8, 9, 10]]),
+        return Batch(history=torch.tensor([[0, 1, 3], [4, 5, 6]]), items=torch.tensor([[7, 2, 0], [8, 9, 10]]),
                      rewards=scale * torch.tensor([[4.0, 3.5, 0], [0.5, 2.0, 4.0]]),
                      dones=torch.tensor([[False, True, False], [False, False, False]]),
                      valid=torch.tensor([[True, True, False], [True, True, True]]))
-    scaled, stats = compute_losses(model, model, batch(1.0), cfg.train, reward_scale=0.25)
-    plain, plain_stats = compute_losses(model, model, batch(0.25), cfg.train)
+    scaled, stats, _ = compute_losses(model, model, batch(1.0), cfg.train, reward_scale=0.25)
+    plain, plain_stats, _ = compute_losses(model, model, batch(0.25), cfg.train)
     torch.testing.assert_close(scaled, plain)
     assert stats["td"] == pytest.approx(plain_stats["td"])
     unscaled = compute_losses(model, model, batch(1.0), cfg.train)[1]["td"]

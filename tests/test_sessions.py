@@ -138,9 +138,9 @@ def test_losses_equal_the_window_paths_when_the_state_covers_every_session(tmp_p
                                f"train.negatives_from={'exposures' if exposures else 'uniform'}",
                                f"train.ssl_softmax={'shown' if exposures else 'items'}"]).train
     window = Batch.from_windows(pool.windows(pool.events("train"), LONGEST + 1, 1, training=True, shown=exposures))
-    by_windows, stats_w = compute_losses(net, target, window, t)
+    by_windows, stats_w, _ = compute_losses(net, target, window, t)
     grads_w = torch.autograd.grad(by_windows, list(net.parameters()))
-    by_sessions, stats_s = compute_losses(net, target, one_chunk_of_everything(pool, net, target, 1, exposures), t)
+    by_sessions, stats_s, _ = compute_losses(net, target, one_chunk_of_everything(pool, net, target, 1, exposures), t)
     grads_s = torch.autograd.grad(by_sessions, list(net.parameters()))
     assert stats_s["ce"] == pytest.approx(stats_w["ce"], rel=1e-5)
     assert stats_s["td"] == pytest.approx(stats_w["td"], rel=1e-5)
@@ -162,8 +162,8 @@ def test_multi_step_targets_and_returns_equal_the_window_paths_first_step(tmp_pa
     target = copy.deepcopy(net)
     t = load_config(overrides=["train.alpha=0.0", "pool.horizon=3"]).train
     window = Batch.from_windows(pool.windows(pool.events("train"), LONGEST + 1, 3, training=True))
-    _, stats_w = compute_losses(net, target, window, t)
-    _, stats_s = compute_losses(net, target, one_chunk_of_everything(pool, net, target, 3), t)
+    _, stats_w, _ = compute_losses(net, target, window, t)
+    _, stats_s, _ = compute_losses(net, target, one_chunk_of_everything(pool, net, target, 3), t)
     assert stats_s["ce"] == pytest.approx(stats_w["ce"], rel=1e-5)
 
 

@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from td_lambda import lambda_returns
+from td_lambda import lambda_returns, td_targets
 
 
 def n_step_return(r, v, d, k, n, gamma):
@@ -99,3 +99,21 @@ def test_lambda_one_is_t_step_return():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         lambda_returns(torch.zeros(2, 3), torch.zeros(2, 2), torch.zeros(2, 3, dtype=torch.bool), 0.5, 0.5)
+
+
+@pytest.mark.parametrize("horizon", [None, 1, 3])
+def test_td_targets_are_each_trained_steps_forward_view_return(horizon):
+    """The loss's one call for both paths: a window's steps each to the window's end; a chunk's first
+    W - T + 1 steps each over its own T steps (the window that starts there)."""
+    g = torch.Generator().manual_seed(7)
+    rewards, values = torch.rand(3, 6, generator=g, dtype=torch.float64), torch.randn(3, 6, generator=g, dtype=torch.float64)
+    dones, truncated = torch.rand(3, 6, generator=g) < 0.2, torch.rand(3, 6, generator=g) < 0.2
+    got = td_targets(rewards, values, dones, 0.9, 0.7, truncated, horizon)
+    if horizon is None:
+        torch.testing.assert_close(got, naive_lambda_returns(rewards, values, dones, 0.9, 0.7, truncated))
+        return
+    assert got.shape == (3, 6 - horizon + 1)
+    for j in range(6 - horizon + 1):
+        w = slice(j, j + horizon)
+        torch.testing.assert_close(got[:, j], naive_lambda_returns(rewards[:, w], values[:, w], dones[:, w], 0.9, 0.7,
+                                                                   truncated[:, w])[:, 0])
