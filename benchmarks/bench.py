@@ -1,8 +1,8 @@
 """Speed and memory figures: pool building, training, evaluation, against the machine's matmul peak.
 
-    python benchmarks/bench.py                   # all figures (about 2 minutes on 2 cores, MovieLens-1M's pool built)
-    python benchmarks/bench.py --quick           # smaller sizes, no MovieLens-1M
-    python benchmarks/bench.py --device cuda     # training and evaluation on the GPU
+    python -m benchmarks.bench                   # all figures (about 2 minutes on 2 cores, MovieLens-1M's pool built)
+    python -m benchmarks.bench --quick           # smaller sizes, no MovieLens-1M
+    python -m benchmarks.bench --device cuda     # training and evaluation on the GPU
 
 Prints one line per figure as `name=value unit` and writes them to results/bench-<device>.csv.
 Pool building runs in a child process per size, so its peak RSS is its own; the input events are
@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from replay_buffer import pool_from_events
+from seqrec.atomic import atomic_write
+from seqrec.config import load_config
+from seqrec.errors import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from seqrec.atomic import atomic_write  # noqa: E402
-from seqrec.config import load_config  # noqa: E402
-from seqrec.errors import run_cli  # noqa: E402
-from replay_buffer import pool_from_events  # noqa: E402
 
 FIGURES: list[tuple[str, float, str, str]] = []
 
@@ -96,8 +95,8 @@ def pool_child(num_events: int, folder: Path) -> dict:
 def bench_pool(sizes: list[int]) -> None:
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            out = subprocess.run([sys.executable, __file__, "--pool-child", str(n), "--pool-dir", f"{tmp}/pool"],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--pool-child", str(n), "--pool-dir",
+                                  f"{tmp}/pool"], capture_output=True, text=True, check=True, cwd=ROOT)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         tag = f"{n // 1_000_000}M"
         report(f"pool_build_events_per_s@{tag}", r["events"] / r["seconds"], "events/s",
@@ -207,8 +206,8 @@ def eval_query_flops(L: int, H: int, N: int) -> float:
 def bench_training(torch, device, items: list[int], peak: float, steps: int, num_events: int = 300_000) -> None:
     """Samples/s of the training step (Learner.update on model.compute_losses, as train_offline.py takes
     it), of the naive step and of a sampled step, on one learner per catalogue size."""
+    from benchmarks.naive import naive_losses, replay_table, sample_rows
     from model import SeqRecQ, compute_losses
-    from naive import naive_losses, replay_table, sample_rows
     from seqrec.batches import Batch, candidate_log_inclusion, epoch_order
     from seqrec.learner import Learner
     for n_items in items:
@@ -327,7 +326,7 @@ def bench_full_vs_gru4rec(torch, device, steps: int, datasets=(("ml-100k", "movi
     """The full model's step against gru4rec's, and SASRec's against the GRU's, on MovieLens-100K and -1M
     leave-one-out, 10-item windows and whole sessions: each rate measured with the configs' settings
     (batch 256, dropout 0.1), one model after the other, beside the ratio the arithmetic alone gives."""
-    from recipes import MODELS
+    from benchmarks.recipes import MODELS
     from replay_buffer import ensure_pool
     sasrec = [*MODELS["gru4rec"], "model.encoder=sasrec"]
     for tag, config in datasets:
@@ -424,6 +423,7 @@ def main() -> None:
         return
 
     import torch
+
     from seqrec.allocator import keep_freed_memory
     from seqrec.distributed import resolve_device
     keep_freed_memory()                  # as train_offline.py does; the pool children keep the default

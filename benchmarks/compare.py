@@ -1,9 +1,9 @@
 """Baselines and ablations in one command: the same split, budget and seeds for every model.
 
-    python benchmarks/compare.py                        # everything: simulated + MovieLens-100K (117 runs of 2-5 min, ~4 h on 2 cores)
-    python benchmarks/compare.py --data simulated       # or movielens (both protocols), simulated-delayed (clickbait), movielens-1m
-    python benchmarks/compare.py --quick                # a smoke run in minutes (tiny data, 1 seed, 2 epochs)
-    python benchmarks/compare.py --baselines-only --out results/baselines   # popularity and the online baselines only
+    python -m benchmarks.compare                        # everything: simulated + MovieLens-100K (117 runs of 2-5 min, ~4 h on 2 cores)
+    python -m benchmarks.compare --data simulated       # or movielens (both protocols), simulated-delayed (clickbait), movielens-1m
+    python -m benchmarks.compare --quick                # a smoke run in minutes (tiny data, 1 seed, 2 epochs)
+    python -m benchmarks.compare --baselines-only --out results/baselines   # popularity and the online baselines only
 
 Every trained model is `python train_offline.py` with the overrides in MODELS on top of the data
 set's config, run in `runs/compare/<data>/<model>/seed<k>/` (a finished run with the same config is
@@ -35,25 +35,28 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from benchmarks.off_policy import OPE_CRITICS, run_ope
+from benchmarks.paired import differences
+from benchmarks.recipes import BASELINES, MODELS
+from benchmarks.report import gather_value_tables, write_report
+from benchmarks.tuning import (
+    TUNE_BUDGET,
+    chosen_settings,
+    grid,
+    transfer_grid,
+    write_tuning,
+)
+from model import SeqRecQ
+from replay_buffer import Pool, ensure_pool
+from seqrec.atomic import atomic_write
+from seqrec.config import WORLDS, load_config
+from seqrec.errors import UserError, run_cli
+from seqrec.evaluation import evaluate, rank_queries
+from seqrec.metrics import ndcg
+from seqrec.online import ModelPolicy, baseline_policies, rollout, simulator_for
+from seqrec.runs import is_run_folder, load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from model import SeqRecQ  # noqa: E402
-from replay_buffer import Pool, ensure_pool  # noqa: E402
-from seqrec.atomic import atomic_write, atomic_write_text  # noqa: E402
-from seqrec.config import WORLDS, load_config  # noqa: E402
-from seqrec.errors import UserError, run_cli  # noqa: E402
-from seqrec.evaluation import evaluate, rank_queries  # noqa: E402
-from seqrec.metrics import ndcg  # noqa: E402
-from seqrec.online import (ModelPolicy, baseline_policies, impression_log,  # noqa: E402
-                           pool_popularity_policy, rollout, simulator_for)
-from seqrec.ope_eval import (SEQUENTIAL_CLIP, Critic, Target, assess, critic_view, deterministic_slates,  # noqa: E402
-                             estimates, logging_propensities, model_based_estimates, target_propensities)
-from seqrec.plots import pyplot, save_png  # noqa: E402
-from paired import differences  # noqa: E402
-from recipes import BASELINES, LAMBDAS, MODELS  # noqa: E402
-from tuning import TUNE_BUDGET, chosen_settings, grid, merged_tables, transfer_grid, tuning_table  # noqa: E402
-from seqrec.runs import is_run_folder, load_checkpoint  # noqa: E402
 
 
 # ================================================================================================
@@ -389,110 +392,6 @@ def baseline_rows(ds: Dataset, cfg, seeds: list[int], cache: Path | None = None)
     return rows
 
 
-# ================================================================================================
-# Off-policy evaluation (--ope)
-# ================================================================================================
-def critic_of(policy: ModelPolicy) -> Critic:
-    """A run's model as the model-based estimators' critic: its ssl head's next-item log-probabilities
-    (over the items it saw)."""
-    def log_probs(h):
-        logits = policy(h, None)
-        top = logits.max(1, keepdims=True)
-        return logits - top - np.log(np.exp(logits - top).sum(1, keepdims=True))
-    return Critic(log_probs)
-
-
-OPE_CRITICS = ("q-T3-lam0.8", "full-T3-lam0.8", "full")     # --ope's critic, the first of them that was run
-
-
-def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int, critic: str | None,
-             seed: int = 0) -> list[dict]:
-    """Every history-only policy of `ds` (the baselines, and each model's checkpoint of `seed`) estimated by
-    each off-policy estimator on an impression log of online.sessions fresh logging-policy sessions (users
-    of `seed`), beside its true online return (seed `seed`), plus the offline NDCG@10 rows the assessment
-    compares with. The model-based estimators read model `critic`'s run (left out, with a line, when it
-    was not run)."""
-    sim, pool = simulator_for(cfg), Pool(Path(cfg.pool.dir))
-    log = impression_log(sim, cfg.online.sessions, seed=seed, draws=draws)
-    rng = np.random.default_rng([cfg.sim.seed, 61] + ([seed] if seed else []))
-    logging = logging_propensities(sim, log, draws, rng)
-    popular = pool_popularity_policy(sim, pool)
-    targets = {"random": Target("uniform"), "logging": Target("logging"),
-               "popular": Target("scores", lambda h: popular(h, None))}
-    if log.marginals is not None:      # RecSim's logging policy reads the hidden user: not a policy of the history
-        del targets["logging"]         # (no logits from a history to draw it, no online truth)
-    seed_runs = {run.model: run for run in runs if run.dataset is ds and run.seed == seed}
-
-    def policy_of(name: str, head: str | None = None) -> ModelPolicy:
-        run = seed_runs[name]
-        model = SeqRecQ.from_checkpoint(load_checkpoint(run.run_dir / "best.pt"), pool.num_items)
-        return ModelPolicy.from_config(model, pool.item_ids, sim.p.num_items, run.config(), head=head)
-    for name in seed_runs:
-        targets[name] = Target("scores", lambda h, policy=policy_of(name): policy(h, None))
-    critic = critic or next((name for name in OPE_CRITICS if name in seed_runs), OPE_CRITICS[0])
-    view = critic_view(critic_of(policy_of(critic, "ssl")), log, sim.p.num_items) if critic in seed_runs else None
-    if view is None:
-        print(f"{ds.name}: no {critic} run, so no critic: the direct method, cascade DR and FQE are left out "
-              f"(add it to --models or name another with --ope-critic)")
-    of_seed = rows[(rows["dataset"] == ds.name) & (rows["seed"] == seed) & (rows["split"] == "test")]
-    truth = of_seed[(of_seed["protocol"] == "online") & (of_seed["metric"] == "return")].set_index("model")["value"]
-    out = []
-    for name, target in tqdm(targets.items(), desc=f"off-policy estimates ({ds.name})", unit="policy"):
-        slates = deterministic_slates(target, log.histories, sim.p.slate_size) if target.kind == "scores" else None
-        probs = target_propensities(target, log, logging, sim.p.num_items, slates)
-        found = estimates(log, probs, logging, rng)
-        if view is not None:
-            found += model_based_estimates(log, target, view, probs.prefix / logging.prefix, slates,
-                                           getattr(sim, "logging_logits_after", None), rng)
-        for r in found:
-            out.append({"dataset": ds.name, "policy": name, **r, "truth": truth.get(name, np.nan)})
-        offline_name = "popularity" if name == "popular" else name
-        for kind in ("click", "purchase"):
-            hit = of_seed[(of_seed["protocol"] == ds.protocol) & (of_seed["model"] == offline_name)
-                          & (of_seed["metric"] == f"{kind}/NDCG@10")]["value"]
-            if len(hit):
-                out.append({"dataset": ds.name, "policy": name, "estimator": f"offline-{kind}-ndcg@10",
-                            "estimate": float(hit.iloc[0]), "ci_low": np.nan, "ci_high": np.nan,
-                            "truth": truth.get(name, np.nan), "clipped": np.nan})
-    return out
-
-
-def plot_ope(table: pd.DataFrame, png: Path) -> None:
-    """Estimate against true return, a panel per estimator, a colour per data set, the diagonal drawn."""
-    plt = pyplot()
-    names = [e for e in dict.fromkeys(table["estimator"]) if not e.startswith("offline-")]
-    cols = min(4, len(names))
-    rows_ = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows_, cols, figsize=(4 * cols, 3.6 * rows_), squeeze=False)
-    for ax, name in zip(axes.ravel(), names):
-        for dataset, g in table[table["estimator"] == name].groupby("dataset"):
-            ax.errorbar(g["truth"], g["estimate"], yerr=[g["estimate"] - g["ci_low"], g["ci_high"] - g["estimate"]],
-                        fmt="o", capsize=2, label=dataset)
-        top = max(table["truth"].max(), 0.1)
-        ax.plot([0, top], [0, top], color="gray", ls="--", lw=1)
-        ax.set(title=name, xlabel="true return (online)", ylabel="estimate")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(names):]:
-        ax.axis("off")
-    save_png(fig, png)
-
-
-def write_ope(table: pd.DataFrame, out: Path) -> pd.DataFrame:
-    """ope.csv, ope-assessment.csv and ope.png in `out`: the data sets estimated here replace their rows of
-    an ope.csv already there, the other data sets' rows stay (one world at a time adds to the record)."""
-    columns = ["dataset", "policy", "estimator", "estimate", "ci_low", "ci_high", "truth"]
-    table = table[columns]
-    if (out / "ope.csv").is_file():
-        kept = pd.read_csv(out / "ope.csv")
-        table = pd.concat([kept[~kept["dataset"].isin(set(table["dataset"]))][columns], table], ignore_index=True)
-    atomic_write(out / "ope.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-    assessment = assess(table)
-    atomic_write(out / "ope-assessment.csv", lambda tmp: assessment.to_csv(tmp, index=False, float_format="%.4g"))
-    plot_ope(table, out / "ope.png")
-    return assessment
-
-
 REFERENCE_POLICIES = ("oracle", "budget-oracle")     # the simulator's greedy oracle, RecSim's budget-aware one
 
 
@@ -514,198 +413,8 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 # ================================================================================================
-# Reporting
-# ================================================================================================
-HEADLINE = {"event": ["purchase/NDCG@10", "purchase/HR@10", "click/NDCG@10", "click/HR@10"],
-            "loo": ["NDCG@10", "HR@10", "MRR"], "loo-unmasked": ["NDCG@10", "HR@10", "MRR"],
-            "online": ["return", "of_oracle", "ctr", "purchase_rate"]}
-SELECT = {"event": "purchase/NDCG@10", "loo": "NDCG@10", "online": "return"}
-
-
-def best_full(summary: pd.DataFrame, dataset: str, protocol: str) -> str | None:
-    """The full model with the best *validation* figure (the tuning protocol: test is not looked at); on
-    event-level data without purchases (RecSim), the click figure."""
-    protocol = "loo" if protocol.startswith("loo") else protocol if protocol != "online" else "event"
-    metrics = [SELECT[protocol]] + (["click/NDCG@10"] if protocol == "event" else [])
-    mine = summary[(summary["dataset"] == dataset) & (summary["protocol"] == protocol)
-                   & summary["model"].str.match(r"full($|-)") & summary["mean"].notna()]
-    for metric in metrics:
-        rows = mine[mine["metric"] == "valid/" + metric]
-        if not rows.empty:
-            return rows.loc[rows["mean"].idxmax(), "model"]
-    return None
-
-
-def markdown(summary: pd.DataFrame) -> str:
-    """Tables of the test figures; the best full model is picked on the validation figures."""
-    out = []
-    tests = summary[~summary["metric"].str.startswith("valid/")]
-    for (dataset, protocol), block in tests.groupby(["dataset", "protocol"], sort=False):
-        reported = set(block.loc[block["mean"].notna(), "metric"])             # RecSim has no purchases
-        metrics = [m for m in HEADLINE[protocol] if m in reported]
-        best = best_full(summary, dataset, protocol)
-        out += [f"### {dataset}, {describe_protocol(protocol)}", "",
-                "| model | " + " | ".join(metrics) + " | seeds |", "|---" * (len(metrics) + 2) + "|"]
-        for model, rows in block.groupby("model", sort=False):
-            cells = rows.set_index("metric")
-            vals = [f"{cells.loc[m, 'mean']:.4f} ± {cells.loc[m, 'std']:.4f}" if m in cells.index and
-                    not math.isnan(cells.loc[m, "std"]) else (f"{cells.loc[m, 'mean']:.4f}" if m in cells.index else "")
-                    for m in metrics]
-            mark = " (best full, by validation)" if model == best else ""
-            out.append(f"| {model}{mark} | " + " | ".join(vals) + f" | {int(rows['n_seeds'].max())} |")
-        out.append("")
-    return "\n".join(out)
-
-
-def describe_protocol(protocol: str) -> str:
-    return {"event": "event-level (SQN) protocol, test, seen items not masked",
-            "loo": "leave-one-out, test, seen items masked",
-            "loo-unmasked": "leave-one-out, test, seen items NOT masked (RecBole's sequential setting)",
-            "online": "online in the simulator (each model ranking with its eval.head; return per session)"}[protocol]
-
-
-def plot_sweeps(summary: pd.DataFrame, png_lambda: Path, png_horizon: Path) -> None:
-    plt = pyplot()
-    panels = [(d, p, m) for (d, p) in summary.groupby(["dataset", "protocol"], sort=False).groups
-              for m in [HEADLINE[p][0]] if p != "loo-unmasked"]
-    for png, sweep in ((png_lambda, "lambda"), (png_horizon, "horizon")):
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-        for ax, (dataset, protocol, metric) in zip(axes[0], panels):
-            rows = summary[(summary["dataset"] == dataset) & (summary["protocol"] == protocol)
-                           & (summary["metric"] == metric)].set_index("model")
-            if sweep == "lambda":
-                for T in (3, 5):
-                    pts = [(lam, f"full-T{T}-lam{lam:g}") for lam in (0.0, 0.5, 0.8, 1.0)]
-                    pts = [(x, m) for x, m in pts if m in rows.index]
-                    if pts:
-                        ax.errorbar([x for x, _ in pts], rows.loc[[m for _, m in pts], "mean"],
-                                    yerr=rows.loc[[m for _, m in pts], "std"].fillna(0), marker="o", capsize=3,
-                                    label=f"full, T={T}")
-                ax.set_xlabel("lambda")
-            else:
-                for lam in (0.0, 0.5, 0.8, 1.0):
-                    pts = [(1, "gru-sqn")] + [(T, f"full-T{T}-lam{lam:g}") for T in (3, 5)]
-                    pts = [(x, m) for x, m in pts if m in rows.index]
-                    if len(pts) > 1:
-                        ax.errorbar([x for x, _ in pts], rows.loc[[m for _, m in pts], "mean"],
-                                    yerr=rows.loc[[m for _, m in pts], "std"].fillna(0), marker="o", capsize=3,
-                                    label=f"lambda={lam:g}")
-                ax.set_xlabel("horizon T (T=1: GRU-SQN)")
-            for ref, style in (("gru4rec", ":"), ("gru-sqn", "--"), ("oracle", "-")):
-                if ref in rows.index:
-                    ax.axhline(rows.loc[ref, "mean"], color="gray", ls=style, label=ref)
-            ax.set(title=f"{dataset} {protocol}", ylabel=metric)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        save_png(fig, png)
-
-
-VALUE_COLUMNS = ["dataset", "protocol", "recipe", "T", "lam", "metric", "mean", "std", "n_seeds"]
-
-
-def value_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """value.csv: the value figures of the lambda x T grids, `full` (full-T{T}-lam{lam}, full-T1) and `q`
-    (q-T{T}-lam{lam}, q-T1: Q_RECIPE), one row per (dataset, protocol, recipe, T, lam, metric) with mean,
-    std and seeds; online return rows too where the models were run online. T = 1 is one run: lambda
-    does not act."""
-    rows = []
-    for recipe in ("full", "q"):
-        grid = {**{f"{recipe}-T{T}-lam{lam:g}": (T, [lam]) for T in (3, 5) for lam in LAMBDAS}, f"{recipe}-T1": (1, LAMBDAS)}
-        for model, (T, lams) in grid.items():
-            block = summary[(summary["model"] == model) & (summary["metric"].str.contains("value/")
-                                                           | (summary["metric"] == "return"))]
-            for lam in lams:
-                rows += [{"dataset": r.dataset, "protocol": r.protocol, "recipe": recipe, "T": T, "lam": lam,
-                          "metric": r.metric, "mean": r.mean, "std": r.std, "n_seeds": r.n_seeds} for r in block.itertuples()]
-    return pd.DataFrame(rows, columns=VALUE_COLUMNS)
-
-
-def plot_value_sweep(table: pd.DataFrame, png: Path) -> None:
-    """Test value figures against lambda, a line per recipe and T, a row of panels per data set; where
-    the data set was also run online, a last panel with the online return."""
-    plt = pyplot()
-    table = table.assign(recipe=table["recipe"].fillna("full")) if "recipe" in table else table.assign(recipe="full")
-    sets = [key for key in dict.fromkeys(zip(table["dataset"], table["protocol"])) if key[1] != "online"]
-    metrics = ["value/rmse", "value/bias", "value/spearman", "value/true_r2"]
-    online = (table["protocol"] == "online") & (table["metric"] == "return")
-    columns = len(metrics) + int(online.any())
-    fig, axes = plt.subplots(len(sets), columns, figsize=(4.2 * columns, 3.3 * len(sets)), squeeze=False)
-    for row, (dataset, protocol) in zip(axes, sets):
-        mine = table[(table["dataset"] == dataset) & (table["protocol"] == protocol)]
-        panels = [(m, mine) for m in metrics] + [("return", table[online & (table["dataset"] == dataset)])]
-        for ax, (metric, rows) in zip(row, panels):
-            if not (rows["metric"] == metric).any():
-                ax.axis("off")
-                continue
-            for (recipe, T), line in rows[rows["metric"] == metric].groupby(["recipe", "T"]):
-                line = line.sort_values("lam")
-                ax.errorbar(line["lam"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3,
-                            label=f"{recipe} T={T}", ls="-" if recipe == "q" else "--")
-            if metric == "value/rmse":
-                base = mine[mine["metric"] == "value/baseline_rmse"]["mean"]
-                if len(base):
-                    ax.axhline(base.mean(), color="gray", ls="--", label="position mean")
-            ax.set(title=f"{dataset} {'online' if metric == 'return' else protocol}", xlabel="lambda",
-                   ylabel=metric.removeprefix("value/"))
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    save_png(fig, png)
-
-
-def gather_value_tables(folders: list[Path], out: Path) -> None:
-    """One value.csv and value_lambda.png in `out` from the value.csv of several compare.py outputs."""
-    table = pd.concat([pd.read_csv(folder / "value.csv") for folder in folders], ignore_index=True)
-    table = table.assign(recipe=table["recipe"].fillna("full") if "recipe" in table else "full")[VALUE_COLUMNS]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "value.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-    plot_value_sweep(table, out / "value_lambda.png")
-
-
-def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
-    """Validation select-metric per epoch (mean over seeds) for GRU4Rec, GRU-SQN and the best full model
-    (or, where none of them ran, for every model run)."""
-    plt = pyplot()
-    groups = {}
-    for run in runs:
-        groups.setdefault((run.dataset.name, run.dataset.protocol), []).append(run)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 3.6), squeeze=False)
-    for ax, ((dataset, protocol), group) in zip(axes[0], groups.items()):
-        metric = group[0].config().eval.select_metric
-        ran = list(dict.fromkeys(r.model for r in group))
-        headline = ("gru4rec", "gru-sqn", "ssl-multistep", best_full(summary, dataset, protocol))
-        for model in [m for m in headline if m in ran] or ran:
-            curves = [pd.read_csv(r.run_dir / "metrics.csv") for r in group if r.model == model]
-            column = f"valid/{metric}" if metric.startswith("value/") else f"valid/ssl/{metric}"
-            mean = pd.concat([c.set_index("epoch")[column] for c in curves], axis=1).mean(axis=1)
-            ax.plot(mean.index, mean.values, marker="o", label=model)
-        ax.set(title=f"{dataset} {protocol}: validation", xlabel="epoch", ylabel=metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    save_png(fig, png)
-
-
-# ================================================================================================
 # Entry point
 # ================================================================================================
-def write_tuning(runs: list[Run], out: Path, command: str) -> None:
-    """Each data set's grid table (tuning.tuning_table) with every run's best epoch and epochs trained,
-    to <out>/<dataset>-<protocol>.csv, beside the grids of other models tuned there before."""
-    for ds in {id(run.dataset): run.dataset for run in runs}.values():
-        mine = [run for run in runs if run.dataset is ds]
-        rows = pd.DataFrame([r for run in mine for r in collect_run(run)])
-        metric = SELECT["loo" if ds.protocol.startswith("loo") else "event"]
-        table = tuning_table(rows, metric)
-        epochs = [(json.loads((run.run_dir / "final.json").read_text())["best_epoch"],
-                   len(pd.read_csv(run.run_dir / "metrics.csv"))) for run in mine]
-        table["best_epoch"], table["epochs"] = [e[0] for e in epochs], [e[1] for e in epochs]
-        path = out / f"{ds.name}-{ds.protocol}.csv"
-        if path.is_file():
-            table = merged_tables(pd.read_csv(path), table)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-        print(f"python benchmarks/compare.py {command}\n{table.to_string(index=False)}\nwritten to {path}")
-
-
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """NAME=BASE_MODEL:key=value;key=value (`;` apart, so values may hold YAML lists with commas)."""
     name, _, rest = text.partition("=")
@@ -820,7 +529,8 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     if args.tune:
-        write_tuning(runs, Path(args.out) if args.out else ROOT / "results" / "tuning", " ".join(sys.argv[1:]))
+        write_tuning(runs, Path(args.out) if args.out else ROOT / "results" / "tuning", " ".join(sys.argv[1:]),
+                     collect_run)
         return
     rows = []
     for run in tqdm(runs, desc="collecting", unit="run"):
@@ -831,27 +541,10 @@ def main() -> None:
         rows += baseline_rows(ds, cfg, seeds, Path(args.runs) / f"{ds.name}-{ds.protocol}" / "baselines")
     rows = with_oracle_fraction(pd.DataFrame(rows))
     summary = summarize(rows)
-    ope_table = []
-    if args.ope:
-        for ds in datasets:
-            if not ds.online:
-                print(f"{ds.name} ({ds.protocol}): no off-policy estimate: the log holds no propensities (no "
-                      f"importance weights), no shown-but-unclicked items (no click model for the direct method, "
-                      f"cascade DR or FQE) and no simulator knows the truth")
-                continue
-            cfg = dataset_config(ds, args.quick, extra)
-            ope_table += ope_rows(ds, cfg, runs, rows, args.ope_draws, args.ope_critic, args.ope_seed)
-
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False, float_format="%.6g"))
     atomic_write(out / "runs.csv", lambda tmp: rows.to_csv(tmp, index=False, float_format="%.6g"))
-    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
-    text = markdown(summary)
-    atomic_write_text(out / "results.md", f"Generated by `{command.strip()}`.\n\n{text}")
-    if any(run.model.startswith("full-T") for run in runs):          # a sweep of T or lambda to plot
-        plot_sweeps(summary, out / "lambda.png", out / "horizon.png")
-    if runs:
-        plot_curves(runs, summary, out / "curves.png")
+    text = write_report(out, summary, runs, "python -m benchmarks.compare " + " ".join(sys.argv[1:]))
     if args.merge_into:
         merge_summary(Path(args.merge_into), summary)
     diffs, per_seed = paired_tables(runs, summary)
@@ -863,18 +556,11 @@ def main() -> None:
             merge_summary(Path(args.merge_into).parent / "differences-per-seed.csv", per_seed)
         print(f"paired differences (test {PAIRED_METRIC}, 95% bootstrap over users):\n"
               f"{diffs.to_string(index=False, float_format=lambda v: f'{v:+.4f}')}")
-    table = value_table(summary[~summary["metric"].str.startswith("valid/")])
-    if len(table):
-        atomic_write(out / "value.csv", lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-        plot_value_sweep(table, out / "value_lambda.png")
     print(text)
-    if ope_table:
-        table = pd.DataFrame(ope_table)
-        assessment = write_ope(table, Path(args.ope_out))
-        clipped = table.loc[table["estimator"] == "sequential", "clipped"]
-        print(f"off-policy evaluation (sequential weights clipped at {SEQUENTIAL_CLIP:g} for {clipped.mean():.1%} "
-              f"of rewarded steps on average):\n{assessment.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
-    print(f"written to {out}" + (f" and {args.ope_out}" if ope_table else ""))
+    if args.ope:
+        run_ope(datasets, runs, rows, lambda ds: dataset_config(ds, args.quick, extra), args.ope_draws,
+                args.ope_critic, args.ope_seed, Path(args.ope_out))
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

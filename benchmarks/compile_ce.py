@@ -1,7 +1,7 @@
 """Would torch.compile pay for the streamed cross-entropy? Its per-block elementwise work fused, timed.
 
-    python benchmarks/compile_ce.py                       # MovieLens-1M size: 768 rows (256 x K 3), 3,707 items
-    python benchmarks/compile_ce.py --rows 768 --items 67353
+    python -m benchmarks.compile_ce                       # MovieLens-1M size: 768 rows (256 x K 3), 3,707 items
+    python -m benchmarks.compile_ce --rows 768 --items 67353
 
 seqrec.streamed runs a block's log-sum-exp (forward) and its softmax gradient (backward: subtract,
 exp, scale) as separate passes over a cache-sized block. Here both are swapped for torch.compile'd
@@ -12,14 +12,11 @@ checked equal to the eager kernel, and forward+backward timed (2 threads, best o
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seqrec import streamed  # noqa: E402
+from seqrec import streamed
 
 
 def fwd_bwd_ms(features, weight, bias, targets, repeats: int = 30) -> float:

@@ -1,6 +1,6 @@
 """Paired differences over training seeds: online return and the values' fit, results/online-differences.csv.
 
-    python benchmarks/online_differences.py results/power-preset results/power-recsim-a results/power-recsim-b --out results/online-differences.csv
+    python -m benchmarks.online_differences results/power-preset results/power-recsim-a results/power-recsim-b --out results/online-differences.csv
 
 Each folder is a comparison's output (compare.py's runs.csv: a row per dataset, model, seed, metric). A
 model and its baseline trained on the same seed saw the same data order and, online, met the same
@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import pandas as pd
 from scipy import stats
 
+from seqrec.atomic import atomic_write
+from seqrec.errors import UserError, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from seqrec.atomic import atomic_write  # noqa: E402
-from seqrec.errors import UserError, run_cli  # noqa: E402
 
 COLUMNS = ["dataset", "model", "baseline", "metric", "diff", "ci_low", "ci_high", "n_seeds"]
 ONE_STEP = ("q-T1", "q-T1-w10", "q-T1-duel")

@@ -2,8 +2,8 @@
 with the target update, each timed apart over a run of steps, then the operators that take the most time
 (torch.profiler). For the before/after of a speed change (docs/speed.md).
 
-    python benchmarks/profile_step.py --config configs/movielens-1m-loo.yaml          # the full model, windows
-    python benchmarks/profile_step.py --config configs/movielens-1m-loo.yaml --set pool.state_len=0
+    python -m benchmarks.profile_step --config configs/movielens-1m-loo.yaml          # the full model, windows
+    python -m benchmarks.profile_step --config configs/movielens-1m-loo.yaml --set pool.state_len=0
 
 The config's own training settings are used (the full model unless --set says otherwise); `--threads`
 as the training runs would have them.
@@ -11,22 +11,20 @@ as the training runs would have them.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from model import SeqRecQ, compute_losses
+from replay_buffer import ensure_pool
+from seqrec.allocator import keep_freed_memory
+from seqrec.config import load_config
+from seqrec.distributed import SINGLE
+from seqrec.errors import run_cli
+from seqrec.learner import Learner, session_steps, update_target, window_batches
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from model import SeqRecQ, compute_losses  # noqa: E402
-from replay_buffer import ensure_pool  # noqa: E402
-from seqrec.allocator import keep_freed_memory  # noqa: E402
-from seqrec.config import load_config  # noqa: E402
-from seqrec.distributed import SINGLE  # noqa: E402
-from seqrec.errors import run_cli  # noqa: E402
-from seqrec.learner import Learner, session_steps, update_target, window_batches  # noqa: E402
 
 PHASES = ("batch", "forward", "backward", "optimizer")
 

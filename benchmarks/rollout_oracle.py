@@ -6,13 +6,12 @@ the user's true state: one step of policy improvement on the greedy oracle, whic
 the session where the lookahead oracle sees one step. All three meet the same users (`online.rollout`'s
 users of seeds 0 .. --seeds-1), so their returns compare pairwise.
 
-    python benchmarks/rollout_oracle.py --config configs/sim-delayed.yaml [--users 200] [--seeds 5]
+    python -m benchmarks.rollout_oracle --config configs/sim-delayed.yaml [--users 200] [--seeds 5]
         [--rollouts 32] [--out results/rollout-oracle.csv]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -20,11 +19,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seqrec.atomic import atomic_write  # noqa: E402
-from seqrec.config import add_config_args, load_config  # noqa: E402
-from seqrec.errors import UserError, run_cli  # noqa: E402
-from seqrec.online import lookahead_oracle_policy, oracle_policy, rollout, simulator_for  # noqa: E402
+from seqrec.atomic import atomic_write
+from seqrec.config import add_config_args, load_config
+from seqrec.errors import UserError, run_cli
+from seqrec.online import lookahead_oracle_policy, oracle_policy, rollout, simulator_for
 
 
 def rollout_oracle_policy(sim, rollouts: int, seed: int, rel_sems: list):

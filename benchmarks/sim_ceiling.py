@@ -5,23 +5,20 @@ estimates the distribution of the next click by Monte Carlo (replaying the loggi
 the user's choice `--replicas` times) and ranks items by it. Its HR@k / NDCG@k on fresh sessions of
 the default simulator bound what a model that sees only the click history can reach.
 
-    python benchmarks/sim_ceiling.py [--sessions 1000] [--replicas 200] [--set sim.key=value ...]
+    python -m benchmarks.sim_ceiling [--sessions 1000] [--replicas 200] [--set sim.key=value ...]
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seqrec.config import add_config_args, load_config  # noqa: E402
-from seqrec.errors import run_cli  # noqa: E402
-from seqrec.metrics import rank_of_targets, summarize  # noqa: E402
-from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions  # noqa: E402
+from seqrec.config import add_config_args, load_config
+from seqrec.errors import run_cli
+from seqrec.metrics import rank_of_targets, summarize
+from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions
 
 
 def main() -> None:

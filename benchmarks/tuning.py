@@ -7,10 +7,13 @@ model ranks with) is chosen, and the comparison then trains every seed with it (
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.report import SELECT
+from seqrec.atomic import atomic_write
 from seqrec.errors import UserError
 
 SHARED = [("train.lr", (0.001, 0.003)), ("model.dropout", (0.2, 0.5))]
@@ -82,3 +85,23 @@ def chosen_settings(path: Path, flag: str = "--tuned") -> dict[str, list[str]]:
                         "pass a CSV that compare.py --tune wrote")
     return {row.model: [] if row.settings == RECIPE else row.settings.split(",")
             for row in table[table["chosen"]].itertuples()}
+
+
+def write_tuning(runs, out: Path, command: str, collect_run) -> None:
+    """Each data set's grid table (tuning.tuning_table) with every run's best epoch and epochs trained,
+    to <out>/<dataset>-<protocol>.csv, beside the grids of other models tuned there before.
+    `collect_run(run)` gives a run's figures (compare.collect_run)."""
+    for ds in {id(run.dataset): run.dataset for run in runs}.values():
+        mine = [run for run in runs if run.dataset is ds]
+        rows = pd.DataFrame([r for run in mine for r in collect_run(run)])
+        metric = SELECT["loo" if ds.protocol.startswith("loo") else "event"]
+        table = tuning_table(rows, metric)
+        epochs = [(json.loads((run.run_dir / "final.json").read_text())["best_epoch"],
+                   len(pd.read_csv(run.run_dir / "metrics.csv"))) for run in mine]
+        table["best_epoch"], table["epochs"] = [e[0] for e in epochs], [e[1] for e in epochs]
+        path = out / f"{ds.name}-{ds.protocol}.csv"
+        if path.is_file():
+            table = merged_tables(pd.read_csv(path), table)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+        print(f"python -m benchmarks.compare {command}\n{table.to_string(index=False)}\nwritten to {path}")

@@ -1,11 +1,13 @@
 """The benchmark's pieces run and report sane figures (tiny sizes: speed is measured by bench.py, not here)."""
+import os
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench  # noqa: E402
+from benchmarks import bench
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_pieces_report_positive_figures():
@@ -63,12 +65,12 @@ def test_profile_step_times_every_phase_on_both_paths(tmp_path):
     import subprocess
 
     from helpers import tiny_overrides
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
     for state_len in (10, 0):
-        cmd = [sys.executable, str(script), "--steps", "2", "--top", "3", "--threads", "1"]
+        cmd = [sys.executable, "-m", "benchmarks.profile_step", "--steps", "2", "--top", "3", "--threads", "1"]
         for o in tiny_overrides(tmp_path) + [f"pool.state_len={state_len}"]:
             cmd += ["--set", o]
-        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines = {line.split(":")[0].strip(): line for line in proc.stdout.splitlines() if " ms " in line or "ms" in line}
         for phase in ("batch", "forward", "backward", "optimizer", "step"):
@@ -78,7 +80,6 @@ def test_profile_step_times_every_phase_on_both_paths(tmp_path):
 
 def test_full_against_gru4rec_measures_every_model_on_both_paths(tmp_path):
     import yaml
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from helpers import tiny_overrides
     config = {}
     for item in tiny_overrides(tmp_path):

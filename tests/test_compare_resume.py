@@ -1,14 +1,10 @@
 """benchmarks/compare.py: which runs it reuses, resumes or retrains."""
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import compare, off_policy, report
 from seqrec.errors import UserError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import compare  # noqa: E402
 
 
 def a_run(tmp_path, seed: int) -> "compare.Run":
@@ -38,7 +34,8 @@ def test_a_damaged_last_checkpoint_is_retrained(tmp_path):
 
 def test_merge_into_replaces_the_same_models_rows_and_keeps_the_rest(tmp_path):
     import pandas as pd
-    from compare import merge_summary
+
+    from benchmarks.compare import merge_summary
     path = tmp_path / "summary.csv"
     row = dict(dataset="simulated", protocol="online", metric="return", std=0.1, n_seeds=3)
     pd.DataFrame([{**row, "model": "full", "mean": 1.0}, {**row, "model": "gru4rec", "mean": 2.0}]).to_csv(path, index=False)
@@ -51,7 +48,8 @@ def test_merge_into_replaces_the_same_models_rows_and_keeps_the_rest(tmp_path):
 def test_merge_into_drops_a_re_run_models_old_metrics_and_seeds(tmp_path):
     """A model re-run without a metric it once reported, or with fewer seeds, keeps none of its old rows."""
     import pandas as pd
-    from compare import merge_summary
+
+    from benchmarks.compare import merge_summary
     path = tmp_path / "summary.csv"
     row = dict(dataset="movielens-1m", protocol="loo", std=0.1, n_seeds=2)
     pd.DataFrame([{**row, "model": "full", "metric": "NDCG@10", "mean": 0.15},
@@ -89,12 +87,12 @@ def test_the_value_table_gathers_both_recipes_grids():
         {"dataset": "d", "protocol": "event", "model": "q-T1", "metric": "purchase/NDCG@10", "mean": 0.1, "std": 0.0, "n_seeds": 3},
         {"dataset": "d", "protocol": "event", "model": "gru4rec", "metric": "value/rmse", "mean": 9.0, "std": 0.0, "n_seeds": 3},
     ])
-    table = compare.value_table(summary)
-    assert list(table.columns) == compare.VALUE_COLUMNS
+    table = report.value_table(summary)
+    assert list(table.columns) == report.VALUE_COLUMNS
     full = table[table["recipe"] == "full"]
     assert full[["T", "lam", "mean"]].values.tolist() == [[3, 0.8, 0.4]]
     q = table[table["recipe"] == "q"]
-    assert sorted(q["lam"][q["metric"] == "value/rmse"]) == list(compare.LAMBDAS)     # T 1: one run for every lambda
+    assert sorted(q["lam"][q["metric"] == "value/rmse"]) == list(report.LAMBDAS)     # T 1: one run for every lambda
     assert set(q["metric"]) == {"value/rmse", "return"} and (q["T"] == 1).all()
 
 
@@ -163,11 +161,11 @@ def test_the_best_full_model_is_picked_on_validation_among_every_full_recipe():
     row = dict(dataset="d", protocol="loo", metric="valid/NDCG@10", std=0.0, n_seeds=5)
     summary = pd.DataFrame([{**row, "model": "full", "mean": 0.12}, {**row, "model": "full-mix", "mean": 0.11},
                             {**row, "model": "gru4rec", "mean": 0.13}, {**row, "model": "fullish", "mean": 0.2}])
-    assert compare.best_full(summary, "d", "loo-unmasked") == "full"
+    assert report.best_full(summary, "d", "loo-unmasked") == "full"
     event = [dict(dataset="r", protocol="event", model=m, metric=f"valid/{kind}/NDCG@10", mean=v, std=0.0, n_seeds=3)
              for m, kind, v in (("full", "purchase", None), ("full-mix", "purchase", None), ("full", "click", 0.17),
                                 ("full-mix", "click", 0.18), ("gru4rec", "click", 0.19))]
-    assert compare.best_full(pd.DataFrame(event), "r", "online") == "full-mix"      # no purchases: by clicks
+    assert report.best_full(pd.DataFrame(event), "r", "online") == "full-mix"      # no purchases: by clicks
 
 
 def test_write_ope_replaces_the_rows_of_the_data_sets_estimated_and_keeps_the_others(tmp_path):
@@ -176,9 +174,9 @@ def test_write_ope_replaces_the_rows_of_the_data_sets_estimated_and_keeps_the_ot
         return pd.DataFrame([{"dataset": dataset, "policy": p, "estimator": "ips", "estimate": estimate + i,
                               "ci_low": 0.0, "ci_high": 9.0, "truth": 1.0 + i, "clipped": 0.0}
                              for i, p in enumerate(("random", "popular"))])
-    compare.write_ope(table("a", 1.0), tmp_path)
-    compare.write_ope(table("b", 2.0), tmp_path)
-    compare.write_ope(table("a", 5.0), tmp_path)                 # a again: its rows replaced
+    off_policy.write_ope(table("a", 1.0), tmp_path)
+    off_policy.write_ope(table("b", 2.0), tmp_path)
+    off_policy.write_ope(table("a", 5.0), tmp_path)                 # a again: its rows replaced
     written = pd.read_csv(tmp_path / "ope.csv")
     assert sorted(written["dataset"]) == ["a", "a", "b", "b"] and "clipped" not in written
     assert written.set_index(["dataset", "policy"]).loc[("a", "random"), "estimate"] == 5.0

@@ -14,14 +14,17 @@ BENCHMARK_SCRIPTS = {"bench.py", "compare.py", "sim_ceiling.py", "rollout_oracle
                      "compile_ce.py", "online_differences.py"}
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The top-level names of every module `path` imports, anywhere in the file (functions included)."""
+def imported_modules(path: Path, dotted: bool = False) -> set[str]:
+    """The top-level names of every module `path` imports, anywhere in the file (functions included);
+    `dotted`: the full names (`from benchmarks import bench` counts as benchmarks.bench)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name if dotted else alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module if dotted else node.module.split(".")[0])
+            if dotted:
+                names |= {f"{node.module}.{alias.name}" for alias in node.names}
     return names
 
 
@@ -45,7 +48,16 @@ def test_no_script_imports_another_script_and_nothing_imports_an_entry_script():
         imported = imported_modules(path)
         assert not imported & {Path(s).stem for s in ENTRY_SCRIPTS}, f"{path} imports an entry script"
         if path.name in ENTRY_SCRIPTS | BENCHMARK_SCRIPTS:
-            assert not imported & scripts, f"the script {path.name} imports {imported & scripts}"
+            benchmarks = {m.removeprefix("benchmarks.") for m in imported_modules(path, dotted=True)}
+            assert not (imported | benchmarks) & scripts, f"the script {path.name} imports {(imported | benchmarks) & scripts}"
+
+
+def test_nothing_edits_sys_path_benchmarks_are_a_package_run_with_python_m():
+    assert (ROOT / "benchmarks" / "__init__.py").is_file()
+    for path in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("sys.path.insert", "sys.path.append"):
+                raise AssertionError(f"{path.name} edits sys.path")
 
 
 def test_train_offline_reads_as_a_table_of_contents():

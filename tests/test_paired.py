@@ -1,13 +1,9 @@
 """Paired differences (results/differences.csv) against hand-computed figures."""
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import paired  # noqa: E402
+from benchmarks import paired
 
 
 def table(values: dict) -> pd.DataFrame:
@@ -56,7 +52,7 @@ def test_the_table_has_the_interface_columns():
 
 
 def test_online_differences_pair_seeds_and_give_a_t_interval_by_hand():
-    import online_differences as od
+    from benchmarks import online_differences as od
     rows = []
     for seed, (t1, t3, gru, rmse1, rmse3) in enumerate([(1.0, 1.5, 0.5, 0.40, 0.38), (2.0, 2.1, 0.7, 0.42, 0.41),
                                                          (1.5, 2.3, 0.6, 0.41, 0.37)]):
@@ -82,7 +78,7 @@ def test_online_differences_pair_seeds_and_give_a_t_interval_by_hand():
 
 
 def test_online_differences_pair_a_dueling_model_with_both_one_step_recipes_and_others_with_the_plain_one():
-    import online_differences as od
+    from benchmarks import online_differences as od
     pairs = set(od.pairs(["gru4rec", "q-T1", "q-T1-duel", "q-T3-lam0.5", "q-T20-K3-lam1-duel", "static-list", "random"],
                          ("value/rmse",)))
     assert {("q-T20-K3-lam1-duel", "q-T1", "return"), ("q-T20-K3-lam1-duel", "q-T1-duel", "return"),

@@ -6,10 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from benchmarks import compare, tuning
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import compare  # noqa: E402
-import tuning  # noqa: E402
 
 
 def test_every_model_gets_eight_distinct_points_of_its_recipe():
@@ -61,7 +60,7 @@ def test_a_later_grid_replaces_its_models_rows_and_keeps_the_others():
 
 def test_tune_then_tuned_on_quick_data(tmp_path):
     """The user's two commands: --tune writes the table, --tuned trains with each model's chosen point."""
-    base = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "movielens-loo",
+    base = [sys.executable, "-m", "benchmarks.compare", "--quick", "--data", "movielens-loo",
             "--runs", str(tmp_path / "runs"), "--models", "gru4rec", "--set", "model.hidden=8"]
     proc = subprocess.run(base + ["--tune", "--out", str(tmp_path / "tuning")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -99,7 +98,7 @@ def test_a_missing_or_foreign_tuning_table_is_one_clear_line(tmp_path, content):
     path = tmp_path / "t.csv"
     if content is not None:
         path.write_text(content)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "movielens-loo",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--quick", "--data", "movielens-loo",
                            "--models", "gru4rec", "--tuned", str(path), "--runs", str(tmp_path / "runs")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
