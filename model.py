@@ -1,11 +1,11 @@
-"""The network, a GRU state encoder over item embeddings (or SASRec, seqrec/encoders.py) with
+"""The network, a GRU state encoder over item embeddings (or SASRec, seqrec/nn/encoders.py) with
 multi-step self-supervised heads and a Q head, and its training loss (as nanoGPT's model module
 computes its own loss), a sum of named terms:
 
     loss = sum_k w_k CE(a_{t+k} | s_t)  +  alpha * TD(Q(s_{t+k}, a_{t+k}), G^lambda_k)  [+ the recipe's terms]
 
 the self-supervised loss from ssl_heads.py, the TD target G^lambda = td_lambda.td_targets over the
-bootstrap values V(s') of a target network, and IQL's, SNQN's and CQL's terms from seqrec/losses.py.
+bootstrap values V(s') of a target network, and IQL's, SNQN's and CQL's terms from seqrec/nn/losses.py.
 
 Item 0 is padding everywhere: its embedding is zero and its column in every head is masked to -inf
 wherever items are ranked or maximised over. The model knows nothing of files or pools.
@@ -18,14 +18,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqrec.batches import Steps, ahead, candidate_items
-from seqrec.config import load_config
-from seqrec.distributed import SINGLE, Dist
-from seqrec.encoders import SASRecStateEncoder, leading_padding
-from seqrec.errors import UserError
-from seqrec.losses import advantages, bootstrap_values, negative_items, negative_losses, value_expectile_loss
-from seqrec.metrics import NaNScores
-from seqrec.streamed import argmax_linear, top_k_linear
+from seqrec.data.batches import Steps, ahead, candidate_items
+from seqrec.running.config import load_config
+from seqrec.running.distributed import SINGLE, Dist
+from seqrec.nn.encoders import SASRecStateEncoder, leading_padding
+from seqrec.running.errors import UserError
+from seqrec.nn.losses import advantages, bootstrap_values, negative_items, negative_losses, value_expectile_loss
+from seqrec.evaluation.metrics import NaNScores
+from seqrec.nn.streamed import argmax_linear, top_k_linear
 from ssl_heads import MultiStepHeads, multi_step_loss, with_slate_choice
 from td_lambda import td_targets
 
@@ -305,7 +305,7 @@ def compute_losses(model, target_net: SeqRecQ, b: Steps, t, dist: Dist = SINGLE,
                    log_inclusion: torch.Tensor | None = None, reward_scale: float = 1.0):
     """sum_k w_k CE_k (the K self-supervised steps) + alpha * TD(lambda) (the Q head) on one batch of
     either path (batches.Batch windows or Chunk session stretches), plus the recipe's terms: IQL's
-    value expectile, SNQN's negatives, CQL's penalty (seqrec/losses.py). `t` is the config's `train`
+    value expectile, SNQN's negatives, CQL's penalty (seqrec/nn/losses.py). `t` is the config's `train`
     section; rewards enter the TD targets times `reward_scale`, so Q is in those units; with alpha 0
     the Q head, the target network and the bootstrap are skipped altogether (q_mean is NaN).
 

@@ -32,14 +32,14 @@ import torch
 
 from model import HEADS, SeqRecQ, compute_losses
 from replay_buffer import Pool, append_train_sessions, ensure_pool, stale_reason
-from seqrec.atomic import atomic_write
-from seqrec.config import Config, add_config_args, check_trained_here, load_config
-from seqrec.errors import UserError, run_cli
-from seqrec.learner import Learner, train_epoch
-from seqrec.online import ModelPolicy, baseline_policies, rollout, sim_to_pool_ids, simulator_for
-from seqrec.plots import plot_improvement
-from seqrec.runs import check_network_unchanged, check_pool_kept, check_same_items, claim_run_dir, load_checkpoint
-from seqrec.simulator import Simulator
+from seqrec.running.atomic import atomic_write
+from seqrec.running.config import Config, add_config_args, check_trained_here, load_config
+from seqrec.running.errors import UserError, run_cli
+from seqrec.running.learner import Learner, train_epoch
+from seqrec.worlds.online import ModelPolicy, baseline_policies, rollout, sim_to_pool_ids, simulator_for
+from seqrec.running.plots import plot_improvement
+from seqrec.running.runs import check_network_unchanged, check_pool_kept, check_same_items, claim_run_dir, load_checkpoint
+from seqrec.worlds.simulator import Simulator
 
 
 def model_policies(name: str, ckpt: dict, pool: Pool, sim: Simulator, cfg: Config) -> dict:

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from seqrec.atomic import atomic_directory, check_replaceable, check_writable
-from seqrec.config import WORLDS, Config, add_config_args, load_config
-from seqrec.errors import UserError, run_cli
-from seqrec.loaders import load_events
-from seqrec.preprocess import (
+from seqrec.running.atomic import atomic_directory, check_replaceable, check_writable
+from seqrec.running.config import WORLDS, Config, add_config_args, load_config
+from seqrec.running.errors import UserError, run_cli
+from seqrec.data.loaders import load_events
+from seqrec.data.preprocess import (
     REBUILD,
     SPLITS,
     Prepared,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqrec.streamed import linear_cross_entropy
+from seqrec.nn.streamed import linear_cross_entropy
 
 
 class MultiStepHeads(nn.Module):

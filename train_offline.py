@@ -13,9 +13,9 @@ What happens, and where each part lives:
   the loss           model.py: compute_losses = sum_k w_k CE(a_{t+k} | s_t) (ssl_heads.py)
                      + alpha * TD(Q(s_{t+k}, a_{t+k}), G^lambda_k) (td_lambda.py; target net, train.bootstrap)
                      + SNQN negatives (train.q_negatives); validation also scores Q against returns
-  the loop           below: epochs of seqrec.learner.train_epoch (batches -> loss -> Learner.update),
-                     each followed by validation, a metrics row and checkpoints (seqrec/runs.py)
-  test, recommend    below: the best epoch's test metrics (seqrec/evaluation.py) and top-k for a user
+  the loop           below: epochs of seqrec.running.learner.train_epoch (batches -> loss -> Learner.update),
+                     each followed by validation, a metrics row and checkpoints (seqrec/running/runs.py)
+  test, recommend    below: the best epoch's test metrics (seqrec/evaluation/offline.py) and top-k for a user
 """
 from __future__ import annotations
 
@@ -29,17 +29,18 @@ import torch
 
 from model import HEADS, SeqRecQ, compute_losses
 from replay_buffer import Pool, ensure_pool, stale_reason, summary
-from seqrec import online, runs
-from seqrec.allocator import keep_freed_memory
-from seqrec.atomic import check_writable
-from seqrec.config import WORLDS, Config, add_config_args, load_config
-from seqrec.distributed import SINGLE, Dist
-from seqrec.distributed import setup as setup_distributed
-from seqrec.distributed import teardown as teardown_distributed
-from seqrec.errors import UserError, run_cli
-from seqrec.evaluation import evaluate, format_selection, format_table, format_value, selection_score
-from seqrec.learner import Learner, epoch_means, patience_spent, train_epoch
-from seqrec.recommend import (
+from seqrec.worlds import online
+from seqrec.running import runs
+from seqrec.running.allocator import keep_freed_memory
+from seqrec.running.atomic import check_writable
+from seqrec.running.config import WORLDS, Config, add_config_args, load_config
+from seqrec.running.distributed import SINGLE, Dist
+from seqrec.running.distributed import setup as setup_distributed
+from seqrec.running.distributed import teardown as teardown_distributed
+from seqrec.running.errors import UserError, run_cli
+from seqrec.evaluation.offline import evaluate, format_selection, format_table, format_value, selection_score
+from seqrec.running.learner import Learner, epoch_means, patience_spent, train_epoch
+from seqrec.running.recommend import (
     SPLITS,
     example_user,
     format_recommendations,
@@ -48,7 +49,7 @@ from seqrec.recommend import (
     recommend_all,
     top_k,
 )
-from seqrec.value import ValueReference, reward_scale, value_reference
+from seqrec.evaluation.value import ValueReference, reward_scale, value_reference
 
 
 # ================================================================================================
@@ -142,7 +143,7 @@ def test(cfg: Config, pool: Pool, ckpt: dict, run_dir: Path | None, device: torc
 def value_reference_of(cfg: Config, pool: Pool) -> ValueReference:
     """What Q values are scored against: realized returns and the position-mean baseline, and on
     simulated data the logging policy's true values of some validation and test events."""
-    # A world's sessions end when the user leaves; a real log's end may cut them (seqrec/value.py).
+    # A world's sessions end when the user leaves; a real log's end may cut them (seqrec/evaluation/value.py).
     cut = cfg.data.source not in WORLDS and not cfg.eval.complete_sessions
     reference = value_reference(pool, cfg.train.gamma, cfg.eval.value_observed if cut else None,
                                 reward_scale(pool, cfg.train.gamma, cfg.train.reward_scale))
@@ -227,7 +228,7 @@ def pool_for(cfg: Config, saved: dict | None, path: Path | None, args: argparse.
 
 def main() -> None:
     args = parse_args()
-    keep_freed_memory()                               # steps reuse big freed tensors (see seqrec/allocator.py)
+    keep_freed_memory()                               # steps reuse big freed tensors (see seqrec/running/allocator.py)
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(cfg.train.run_dir)
     saved = path = None

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from replay_buffer import pool_from_events
-from seqrec.atomic import atomic_write
-from seqrec.config import load_config
-from seqrec.errors import run_cli
+from seqrec.running.atomic import atomic_write
+from seqrec.running.config import load_config
+from seqrec.running.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def bench_pool(sizes: list[int]) -> None:
 
 
 def bench_simulator() -> None:
-    from seqrec.simulator import Simulator
+    from seqrec.worlds.simulator import Simulator
     sim = Simulator.from_config(load_config())
     t0 = time.perf_counter()
     log = sim.generate_log()
@@ -159,7 +159,7 @@ def naive_step_flops(B: int, L: int, T: int, K: int, H: int, N: int) -> float:
 
 
 def session_step_flops(chunk, K: int, H: int, N: int) -> float:
-    """Matmul FLOPs of one session-path step (a seqrec.batches.Chunk): the GRU over every lane's
+    """Matmul FLOPs of one session-path step (a seqrec.data.batches.Chunk): the GRU over every lane's
     chunk plus look-ahead (online fwd+bwd, target fwd), the K-step CE of the trained events (fwd+bwd)
     and the all-item argmax at every position inside a session."""
     lanes, W = chunk.items.shape
@@ -173,8 +173,8 @@ def session_samples_per_s(torch, device, cfg, pool, steps: int, K: int = 3) -> t
     """(trained events/s, GFLOP/s) of the session path's step (lanes, Learner.update on
     model.compute_losses), over `steps` steps after 2 of warm-up."""
     from model import SeqRecQ, compute_losses
-    from seqrec.distributed import SINGLE
-    from seqrec.learner import Learner, session_steps
+    from seqrec.running.distributed import SINGLE
+    from seqrec.running.learner import Learner, session_steps
     torch.manual_seed(0)
     learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), pool.num_items), cfg, device)
     count, step_at = session_steps(learner, pool, cfg, SINGLE, device)
@@ -208,8 +208,8 @@ def bench_training(torch, device, items: list[int], peak: float, steps: int, num
     it), of the naive step and of a sampled step, on one learner per catalogue size."""
     from benchmarks.naive import naive_losses, replay_table, sample_rows
     from model import SeqRecQ, compute_losses
-    from seqrec.batches import Batch, candidate_log_inclusion, epoch_order
-    from seqrec.learner import Learner
+    from seqrec.data.batches import Batch, candidate_log_inclusion, epoch_order
+    from seqrec.running.learner import Learner
     for n_items in items:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = bench_config(Path(tmp) / "pool", "model.dropout=0.0")
@@ -294,8 +294,8 @@ def window_samples_per_s(torch, device, cfg, pool, steps: int) -> float:
     """Trained samples/s of the window path's step (Learner.update on model.compute_losses) with the
     config as train_offline.py takes it, over `steps` steps after 2 of warm-up."""
     from model import SeqRecQ, compute_losses
-    from seqrec.batches import Batch, epoch_order
-    from seqrec.learner import Learner
+    from seqrec.data.batches import Batch, epoch_order
+    from seqrec.running.learner import Learner
     B, L, T = cfg.train.batch_size, cfg.pool.state_len, cfg.pool.horizon
     events = pool.events("train")
     order = events[epoch_order(len(events), 0, 0)]
@@ -365,7 +365,7 @@ def samples_per_s(step, batch: int, steps: int, sync=lambda: None) -> float:
 
 def bench_eval(torch, device, n_items: int, peak: float, queries: int) -> None:
     from model import HEADS, SeqRecQ
-    from seqrec.evaluation import evaluate
+    from seqrec.evaluation.offline import evaluate
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bench_config(Path(tmp) / "pool", "data.split=[0.5, 0.5, 0.0]", "model.dropout=0.0")
         pool = pool_from_events(random_log(max(2 * queries, 6 * n_items), n_items, seed=2), cfg)
@@ -424,8 +424,8 @@ def main() -> None:
 
     import torch
 
-    from seqrec.allocator import keep_freed_memory
-    from seqrec.distributed import resolve_device
+    from seqrec.running.allocator import keep_freed_memory
+    from seqrec.running.distributed import resolve_device
     keep_freed_memory()                  # as train_offline.py does; the pool children keep the default
     device = resolve_device(args.device)
     torch.set_num_threads(os.cpu_count() or 1)

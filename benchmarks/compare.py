@@ -48,13 +48,13 @@ from benchmarks.tuning import (
 )
 from model import SeqRecQ
 from replay_buffer import Pool, ensure_pool
-from seqrec.atomic import atomic_write
-from seqrec.config import WORLDS, load_config
-from seqrec.errors import UserError, run_cli
-from seqrec.evaluation import evaluate, rank_queries
-from seqrec.metrics import ndcg
-from seqrec.online import ModelPolicy, baseline_policies, rollout, simulator_for
-from seqrec.runs import is_run_folder, load_checkpoint
+from seqrec.running.atomic import atomic_write
+from seqrec.running.config import WORLDS, load_config
+from seqrec.running.errors import UserError, run_cli
+from seqrec.evaluation.offline import evaluate, rank_queries
+from seqrec.evaluation.metrics import ndcg
+from seqrec.worlds.online import ModelPolicy, baseline_policies, rollout, simulator_for
+from seqrec.running.runs import is_run_folder, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
     python -m benchmarks.compile_ce                       # MovieLens-1M size: 768 rows (256 x K 3), 3,707 items
     python -m benchmarks.compile_ce --rows 768 --items 67353
 
-seqrec.streamed runs a block's log-sum-exp (forward) and its softmax gradient (backward: subtract,
+seqrec.nn.streamed runs a block's log-sum-exp (forward) and its softmax gradient (backward: subtract,
 exp, scale) as separate passes over a cache-sized block. Here both are swapped for torch.compile'd
 versions (inductor: one generated C++ loop each), with fixed shapes (dynamic=False: recompiles for
 every new row count, which the session path's steps have) and with symbolic shapes (dynamic=True),
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from seqrec import streamed
+from seqrec.nn import streamed
 
 
 def fwd_bwd_ms(features, weight, bias, targets, repeats: int = 30) -> float:

@@ -1,12 +1,16 @@
 """Off-policy evaluation for compare.py --ope: every history-only policy of a world (the baselines and
 each model's checkpoint of one seed) estimated from an impression log of fresh logging-policy sessions
-by each estimator of seqrec/ope.py and seqrec/ope_eval.py, beside its true online return.
+by each estimator of seqrec/evaluation/ope.py and seqrec/evaluation/ope_eval.py, beside its true online return.
 
 Writes ope.csv (estimates with 95% bootstrap intervals), ope-assessment.csv (each estimator's
-Spearman, relative error and regret@1 against the truths) and ope.png.
+Spearman, relative error and regret@1 against the truths) and ope.png. Run on its own, it gathers
+several worlds' assessments into the spread of each estimator's figures across them:
+
+    python -m benchmarks.off_policy results/ope/worlds/*/ope-assessment.csv --out results/ope/spread.csv
 """
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,14 +21,14 @@ from tqdm import tqdm
 
 from model import SeqRecQ
 from replay_buffer import Pool
-from seqrec.atomic import atomic_write
-from seqrec.online import (
+from seqrec.running.atomic import atomic_write
+from seqrec.worlds.online import (
     ModelPolicy,
     impression_log,
     pool_popularity_policy,
     simulator_for,
 )
-from seqrec.ope_eval import (
+from seqrec.evaluation.ope_eval import (
     SEQUENTIAL_CLIP,
     Critic,
     Target,
@@ -36,8 +40,9 @@ from seqrec.ope_eval import (
     model_based_estimates,
     target_propensities,
 )
-from seqrec.plots import pyplot, save_png
-from seqrec.runs import load_checkpoint
+from seqrec.running.plots import pyplot, save_png
+from seqrec.running.errors import UserError, run_cli
+from seqrec.running.runs import load_checkpoint
 
 if TYPE_CHECKING:                   # annotations only: compare.py imports this module
     from benchmarks.compare import Dataset, Run
@@ -164,3 +169,37 @@ def run_ope(datasets, runs, rows: pd.DataFrame, config_of, draws: int, critic: s
     print(f"off-policy evaluation (sequential weights clipped at {SEQUENTIAL_CLIP:g} for {clipped.mean():.1%} "
           f"of rewarded steps on average):\n{assessment.to_string(index=False, float_format=lambda v: f'{v:.3f}')}")
     print(f"off-policy estimates written to {out}")
+
+
+def spread(assessments: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Each estimator's Spearman and regret@1 across worlds {world: ope-assessment.csv's table}: the
+    number of worlds, mean, min and max, and in how many worlds its first choice lost at most 10%."""
+    rows = pd.concat([t.assign(world=w) for w, t in assessments.items()], ignore_index=True)
+    g = rows.groupby("estimator", sort=False)
+    out = pd.DataFrame({"worlds": g["world"].nunique(),
+                        "spearman_mean": g["spearman"].mean(), "spearman_min": g["spearman"].min(),
+                        "spearman_max": g["spearman"].max(), "regret_mean": g["regret_at_1"].mean(),
+                        "regret_max": g["regret_at_1"].max(),
+                        "worlds_regret_le_10pct": g["regret_at_1"].apply(lambda r: int((r <= 0.10).sum()))})
+    return out.reset_index()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="The spread of each off-policy estimator's figures across worlds.")
+    p.add_argument("assessments", nargs="+", help="ope-assessment.csv files, one per world (its folder names it)")
+    p.add_argument("--dataset", default="simulated", help="the data set's rows to read from each file")
+    p.add_argument("--out", required=True, help="the CSV to write")
+    args = p.parse_args()
+    tables = {}
+    for path in map(Path, args.assessments):
+        if not path.is_file():
+            raise UserError(f"{path} does not exist; run python -m benchmarks.compare ... --ope --ope-out {path.parent} first")
+        table = pd.read_csv(path)
+        tables[path.parent.name] = table[table["dataset"] == args.dataset]
+    table = spread(tables)
+    atomic_write(Path(args.out), lambda tmp: table.to_csv(tmp, index=False, float_format="%.4g"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,6 +1,6 @@
 """Paired differences over training seeds: online return and the values' fit, results/online-differences.csv.
 
-    python -m benchmarks.online_differences results/power-preset results/power-recsim-a results/power-recsim-b --out results/online-differences.csv
+    python -m benchmarks.online_differences results/one-vs-many-clickbait results/one-vs-many-recsim/a results/one-vs-many-recsim/b --out results/online-differences.csv
 
 Each folder is a comparison's output (compare.py's runs.csv: a row per dataset, model, seed, metric). A
 model and its baseline trained on the same seed saw the same data order and, online, met the same
@@ -23,8 +23,8 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-from seqrec.atomic import atomic_write
-from seqrec.errors import UserError, run_cli
+from seqrec.running.atomic import atomic_write
+from seqrec.running.errors import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

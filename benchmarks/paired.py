@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from seqrec.ope import bootstrap_interval
+from seqrec.evaluation.ope import bootstrap_interval
 
 COLUMNS = ["dataset", "protocol", "model", "baseline", "metric", "diff", "ci_low", "ci_high"]
 

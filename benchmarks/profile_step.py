@@ -18,11 +18,11 @@ import torch
 
 from model import SeqRecQ, compute_losses
 from replay_buffer import ensure_pool
-from seqrec.allocator import keep_freed_memory
-from seqrec.config import load_config
-from seqrec.distributed import SINGLE
-from seqrec.errors import run_cli
-from seqrec.learner import Learner, session_steps, update_target, window_batches
+from seqrec.running.allocator import keep_freed_memory
+from seqrec.running.config import load_config
+from seqrec.running.distributed import SINGLE
+from seqrec.running.errors import run_cli
+from seqrec.running.learner import Learner, session_steps, update_target, window_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 

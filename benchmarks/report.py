@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from benchmarks.recipes import LAMBDAS
-from seqrec.atomic import atomic_write, atomic_write_text
-from seqrec.plots import pyplot, save_png
+from seqrec.running.atomic import atomic_write, atomic_write_text
+from seqrec.running.plots import pyplot, save_png
 
 if TYPE_CHECKING:                   # annotations only: compare.py imports this module
     from benchmarks.compare import Run

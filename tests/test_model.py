@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from model import SeqRecQ, compute_losses, rerank
-from seqrec.losses import bootstrap_values, expectile_loss, negative_losses, sampled_items
-from seqrec.batches import Batch, candidate_items, candidate_log_inclusion
-from seqrec.config import load_config
-from seqrec.errors import UserError
-from seqrec.metrics import rank_of_targets
-from seqrec.streamed import rank_of_targets_linear
+from seqrec.nn.losses import bootstrap_values, expectile_loss, negative_losses, sampled_items
+from seqrec.data.batches import Batch, candidate_items, candidate_log_inclusion
+from seqrec.running.config import load_config
+from seqrec.running.errors import UserError
+from seqrec.evaluation.metrics import rank_of_targets
+from seqrec.nn.streamed import rank_of_targets_linear
 from ssl_heads import MultiStepHeads, multi_step_loss
 
 
@@ -524,7 +524,7 @@ def test_slate_softmax_is_the_choice_among_the_items_shown():
 
 
 def test_fast_dropout_keeps_each_element_with_probability_1_minus_p_and_passes_its_mask_to_the_gradient():
-    from seqrec.encoders import fast_dropout
+    from seqrec.nn.encoders import fast_dropout
     torch.manual_seed(0)
     x = torch.full((400, 500), 2.0, requires_grad=True)
     out = fast_dropout(x, 0.1, training=True)

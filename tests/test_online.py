@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from helpers import simulator
-from seqrec.online import ModelPolicy, oracle_policy, random_policy, rollout
+from seqrec.worlds.online import ModelPolicy, oracle_policy, random_policy, rollout
 
 SIM = simulator(num_items=40, num_categories=4, max_session_len=15)
 

@@ -1,11 +1,11 @@
-"""Off-policy estimators (seqrec/ope.py) against hand computations, loops and the exact value of a one-step log."""
+"""Off-policy estimators (seqrec/evaluation/ope.py) against hand computations, loops and the exact value of a one-step log."""
 import itertools
 
 import numpy as np
 import pytest
 
-from seqrec.errors import UserError
-from seqrec.ope import (bootstrap_interval, cascade_dr, check_log_propensities, check_support, click_probs,
+from seqrec.running.errors import UserError
+from seqrec.evaluation.ope import (bootstrap_interval, cascade_dr, check_log_propensities, check_support, click_probs,
                         deterministic_membership_probs, deterministic_position_probs, deterministic_prefix_probs,
                         direct_method, estimate, fit_click_model, lstdq, lstdq_terms, per_decision_tables,
                         plackett_luce_log_probs, position_marginals, position_rewards, ranked_top_k, sequential_ips,
@@ -191,7 +191,7 @@ def test_impression_log_records_every_slate_with_its_propensities():
     positions' log-probabilities sum to the slate's; the clicked position holds the clicked item; the
     history before a slate is the session's earlier clicks."""
     from helpers import simulator
-    from seqrec.online import impression_log
+    from seqrec.worlds.online import impression_log
     sim = simulator(num_items=60, num_categories=5, max_session_len=8)
     log = impression_log(sim, 40, seed=1)
     assert set(log.session) == set(range(40))
@@ -204,7 +204,7 @@ def test_impression_log_records_every_slate_with_its_propensities():
             before = log.histories[r][log.histories[r] >= 0].tolist()
             assert before == clicks[:j]
     assert (log.reward[log.click_pos < 0] == 0).all() and (log.reward[log.click_pos >= 0] > 0).all()
-    from seqrec.simulator import Users
+    from seqrec.worlds.simulator import Users
     stub = Users(prefs=np.zeros((len(log.session), sim.p.dim)), interest=np.zeros((len(log.session), 5)),
                  last_click=np.array([h[h >= 0][-1] if (h >= 0).any() else -1 for h in log.histories]),
                  length=np.zeros(len(log.session), dtype=np.int64), done=np.zeros(len(log.session), dtype=bool))
@@ -214,8 +214,8 @@ def test_impression_log_records_every_slate_with_its_propensities():
 def test_the_logging_policy_as_target_is_estimated_by_its_own_mean_return():
     """Every weight is 1: each estimator gives the impression log's mean return per session, exactly."""
     from helpers import simulator
-    from seqrec.online import impression_log
-    from seqrec.ope_eval import Target, estimates, logging_propensities, target_propensities
+    from seqrec.worlds.online import impression_log
+    from seqrec.evaluation.ope_eval import Target, estimates, logging_propensities, target_propensities
     sim = simulator(num_items=60, num_categories=5, max_session_len=8)
     log = impression_log(sim, 300, seed=2)
     logging = logging_propensities(sim, log, 10, np.random.default_rng(0))
@@ -229,8 +229,8 @@ def test_the_logging_policy_as_target_is_estimated_by_its_own_mean_return():
 
 
 def test_uniform_target_propensities():
-    from seqrec.online import ImpressionLog
-    from seqrec.ope_eval import Propensities, Target, target_propensities
+    from seqrec.worlds.online import ImpressionLog
+    from seqrec.evaluation.ope_eval import Propensities, Target, target_propensities
     log = ImpressionLog(np.zeros(2, int), np.arange(2), np.array([[0, 1, 2], [3, 4, 5]]), np.zeros((2, 3)),
                         np.array([0, -1]), np.array([1.0, 0.0]), np.full((2, 4), -1), 1)
     got = target_propensities(Target("uniform"), log, None, 10)
@@ -244,7 +244,7 @@ def test_assessment_by_hand():
     """Three policies with true returns 1, 2, 3. Estimator a ranks them right but puts policy 3 at 6;
     estimator b ranks policy 1 first: Spearman -1, regret (3 - 1) / 3."""
     import pandas as pd
-    from seqrec.ope_eval import assess
+    from seqrec.evaluation.ope_eval import assess
     table = pd.DataFrame({"dataset": "d", "policy": list("xyz") * 2, "estimator": ["a"] * 3 + ["b"] * 3,
                           "estimate": [1.0, 2.0, 6.0, 3.0, 2.0, 1.0], "truth": [1.0, 2.0, 3.0] * 2})
     got = assess(table).set_index("estimator")
@@ -258,7 +258,7 @@ def test_assessment_by_hand():
 def test_weighted_per_decision_against_a_loop():
     """sum over t of sum_i rho_it r_it / sum_i rho_it, rho_it the product of session i's clicked weights up
     to t (its last product once it has ended, with reward 0 from then on)."""
-    from seqrec.ope import weighted_per_decision
+    from seqrec.evaluation.ope import weighted_per_decision
     rng = np.random.default_rng(5)
     n, k = 15, 3
     lengths = rng.integers(1, 5, n)
@@ -287,7 +287,7 @@ def test_weighted_per_decision_against_a_loop():
 
 
 def test_weighted_per_decision_with_unit_weights_is_the_mean_return():
-    from seqrec.ope import weighted_per_decision
+    from seqrec.evaluation.ope import weighted_per_decision
     session, step = np.array([0, 0, 1]), np.array([0, 1, 0])
     click_pos, reward = np.array([1, -1, 0]), np.array([1.0, 0.0, 0.2])
     rewards = position_rewards(click_pos, reward, 2)
@@ -298,7 +298,7 @@ def test_weighted_per_decision_with_unit_weights_is_the_mean_return():
 def test_spearman_with_ties_by_hand():
     """Ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4): Pearson of those ranks."""
     import pandas as pd
-    from seqrec.ope_eval import spearman
+    from seqrec.evaluation.ope_eval import spearman
     a, b = np.array([1.0, 2.5, 2.5, 4.0]), np.arange(1.0, 5.0)
     expected = np.corrcoef(a, b)[0, 1]
     assert spearman(pd.Series([0.1, 0.5, 0.5, 0.9]), pd.Series([1.0, 2.0, 3.0, 4.0])) == pytest.approx(expected)
@@ -394,8 +394,8 @@ def test_reward_model_expectations_under_each_target_by_enumeration():
     ordered slate of a 5-item catalogue."""
     from types import SimpleNamespace
 
-    from seqrec.online import ImpressionLog
-    from seqrec.ope_eval import Target, target_q_hat
+    from seqrec.worlds.online import ImpressionLog
+    from seqrec.evaluation.ope_eval import Target, target_q_hat
     rng = np.random.default_rng(4)
     n_items, k = 5, 3
     slates = np.array([[0, 3, 1], [4, 2, 0]])

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from replay_buffer import build_pool
-from seqrec.config import load_config
-from seqrec.online import logging_policy, oracle_policy, random_policy, rollout
-from seqrec.simulator import Simulator
+from seqrec.running.config import load_config
+from seqrec.worlds.online import logging_policy, oracle_policy, random_policy, rollout
+from seqrec.worlds.simulator import Simulator
 
 # numpy's vectorized exp/log round differently where it dispatches to AVX-512 (NumPy's X86_V4 /
 # AVX512_ICL targets), so the simulator's Gumbel draws, and a few slates and clicks, differ on such CPUs:

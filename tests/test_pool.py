@@ -180,7 +180,7 @@ def test_windows_and_spans_read_each_steps_slate(tmp_path, L, T):
 
 
 def test_a_pool_without_exposures_says_so(tmp_path):
-    from seqrec.errors import UserError
+    from seqrec.running.errors import UserError
     pool = pool_from_sessions(tmp_path / "p", SLATE_SESSIONS)
     assert pool.shown_offsets is None and pool.windows(np.arange(3), 2, 1).shown is None
     with pytest.raises(UserError, match="has no exposures"):
@@ -202,8 +202,8 @@ def test_append_train_sessions_splices_exposures(tmp_path):
 
 def test_simulated_pool_keeps_the_logged_slates_in_pool_ids(tmp_path):
     """The pool's exposures are the log's shown_* columns, mapped to pool ids; filtered items are left out."""
-    from seqrec.loaders import load_events
-    from seqrec.simulator import Simulator, SimParams
+    from seqrec.data.loaders import load_events
+    from seqrec.worlds.simulator import Simulator, SimParams
     cfg = tiny_config(tmp_path, "data.min_item_count=5")
     pool = ensure_pool(cfg)
     log = Simulator(SimParams.from_dict(cfg.sim.to_dict()), 0.2, 1.0).generate_log()

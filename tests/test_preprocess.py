@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seqrec.config import load_config
-from seqrec.errors import UserError
-from seqrec.preprocess import filter_mask, prepare, split_sessions
+from seqrec.running.config import load_config
+from seqrec.running.errors import UserError
+from seqrec.data.preprocess import filter_mask, prepare, split_sessions
 
 
 def events(rows):

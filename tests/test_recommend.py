@@ -9,10 +9,10 @@ import torch
 
 from helpers import pool_from_sessions
 from model import SeqRecQ
-from seqrec.errors import UserError
-from seqrec.learner import Learner
-from seqrec.config import load_config
-from seqrec.recommend import (
+from seqrec.running.errors import UserError
+from seqrec.running.learner import Learner
+from seqrec.running.config import load_config
+from seqrec.running.recommend import (
     MAX_ATTENTION,
     MAX_CELLS,
     Recommender,
@@ -21,7 +21,7 @@ from seqrec.recommend import (
     top_k,
     top_k_batch,
 )
-from seqrec.runs import save_checkpoint
+from seqrec.running.runs import save_checkpoint
 
 SESSIONS = [[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], [2, 7], [1, 8, 2, 8, 1, 8, 2], [9], [4, 4, 4, 4, 4, 4],
             [6, 2, 6], [5, 3, 5, 8, 9, 7, 9]]

@@ -14,11 +14,11 @@ import pytest
 
 from helpers import pool_from_sessions
 from replay_buffer import Pool
-from seqrec.config import check_trained_here, load_config
-from seqrec.errors import UserError
-from seqrec.ope import plackett_luce_log_probs
-from seqrec.online import random_policy, rollout, static_list_policy
-from seqrec.recsim_world import RecSimParams, RecSimWorld, keyed_uniforms, stock_interest_evolution
+from seqrec.running.config import check_trained_here, load_config
+from seqrec.running.errors import UserError
+from seqrec.evaluation.ope import plackett_luce_log_probs
+from seqrec.worlds.online import random_policy, rollout, static_list_policy
+from seqrec.worlds.recsim import RecSimParams, RecSimWorld, keyed_uniforms, stock_interest_evolution
 from test_train_integration import ROOT, run
 
 
@@ -241,8 +241,8 @@ def test_the_impression_log_records_every_slate_and_draws_the_logging_marginals(
     the history before a slate is the session's earlier clicks; the marginals drawn while logging agree
     with the exact first-position probability (exp of the first conditional log-probability), and the
     logging policy as a target is estimated by the log's own mean return, exactly."""
-    from seqrec.online import impression_log
-    from seqrec.ope_eval import Target, estimates, logging_propensities, target_propensities
+    from seqrec.worlds.online import impression_log
+    from seqrec.evaluation.ope_eval import Target, estimates, logging_propensities, target_propensities
     tiny = RecSimWorld(params(time_budget=20.0))
     log = impression_log(tiny, 30, seed=1, draws=400)
     assert set(log.session) == set(range(30)) and (log.click_pos < 0).any()

@@ -1,12 +1,12 @@
-"""The run folder's bookkeeping (seqrec/runs.py): metrics.csv rows and the checks on a saved run."""
+"""The run folder's bookkeeping (seqrec/running/runs.py): metrics.csv rows and the checks on a saved run."""
 import csv
 
 import pytest
 
 from helpers import pool_from_sessions
-from seqrec import runs
-from seqrec.config import load_config
-from seqrec.errors import UserError
+from seqrec.running import runs
+from seqrec.running.config import load_config
+from seqrec.running.errors import UserError
 
 
 def test_metrics_rows_keep_one_header_when_later_rows_bring_new_columns(tmp_path):

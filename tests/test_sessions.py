@@ -10,11 +10,11 @@ import torch
 
 from helpers import pool_from_sessions, tiny_config
 from model import SeqRecQ, compute_losses
-from seqrec.batches import Batch, Chunk, lane_schedule
-from seqrec.config import load_config
-from seqrec.evaluation import evaluate, session_query_states
-from seqrec.learner import Learner, train_epoch
-from seqrec.recommend import top_k
+from seqrec.data.batches import Batch, Chunk, lane_schedule
+from seqrec.running.config import load_config
+from seqrec.evaluation.offline import evaluate, session_query_states
+from seqrec.running.learner import Learner, train_epoch
+from seqrec.running.recommend import top_k
 from td_lambda import sliding_lambda_returns
 from test_td_lambda import naive_lambda_returns
 
@@ -231,8 +231,8 @@ def test_an_epoch_stopped_mid_way_and_resumed_equals_an_uninterrupted_one(tmp_pa
 
 
 def test_a_mid_epoch_checkpoint_with_an_older_sasrec_carry_is_refused_in_one_line():
-    from seqrec.errors import UserError
-    from seqrec.learner import Learner
+    from seqrec.running.errors import UserError
+    from seqrec.running.learner import Learner
     net = network("sasrec")
     learner = Learner.create(net, load_config())
     old = (torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, dtype=torch.long))    # (context, place): before the cache

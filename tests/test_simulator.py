@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from helpers import simulator
-from seqrec.errors import UserError
-from seqrec.simulator import NO_CLICK, SimParams, top_k_slates
+from seqrec.running.errors import UserError
+from seqrec.worlds.simulator import NO_CLICK, SimParams, top_k_slates
 
 SMALL = dict(num_sessions=300, num_items=80, num_categories=6, max_session_len=20)
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from seqrec import streamed
-from seqrec.streamed import argmax_linear, chunked_logits, linear_cross_entropy
+from seqrec.nn import streamed
+from seqrec.nn.streamed import argmax_linear, chunked_logits, linear_cross_entropy
 
 
 @pytest.mark.parametrize("rows,hidden,outputs,chunk", [(7, 4, 13, 5), (5, 3, 8, 8), (6, 8, 9, 64), (1, 2, 1, 3),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from helpers import tiny_overrides
-from seqrec import runs
-from seqrec.errors import UserError
+from seqrec.running import runs
+from seqrec.running.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

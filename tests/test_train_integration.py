@@ -295,7 +295,7 @@ def test_patience_stops_training_and_resume_does_not_train_on(tmp_path):
 
 
 def test_patience_off_trains_every_epoch():
-    from seqrec.learner import patience_spent
+    from seqrec.running.learner import patience_spent
     best = {"epoch": 0, "value": 1.0}
     assert not patience_spent(10, best, 0)             # 0 = off
     assert not patience_spent(2, best, 2) and patience_spent(3, best, 2)   # epochs 2 and 3 no better than 1

@@ -21,9 +21,9 @@ import torch
 from helpers import tiny_overrides
 from model import SeqRecQ
 from replay_buffer import Pool
-from seqrec.atomic import atomic_write_text, remove_stale_temporaries
-from seqrec.errors import UserError
-from seqrec.recommend import Recommender
+from seqrec.running.atomic import atomic_write_text, remove_stale_temporaries
+from seqrec.running.errors import UserError
+from seqrec.running.recommend import Recommender
 from test_train_integration import ROOT, assert_clean_failure, run
 
 CSV = ["data.source=csv", "data.path=log.csv", "data.min_item_count=1", "eval.select_metric=click/NDCG@10"]

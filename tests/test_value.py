@@ -1,13 +1,13 @@
-"""Value accuracy (seqrec/value.py) against hand-computed figures, and the simulator's restored users
-and true values (seqrec/simulator.py, seqrec/online.py) against the simulator run forward."""
+"""Value accuracy (seqrec/evaluation/value.py) against hand-computed figures, and the simulator's restored users
+and true values (seqrec/worlds/simulator.py, seqrec/worlds/online.py) against the simulator run forward."""
 import copy
 
 import numpy as np
 import pytest
 
 from helpers import pool_from_sessions, simulator
-from seqrec.evaluation import format_value
-from seqrec.value import (
+from seqrec.evaluation.offline import format_value
+from seqrec.evaluation.value import (
     ValueReference,
     discounted_returns,
     events_left,
@@ -155,8 +155,8 @@ def test_true_values_of_logged_events_average_to_their_realized_returns(tmp_path
     """G_t samples the logging policy's Q(s_t, a_t): over many events the two means agree."""
     from helpers import tiny_overrides
     from replay_buffer import ensure_pool
-    from seqrec.config import load_config
-    from seqrec.online import logged_event_values, simulator_for
+    from seqrec.running.config import load_config
+    from seqrec.worlds.online import logged_event_values, simulator_for
     cfg = load_config(overrides=tiny_overrides(tmp_path) + ["sim.num_sessions=1500"])
     pool = ensure_pool(cfg)
     events = pool.events("train")[:1500]
