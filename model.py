@@ -301,7 +301,7 @@ def rest_shift(mixed: torch.Tensor, cand_log_pi: torch.Tensor) -> torch.Tensor:
 # ================================================================================================
 # The loss: a sum of named terms
 # ================================================================================================
-def compute_losses(model, target_net: SeqRecQ, b: Steps, t, dist: Dist = SINGLE, step: int = 0,
+def compute_losses(model, target_net: SeqRecQ, batch: Steps, train, dist: Dist = SINGLE, step: int = 0,
                    log_inclusion: torch.Tensor | None = None, reward_scale: float = 1.0):
     """sum_k w_k CE_k (the K self-supervised steps) + alpha * TD(lambda) (the Q head) on one batch of
     either path (batches.Batch windows or Chunk session stretches), plus the recipe's terms: IQL's
@@ -314,59 +314,90 @@ def compute_losses(model, target_net: SeqRecQ, b: Steps, t, dist: Dist = SINGLE,
     Returns (loss, stats for the log, the encoders' (online, target) carry after the chunk or None).
     """
     net = getattr(model, "module", model)                      # the network behind a DDP wrapper
-    with_td, trained = t.alpha > 0, b.trained                  # trained [B, C]
-    online_carry, target_carry = b.carry or (None, None)
-    cand = candidate_items(b.items, t.negatives, net.num_items, t.seed, step) if t.negatives else None
-    states, ssl_ce, q_all, online_carry = model(b.items, b.history, online_carry, b.ssl_from, cand, log_inclusion,
-                                                with_q=with_td)        # [B, W+1, H], [n, K], [B, W]
-    # ---- the self-supervised loss (ssl_heads.py)
-    K = ssl_ce.shape[1]
-    if t.ssl_softmax == "shown" and b.shown is not None:     # step 0 as the user chose: among the slate shown
-        first = b.ssl_from.shape[1]
-        ssl_ce = with_slate_choice(net.ssl, ssl_ce, states[:, :first][b.ssl_from], b.shown[:, :first][b.ssl_from],
-                                   b.items[:, :first][b.ssl_from])
-    if with_td and t.advantage_weighting and step >= t.advantage_warmup:    # SA2C: CE of step k weighed by A(s_{t+k}, a_{t+k})
-        W = b.items.shape[1]
-        ssl_ce = ssl_ce * b.ssl_windows(advantages(net, states[:, :W], b.items, q_all, b.valid, t, dist, step), K)
-    ssl_valid = b.ssl_windows(b.valid, K)                                                        # [n, K]
-    ce = multi_step_loss(ssl_ce, ssl_valid, torch.tensor(t.ssl_weights[:K], dtype=ssl_ce.dtype, device=ssl_ce.device),
-                         counts=dist.sum(ssl_valid.to(ssl_ce.dtype).sum(0)))
+    with_td = train.alpha > 0
+    online_carry, target_carry = batch.carry or (None, None)
+    cand = candidate_items(batch.items, train.negatives, net.num_items, train.seed, step) if train.negatives else None
+    states, ssl_ce, q_all, online_carry = model(batch.items, batch.history, online_carry, batch.ssl_from, cand,
+                                                log_inclusion, with_q=with_td)    # [B, W+1, H], [n, K], [B, W]
+    ce = self_supervised_loss(net, ssl_ce, states, q_all, batch, train, dist, step, with_td)
     if not with_td:
-        carry = None if b.carry is None else (online_carry, target_carry)
+        carry = None if batch.carry is None else (online_carry, target_carry)
         return ce * dist.world, {"loss": ce.item(), "ce": ce.item(), "td": 0.0, "q_mean": math.nan}, carry
-    # ---- the TD target: V(s') by train.bootstrap after every step, then lambda-returns (td_lambda.py)
-    C = trained.shape[1]
-    need = F.pad(b.valid, (1, 0))                  # state j is s after j of the items: V after each valid step,
-    if t.q_negatives:                              # and at every trained state for its negatives
-        need[:, :C] |= trained
     with torch.no_grad():
-        target_states, target_carry = target_net.read(b.items, b.history, target_carry, C)      # [B, W+1, H]
-        logged = torch.cat([b.items, b.after[:, None]], 1)       # the log's action from each state [B, W+1]
-        values = torch.zeros(need.shape, dtype=states.dtype, device=states.device)              # V(s_j) [B, W+1]
-        values[need] = bootstrap_values(net, target_net, states[need], target_states[need], logged[need],
-                                        t.bootstrap, cand, F.pad(b.truncated, (1, 0))[need])
-        returns = td_targets(b.rewards * reward_scale, values[:, 1:], b.dones, t.gamma, t.lam, b.truncated,
-                             b.horizon)                                                       # [B, C]
-    # ---- the TD loss of the trained steps, and the recipe's other terms
+        target_states, target_carry = target_net.read(batch.items, batch.history, target_carry,
+                                                      batch.trained.shape[1])                   # [B, W+1, H]
+        values = bootstrapped_values(net, target_net, states, target_states, batch, train, cand)  # V(s_j) [B, W+1]
+        returns = td_targets(batch.rewards * reward_scale, values[:, 1:], batch.dones, train.gamma, train.lam,
+                             batch.truncated, batch.horizon)                                      # [B, C]
+    terms, stats = q_loss_terms(net, target_net, states, target_states, q_all, values, returns, batch, train, dist,
+                                step)
+    loss = ce
+    for term in terms:                                         # alpha * TD, then the recipe's terms
+        loss = loss + term
+    stats = {"loss": loss.item(), "ce": ce.item(), **stats}
+    return loss * dist.world, stats, None if batch.carry is None else (online_carry, target_carry)
+
+
+def self_supervised_loss(net: SeqRecQ, ssl_ce: torch.Tensor, states: torch.Tensor, q_all: torch.Tensor | None,
+                         batch: Steps, train, dist: Dist, step: int, with_td: bool) -> torch.Tensor:
+    """sum_k w_k mean CE_k over the n self-supervised states (batch.ssl_from) from their per-sample CE [n, K]:
+    step 0 as a choice among the slate shown (train.ssl_softmax: shown), each step weighed by SA2C's
+    advantage of its action (train.advantage_weighting, after the warm-up). states [B, W+1, H], q_all [B, W]."""
+    K, at = ssl_ce.shape[1], batch.ssl_from                   # at [B, C']: the self-supervised states
+    if train.ssl_softmax == "shown" and batch.shown is not None:
+        width = at.shape[1]
+        ssl_ce = with_slate_choice(net.ssl, ssl_ce, states[:, :width][at], batch.shown[:, :width][at],
+                                   batch.items[:, :width][at])
+    if with_td and train.advantage_weighting and step >= train.advantage_warmup:
+        W = batch.items.shape[1]
+        advantage = advantages(net, states[:, :W], batch.items, q_all, batch.valid, train, dist, step)   # [B, W]
+        ssl_ce = ssl_ce * batch.ssl_windows(advantage, K)
+    valid = batch.ssl_windows(batch.valid, K)                                                    # [n, K]
+    return multi_step_loss(ssl_ce, valid, torch.tensor(train.ssl_weights[:K], dtype=ssl_ce.dtype, device=ssl_ce.device),
+                           counts=dist.sum(valid.to(ssl_ce.dtype).sum(0)))
+
+
+def bootstrapped_values(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target_states: torch.Tensor,
+                        batch: Steps, train, cand: torch.Tensor | None) -> torch.Tensor:
+    """V(s_j) [B, W+1] by train.bootstrap (losses.bootstrap_values) where it is needed: after every
+    valid step (the TD target's bootstrap) and, with negatives, at every trained state; 0 elsewhere.
+    State j is s after j of the items; the log's action from it is item j (batch.after for the last)."""
+    need = F.pad(batch.valid, (1, 0))
+    if train.q_negatives:
+        need[:, :batch.trained.shape[1]] |= batch.trained
+    logged = torch.cat([batch.items, batch.after[:, None]], 1)                                          # [B, W+1]
+    values = torch.zeros(need.shape, dtype=states.dtype, device=states.device)
+    values[need] = bootstrap_values(net, target_net, states[need], target_states[need], logged[need],
+                                    train.bootstrap, cand, F.pad(batch.truncated, (1, 0))[need])
+    return values
+
+
+def q_loss_terms(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target_states: torch.Tensor,
+                 q_all: torch.Tensor, values: torch.Tensor, returns: torch.Tensor, batch: Steps, train, dist: Dist,
+                 step: int) -> tuple[list[torch.Tensor], dict]:
+    """The Q head's weighted terms, in the order they are added to the loss: alpha * TD of the trained
+    steps' Q(s, a) [B, C] against `returns` [B, C], then IQL's value expectile, then SNQN's negatives
+    and CQL's penalty; and their stats (each rank's share of the global mean)."""
+    trained = batch.trained
+    C = trained.shape[1]
     q_taken, weight = q_all[:, :C], trained.to(q_all.dtype)
-    td_fn = F.huber_loss if t.td_loss == "huber" else F.mse_loss
+    td_fn = F.huber_loss if train.td_loss == "huber" else F.mse_loss
     count = dist.sum(weight.sum()).clamp(min=1.0)
     td = (td_fn(q_taken, returns, reduction="none") * weight).sum() / count
-    loss, stats = ce + t.alpha * td, {}
-    if t.bootstrap == "expectile":                 # IQL: V(s) an upper expectile of the target's Q over the log
-        v_loss = value_expectile_loss(net, target_net, states[:, :C], target_states[:, :C], b.items[:, :C], weight,
-                                      t.expectile, count)
+    terms = [train.alpha * td]
+    stats = {"td": td.item(), "q_mean": ((q_taken.detach() * weight).sum() / count).item()}
+    if train.bootstrap == "expectile":                 # IQL: V(s) an upper expectile of the target's Q over the log
+        v_loss = value_expectile_loss(net, target_net, states[:, :C], target_states[:, :C], batch.items[:, :C], weight,
+                                      train.expectile, count)
         stats["v_loss"] = v_loss.item()
-        loss = loss + t.alpha * v_loss
-    if t.q_negatives:                              # SNQN's negatives, CQL's penalty over them
-        shown = b.shown[:, :C][trained] if b.shown is not None and t.negatives_from == "exposures" else None  # [n, m]
-        drawn = negative_items(int(trained.sum()), shown.shape[-1] if shown is not None else t.q_negatives, shown,
-                               net.num_items, t.seed, step, dist, trained.device)
-        neg_td, cql = negative_losses(net, states[:, :C][trained], b.items[:, :C][trained], q_taken[trained],
-                                      values[:, :C][trained], drawn, t, td_fn)
+        terms.append(train.alpha * v_loss)
+    if train.q_negatives:                              # SNQN's negatives, CQL's penalty over them
+        exposures = batch.shown is not None and train.negatives_from == "exposures"
+        shown = batch.shown[:, :C][trained] if exposures else None                                # [n, m]
+        drawn = negative_items(int(trained.sum()), shown.shape[-1] if shown is not None else train.q_negatives, shown,
+                               net.num_items, train.seed, step, dist, trained.device)
+        neg_td, cql = negative_losses(net, states[:, :C][trained], batch.items[:, :C][trained], q_taken[trained],
+                                      values[:, :C][trained], drawn, train, td_fn)
         stats.update(td_negative=neg_td.sum().item() / count.item(), cql=cql.sum().item() / count.item())
-        loss = loss + t.alpha * t.negative_weight * neg_td.sum() / count + t.cql_weight * cql.sum() / count
-    # Each rank's stats are its share of the global value: summed over ranks they are exact.
-    stats = {"loss": loss.item(), "ce": ce.item(), "td": td.item(),
-             "q_mean": ((q_taken.detach() * weight).sum() / count).item(), **stats}
-    return loss * dist.world, stats, None if b.carry is None else (online_carry, target_carry)
+        terms += [train.alpha * train.negative_weight * neg_td.sum() / count, train.cql_weight * cql.sum() / count]
+    return terms, stats

@@ -435,7 +435,8 @@ def merge_summary(path: Path, summary: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: merged.to_csv(tmp, index=False, float_format="%.6g"))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """compare.py's command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="all", help=f"all, or one or more of {', '.join(DATASETS)}, comma-separated")
     p.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, 5 models: minutes")
@@ -472,7 +473,11 @@ def main() -> None:
                    "point, to early stopping (" + " ".join(TUNE_BUDGET) + ")")
     p.add_argument("--value-tables", metavar="DIR,DIR", help="train nothing: gather the value.csv of these "
                    "compare.py outputs into --out's value.csv and value_lambda.png")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.value_tables:
         gather_value_tables([Path(d) for d in args.value_tables.split(",")], Path(args.out or ROOT / "results"))
         return

@@ -81,13 +81,13 @@ def negative_items(n: int, width: int, shown: torch.Tensor | None, num_items: in
     """The negatives of n trained states [n, m]: `width` uniform draws each, or the logged slate's
     items `shown` [n, m] (shown and not clicked: true negatives) with draws filling a slate that has
     fewer. Draws follow the global order of trained states, so ranks split what one process draws."""
-    first, total = dist.offset(n)
-    drawn = sampled_items((total, width), num_items, seed, step, device)[first:first + n]
+    before, total = dist.offset(n)                            # rows on the ranks before this one
+    drawn = sampled_items((total, width), num_items, seed, step, device)[before:before + n]
     return drawn if shown is None else torch.where(shown > 0, shown, drawn)
 
 
 def negative_losses(net, states: torch.Tensor, taken: torch.Tensor, q_taken: torch.Tensor,
-                    values: torch.Tensor, drawn: torch.Tensor, t, td_fn) -> tuple[torch.Tensor, torch.Tensor]:
+                    values: torch.Tensor, drawn: torch.Tensor, train, td_fn) -> tuple[torch.Tensor, torch.Tensor]:
     """SNQN's negatives and the CQL penalty for n trained states [n, H] with taken items [n] and their
     Q(s, taken) [n] (the TD loss's, with gradients), the states' own values V(s) [n] (detached) and
     `drawn` [n, m] negative items per state: each pulled towards r_negative + gamma V(s) (the user
@@ -95,7 +95,7 @@ def negative_losses(net, states: torch.Tensor, taken: torch.Tensor, q_taken: tor
     draws other than the taken item, and logsumexp(Q over draws + taken) - Q(taken)."""
     q_neg = net.q_of(states[:, None, :], drawn, fixed_level=True)         # [n, m]; dueling: they move A only
     other = (drawn != taken[:, None]).to(q_neg.dtype)
-    target = (t.reward_negative + t.gamma * values)[:, None].expand_as(q_neg)
+    target = (train.reward_negative + train.gamma * values)[:, None].expand_as(q_neg)
     td = (td_fn(q_neg, target, reduction="none") * other).sum(1) / other.sum(1).clamp(min=1.0)
     both = torch.cat([q_taken[:, None], q_neg.masked_fill(other == 0, float("-inf"))], 1)
     return td, torch.logsumexp(both, 1) - q_taken
@@ -105,17 +105,18 @@ def negative_losses(net, states: torch.Tensor, taken: torch.Tensor, q_taken: tor
 # SA2C: the self-supervised loss weighed by the advantage
 # ------------------------------------------------------------------------------------------------
 def advantages(net, states: torch.Tensor, items: torch.Tensor, q_taken: torch.Tensor,
-               valid: torch.Tensor, t, dist: Dist, step: int) -> torch.Tensor:
+               valid: torch.Tensor, train, dist: Dist, step: int) -> torch.Tensor:
     """SA2C's advantage of every valid step: A(s_j, a_j) = Q(s_j, a_j) - the mean of Q over {a_j} and
     train.q_negatives uniform draws, detached, clipped to [0, train.advantage_clip]; 0 elsewhere.
     states [B, W, H] (the state before each action), items, q_taken [B, W], valid [B, W] -> [B, W]."""
     n = int(valid.sum())
-    first, total = dist.offset(n)
-    drawn = sampled_items((total, t.q_negatives), net.num_items, t.seed, step, valid.device, stream=1)[first:first + n]
+    before, total = dist.offset(n)
+    drawn = sampled_items((total, train.q_negatives), net.num_items, train.seed, step, valid.device,
+                          stream=1)[before:before + n]
     with torch.no_grad():
         q_pos = q_taken[valid]
         q_neg = net.q_of(states[valid][:, None, :], drawn)                                     # [n, m]
-        mean = (q_pos + q_neg.sum(1)) / (1 + t.q_negatives)
+        mean = (q_pos + q_neg.sum(1)) / (1 + train.q_negatives)
         out = torch.zeros_like(q_taken)
-        out[valid] = (q_pos - mean).clamp(0.0, t.advantage_clip)
+        out[valid] = (q_pos - mean).clamp(0.0, train.advantage_clip)
     return out
