@@ -456,8 +456,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ope", action="store_true", help="also estimate every history-only policy's return off-policy "
                    "on the worlds' data sets (seed-0 runs): ope.csv, ope.png and ope-assessment.csv in --ope-out, where "
                    "rows of other data sets already there are kept")
-    p.add_argument("--ope-out", default=str(ROOT / "results"), help="where ope.csv, ope.png and "
-                   "ope-assessment.csv go (--ope; default results/)")
+    p.add_argument("--ope-out", default=str(ROOT / "results" / "ope"), help="where ope.csv, ope.png and "
+                   "ope-assessment.csv go (--ope; default results/ope/)")
     p.add_argument("--ope-critic", help="the model (of --models) whose heads the direct method, cascade DR and "
                    f"FQE read (--ope; default the first run of {', '.join(OPE_CRITICS)})")
     p.add_argument("--ope-seed", type=int, default=0, help="whose checkpoints, online truths and impression-log "

@@ -6,7 +6,8 @@ Writes ope.csv (estimates with 95% bootstrap intervals), ope-assessment.csv (eac
 Spearman, relative error and regret@1 against the truths) and ope.png. Run on its own, it gathers
 several worlds' assessments into the spread of each estimator's figures across them:
 
-    python -m benchmarks.off_policy results/ope/worlds/*/ope-assessment.csv --out results/ope/spread.csv
+    python -m benchmarks.off_policy sim0=results/ope/ope-assessment.csv results/ope/worlds/*/ope-assessment.csv \
+        --out results/ope/spread.csv
 """
 from __future__ import annotations
 
@@ -186,16 +187,19 @@ def spread(assessments: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="The spread of each off-policy estimator's figures across worlds.")
-    p.add_argument("assessments", nargs="+", help="ope-assessment.csv files, one per world (its folder names it)")
+    p.add_argument("assessments", nargs="+", metavar="[NAME=]CSV",
+                   help="ope-assessment.csv files, one per world, named NAME or by their folder")
     p.add_argument("--dataset", default="simulated", help="the data set's rows to read from each file")
     p.add_argument("--out", required=True, help="the CSV to write")
     args = p.parse_args()
     tables = {}
-    for path in map(Path, args.assessments):
+    for given in args.assessments:
+        name, _, path = given.rpartition("=")
+        path = Path(path)
         if not path.is_file():
             raise UserError(f"{path} does not exist; run python -m benchmarks.compare ... --ope --ope-out {path.parent} first")
         table = pd.read_csv(path)
-        tables[path.parent.name] = table[table["dataset"] == args.dataset]
+        tables[name or path.parent.name] = table[table["dataset"] == args.dataset]
     table = spread(tables)
     atomic_write(Path(args.out), lambda tmp: table.to_csv(tmp, index=False, float_format="%.4g"))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
