@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -45,8 +44,6 @@ from seqrec.running.plots import pyplot, save_png
 from seqrec.running.errors import UserError, run_cli
 from seqrec.running.runs import load_checkpoint
 
-if TYPE_CHECKING:                   # annotations only: compare.py imports this module
-    from benchmarks.compare import Dataset, Run
 
 NO_TRUTH = ("no off-policy estimate: the log holds no propensities (no importance weights), no shown-but-unclicked "
             "items (no click model for the direct method, cascade DR or FQE) and no simulator knows the truth")
@@ -65,7 +62,7 @@ def critic_of(policy: ModelPolicy) -> Critic:
 OPE_CRITICS = ("q-T3-lam0.8", "full-T3-lam0.8", "full")     # --ope's critic, the first of them that was run
 
 
-def ope_rows(ds: Dataset, cfg, runs: list[Run], rows: pd.DataFrame, draws: int, critic: str | None,
+def ope_rows(ds, cfg, runs: list, rows: pd.DataFrame, draws: int, critic: str | None,
              seed: int = 0) -> list[dict]:
     """Every history-only policy of `ds` (the baselines, and each model's checkpoint of `seed`) estimated by
     each off-policy estimator on an impression log of online.sessions fresh logging-policy sessions (users

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -12,8 +11,6 @@ from benchmarks.recipes import LAMBDAS
 from seqrec.running.atomic import atomic_write, atomic_write_text
 from seqrec.running.plots import pyplot, save_png
 
-if TYPE_CHECKING:                   # annotations only: compare.py imports this module
-    from benchmarks.compare import Run
 
 
 HEADLINE = {"event": ["purchase/NDCG@10", "purchase/HR@10", "click/NDCG@10", "click/HR@10"],
@@ -161,7 +158,7 @@ def gather_value_tables(folders: list[Path], out: Path) -> None:
     plot_value_sweep(table, out / "value_lambda.png")
 
 
-def plot_curves(runs: list[Run], summary: pd.DataFrame, png: Path) -> None:
+def plot_curves(runs: list, summary: pd.DataFrame, png: Path) -> None:
     """Validation select-metric per epoch (mean over seeds) for GRU4Rec, GRU-SQN and the best full model
     (or, where none of them ran, for every model run)."""
     plt = pyplot()

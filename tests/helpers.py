@@ -1,6 +1,7 @@
 """Shared test helpers: small hand-built pools and configs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,10 @@ def simulator(**sim) -> Simulator:
     """The default simulator (config.yaml) with some `sim` parameters changed."""
     cfg = load_config()
     return Simulator(SimParams.from_dict({**cfg.sim.to_dict(), **sim}), cfg.data.reward_click, cfg.data.reward_purchase)
+
+
+def with_root_on_path() -> dict:
+    """The environment for a subprocess run from another folder that must import the project (python -m
+    benchmarks.<name>, as a user runs them from the repository root)."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}

@@ -1,13 +1,10 @@
 """The benchmark's pieces run and report sane figures (tiny sizes: speed is measured by bench.py, not here)."""
-import os
 import sys
-from pathlib import Path
 
 import torch
 
 from benchmarks import bench
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_pieces_report_positive_figures():
@@ -64,13 +61,13 @@ def test_every_benchmark_step_is_a_learner_update(monkeypatch):
 def test_profile_step_times_every_phase_on_both_paths(tmp_path):
     import subprocess
 
-    from helpers import tiny_overrides
+    from helpers import tiny_overrides, with_root_on_path
     for state_len in (10, 0):
         cmd = [sys.executable, "-m", "benchmarks.profile_step", "--steps", "2", "--top", "3", "--threads", "1"]
         for o in tiny_overrides(tmp_path) + [f"pool.state_len={state_len}"]:
             cmd += ["--set", o]
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env=with_root_on_path())
         assert proc.returncode == 0, proc.stderr[-2000:]
         lines = {line.split(":")[0].strip(): line for line in proc.stdout.splitlines() if " ms " in line or "ms" in line}
         for phase in ("batch", "forward", "backward", "optimizer", "step"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import tiny_overrides
+from helpers import tiny_overrides, with_root_on_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,13 +232,13 @@ def test_online_eval_needs_the_simulator(tmp_path):
 
 def test_compare_quick_writes_the_summary(tmp_path):
     out = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "simulated",
+    cmd = [sys.executable, "-m", "benchmarks.compare", "--quick", "--data", "simulated",
            "--models", "gru4rec,full-T3-lam0.8", "--out", str(out), "--runs", str(tmp_path / "runs"),
            "--ope", "--ope-out", str(out / "ope"), "--ope-draws", "5"]
     for o in tiny_overrides(tmp_path) + ["train.epochs=1", "online.sessions=100"]:
         if not o.startswith(("train.run_dir", "train.threads")):
             cmd += ["--set", o]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=with_root_on_path())
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert list(rows[0]) == ["dataset", "protocol", "model", "metric", "mean", "std", "n_seeds"]
@@ -266,12 +266,12 @@ def test_compare_quick_writes_the_summary(tmp_path):
 
 def test_compare_baselines_only_trains_nothing(tmp_path):
     out = tmp_path / "baselines"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--quick", "--data", "simulated", "--baselines-only",
+    cmd = [sys.executable, "-m", "benchmarks.compare", "--quick", "--data", "simulated", "--baselines-only",
            "--out", str(out), "--runs", str(tmp_path / "runs")]
     for o in tiny_overrides(tmp_path) + ["online.sessions=100"]:
         if not o.startswith(("train.run_dir", "train.threads")):
             cmd += ["--set", o]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=with_root_on_path())
     assert proc.returncode == 0, proc.stderr[-3000:]
     models = {r["model"] for r in csv.DictReader((out / "summary.csv").open())}
     assert models == {"popularity", "random", "popular", "static-list", "logging", "oracle", "lookahead-oracle",
