@@ -90,7 +90,8 @@ def train(cfg: Config, pool: Pool, run_dir: Path, resume: bool, device: torch.de
         stats = epoch_means(learner, dist)
         if dist.main:
             valid = evaluate(learner.net, pool, "valid", cfg.pool.state_len, e.ks, e.batch_size, e.exclude_seen,
-                             heads=HEADS, value=reference, beta=e.beta, rerank_top=e.rerank_top)
+                             heads=HEADS, value=reference, beta=e.beta, rerank_top=e.rerank_top,
+                             sample=e.max_valid_queries, seed=cfg.train.seed)
             row = {"epoch": learner.epoch + 1, "step": learner.step, "seconds": round(time.perf_counter() - t0, 2),
                    **stats, **{f"valid/{head}/{m}": v for head, ms in valid.items() for m, v in ms.items()}}
             runs.append_row(run_dir / "metrics.csv", row)

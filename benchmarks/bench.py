@@ -394,6 +394,31 @@ def bench_eval(torch, device, n_items: int, peak: float, queries: int) -> None:
                "whole-session states (pool.state_len 0): each session read once, one head")
 
 
+def bench_eval_catalogue(torch, device, n_items: int, queries=(2048, 8192)) -> None:
+    """Evaluation at a large catalogue: a model of `n_items` items (random weights: the cost does not depend
+    on them) ranks the validation queries of a small random pool (their targets are ids of the catalogue),
+    whole-session states; queries/s of the next-item head alone and of all three heads, and the process's
+    resident memory after each number of `queries`: flat in the number of queries, or it is a leak."""
+    from model import HEADS, SeqRecQ
+    from seqrec.evaluation.offline import rank_queries
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = bench_config(Path(tmp) / "pool", "data.split=[0.5, 0.5, 0.0]", "model.dropout=0.0")
+        pool = pool_from_events(random_log(8 * max(queries), 50_000, seed=3), cfg)
+        model = SeqRecQ.from_config(cfg.model.to_dict(), n_items).to(device).eval()
+        tag = f"{n_items // 1000}k" if n_items < 1_000_000 else f"{n_items // 1_000_000}M"
+        for heads in (HEADS[:1], HEADS):
+            for n in queries:
+                t0 = time.perf_counter()
+                rank_queries(model, pool, "valid", 0, 1024, False, heads=heads, progress=False, sample=n, seed=0)
+                sync(torch, device)
+                rate = n / (time.perf_counter() - t0)
+                rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+                which = "one head" if len(heads) == 1 else "ssl, q and mix"
+                report(f"eval_queries_per_s_{len(heads)}_heads@{tag}-{n}", rate, "queries/s",
+                       f"{n_items:,} items, hidden {cfg.model.hidden}, {which}, whole sessions")
+                report(f"eval_rss_mb@{tag}-{len(heads)}-heads-{n}", rss, "MB", f"resident after {n} queries")
+
+
 # ================================================================================================
 # Entry point
 # ================================================================================================
@@ -415,6 +440,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer steps")
     p.add_argument("--out", default=None, help="CSV of the figures (default results/bench-<device>.csv)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where training and evaluation run")
+    p.add_argument("--eval-catalogue", type=int, metavar="N", help="only evaluation's speed and memory at a "
+                   "catalogue of N items (e.g. 1000000)")
     p.add_argument("--pool-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--pool-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -431,15 +458,10 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     gpu = f"; {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(f"# machine: {machine()}{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    bench_simulator()
-    bench_pool([1_000_000] if args.quick else [1_000_000, 10_000_000])
-    peak = bench_matmul(torch, device)
-    steps = (8 if args.quick else 20) * (5 if device.type == "cuda" else 1)
-    bench_training(torch, device, [1000, 10_000] if args.quick else [1000, 10_000, 70_000], peak, steps)
-    if not args.quick:
-        bench_movielens_1m(torch, device, peak, steps)
-        bench_full_vs_gru4rec(torch, device, steps)
-    bench_eval(torch, device, 10_000 if args.quick else 70_000, peak, 4096 if args.quick else 16_384)
+    if args.eval_catalogue:
+        bench_eval_catalogue(torch, device, args.eval_catalogue)
+    else:
+        run_all(torch, device, args.quick)
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
@@ -447,9 +469,23 @@ def main() -> None:
             w.writerow(["name", "value", "unit", "note"])
             w.writerow(["machine", machine(), "", f"torch {torch.__version__}"])
             w.writerows(FIGURES)
-    out = Path(args.out or ROOT / "results" / f"bench-{device.type}.csv")
+    default = f"bench-eval-{args.eval_catalogue}-{device.type}.csv" if args.eval_catalogue else f"bench-{device.type}.csv"
+    out = Path(args.out or ROOT / "results" / default)
     atomic_write(out, write)
     print(f"# written to {out}")
+
+
+def run_all(torch, device, quick: bool) -> None:
+    """Every figure: simulator, pool build, matmul peak, training, evaluation (--quick: small sizes)."""
+    bench_simulator()
+    bench_pool([1_000_000] if quick else [1_000_000, 10_000_000])
+    peak = bench_matmul(torch, device)
+    steps = (8 if quick else 20) * (5 if device.type == "cuda" else 1)
+    bench_training(torch, device, [1000, 10_000] if quick else [1000, 10_000, 70_000], peak, steps)
+    if not quick:
+        bench_movielens_1m(torch, device, peak, steps)
+        bench_full_vs_gru4rec(torch, device, steps)
+    bench_eval(torch, device, 10_000 if quick else 70_000, peak, 4096 if quick else 16_384)
 
 
 if __name__ == "__main__":

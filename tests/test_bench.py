@@ -99,3 +99,13 @@ def test_sample_flops_by_hand():
     assert bench.sample_flops(L=1, T=1, K=1, H=1, N=1, td=True) == 4 * 12 * 2 + 3 * 2 * 2
     # Whole sessions, chunk 4, T 3: each event encodes (4 + 2) / 4 items; no TD: fwd+bwd only; K 3.
     assert bench.sample_flops(L=0, T=3, K=3, H=1, N=1, td=False) == 3 * 12 * 1.5 + 3 * 3 * 2 * 2
+
+
+def test_evaluation_at_a_large_catalogue_reports_speed_and_memory_per_query_count():
+    bench.FIGURES.clear()
+    bench.bench_eval_catalogue(torch, torch.device("cpu"), 5000, queries=(64, 128))
+    figures = {name: value for name, value, _, _ in bench.FIGURES}
+    for heads in (1, 3):
+        for n in (64, 128):
+            assert figures[f"eval_queries_per_s_{heads}_heads@5k-{n}"] > 0
+            assert figures[f"eval_rss_mb@5k-{heads}-heads-{n}"] > 0

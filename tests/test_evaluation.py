@@ -105,3 +105,21 @@ def test_the_selection_score_is_higher_for_the_better_checkpoint():
     assert selection_score(valid, "ssl", "value/rmse") == -0.3                # lower RMSE, higher score
     with pytest.raises(UserError, match="eval.select_metric value/rmse is undefined"):
         selection_score({**valid, "value": {"rmse": math.nan}}, "ssl", "value/rmse")
+
+
+def test_a_validation_sample_is_seeded_sorted_and_ranks_each_query_as_the_whole_split_does(tmp_path):
+    from seqrec.evaluation.offline import query_events, rank_queries
+    events = np.arange(100, 130)
+    picked = query_events(events, 7, seed=3)
+    assert len(picked) == 7 and len(set(picked)) == 7 and set(picked) <= set(events)
+    assert list(picked) == sorted(picked) and np.array_equal(picked, query_events(events, 7, seed=3))
+    assert not np.array_equal(picked, query_events(events, 7, seed=4))
+    assert np.array_equal(query_events(events, 0, 3), events) and np.array_equal(query_events(events, 30, 3), events)
+    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, splits=(2, 2))
+    torch.manual_seed(0)
+    net = SeqRecQ(13, hidden=8, dropout=0.0, ssl_steps=1).eval()
+    whole_events, whole, _ = rank_queries(net, pool, "valid", 0, 4, False, heads=("ssl",), progress=False)
+    some_events, some, _ = rank_queries(net, pool, "valid", 0, 4, False, heads=("ssl",), progress=False, sample=5, seed=1)
+    assert sorted(some_events) == sorted(query_events(pool.events("valid"), 5, 1))
+    rank = {int(e): (int(h), int(t)) for e, h, t in zip(whole_events, *whole["ssl"])}
+    assert [rank[int(e)] for e in some_events] == [(int(h), int(t)) for h, t in zip(*some["ssl"])]

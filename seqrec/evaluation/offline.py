@@ -26,9 +26,10 @@ EVAL_CHUNK = 64   # session path: items per encoder call (any value gives the sa
 @torch.no_grad()
 def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclude_seen: bool, *,
              heads: tuple[str, ...], progress: bool = True, limit: int | None = None,
-             value: ValueReference | None = None, beta: float = 1.0, rerank_top: int = 50) -> dict[str, dict[str, float]]:
+             value: ValueReference | None = None, beta: float = 1.0, rerank_top: int = 50, sample: int = 0,
+             seed: int = 0) -> dict[str, dict[str, float]]:
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
-    `limit` events), for each of `heads`; with `value`, also {"value": {"rmse": ...}}: the Q head's
+    `limit` events, or a seeded `sample` of them: query_events), for each of `heads`; with `value`, also {"value": {"rmse": ...}}: the Q head's
     Q(s_t, a_t) of every query against its realized return (seqrec/evaluation/value.py). state_len 0: the state
     is the whole session so far. Every head is streamed over the catalogue (no [b, N+1] matrix), so
     memory stays flat in the number of queries and items; `mix` is model.rerank with `beta` and
@@ -39,7 +40,7 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
     """
     events, ranks, q_taken = rank_queries(model, pool, split, state_len, batch_size, exclude_seen, heads=heads,
                                           progress=progress, limit=limit, with_q=value is not None, beta=beta,
-                                          rerank_top=rerank_top)
+                                          rerank_top=rerank_top, sample=sample, seed=seed)
     is_purchase = torch.from_numpy(np.asarray(pool.purchase[events], dtype=bool))
     results = {head: summarize(higher, ties, is_purchase, ks) for head, (higher, ties) in ranks.items()}
     if value is not None:
@@ -50,14 +51,14 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
 @torch.no_grad()
 def rank_queries(model, pool, split: str, state_len: int, batch_size: int, exclude_seen: bool, *,
                  heads: tuple[str, ...], progress: bool = True, limit: int | None = None, with_q: bool = False,
-                 beta: float = 1.0, rerank_top: int = 50):
+                 beta: float = 1.0, rerank_top: int = 50, sample: int = 0, seed: int = 0):
     """Where each query's target ranks: (events [n], the queries' event ids in the order ranked (the
     session path yields them out of order), {head: (higher [n], ties [n])} as metrics.rank_of_targets
     counts them, Q(s, a) of each query's target [n] with `with_q`, else None). Arguments as `evaluate`'s."""
     was_training = model.training
     model.eval()
     device = model_device(model)
-    events = pool.events(split)[:limit]
+    events = query_events(pool.events(split)[:limit], sample, seed)
     ranks = {head: ([], []) for head in heads}
     q_taken = []
     states = (session_query_states(model.encoder, pool, events, batch_size, device) if state_len == 0 else
@@ -68,10 +69,12 @@ def rank_queries(model, pool, split: str, state_len: int, batch_size: int, exclu
         done.append(batch)
         target = torch.from_numpy(np.asarray(pool.items[batch], dtype=np.int64)).to(device)
         seen = torch.from_numpy(pool.histories(batch)).to(device) if exclude_seen else None
-        for head in heads:
+        counted = {}
+        for head in sorted(heads, key=lambda name: name == "mix"):      # mix reuses the ssl head's ranks
             try:
-                higher, ties = (rank_of_targets_mix(model, h, target, seen, beta, rerank_top) if head == "mix"
-                                else rank_of_targets_linear(*model.score_layer(h, head), target, seen))
+                counted[head] = higher, ties = (
+                    rank_of_targets_mix(model, h, target, seen, beta, rerank_top, counted.get("ssl")) if head == "mix"
+                    else rank_of_targets_linear(*model.score_layer(h, head), target, seen))
             except NaNScores as e:   # a NaN target would rank first: no metric at all is honest
                 raise UserError(f"the {head} head's scores on the {split} split are NaN ({e}), so it has no "
                                 f"metrics; the model diverged (lower train.lr) or the head is broken") from None
@@ -85,6 +88,14 @@ def rank_queries(model, pool, split: str, state_len: int, batch_size: int, exclu
     order = np.concatenate(done) if done else np.zeros(0, dtype=np.int64)
     ranks = {head: (_cat(higher), _cat(ties)) for head, (higher, ties) in ranks.items()}
     return order, ranks, (_cat(q_taken) if q_taken else torch.zeros(0)) if with_q else None
+
+
+def query_events(events: np.ndarray, sample: int, seed: int) -> np.ndarray:
+    """The queries to rank: all `events` [n], or with 0 < `sample` < n a sample of that many drawn without
+    replacement by (seed, sample), in event order: the same queries at every epoch and after a resume."""
+    if not 0 < sample < len(events):
+        return events
+    return np.sort(np.random.default_rng([seed, 300, sample]).choice(events, sample, replace=False))
 
 
 def window_query_states(model, pool, events: np.ndarray, state_len: int, batch_size: int, device):
@@ -123,16 +134,18 @@ def session_query_states(encoder, pool, events: np.ndarray, batch_size: int, dev
 
 
 def rank_of_targets_mix(model, states: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None, beta: float,
-                        top: int) -> tuple[torch.Tensor, torch.Tensor]:
+                        top: int, ssl_ranks: tuple[torch.Tensor, torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """metrics.rank_of_targets of model.scores(states, "mix", seen, beta, top) without its [B, N+1] matrix.
 
     The reranked candidates are the ssl head's `top` best and all rank above every other item, which
     keep the ssl order. So a target among the candidates ranks among them by its reranked score; any
     other target ranks after all live candidates, at its ssl rank among the rest: its ssl rank
     (streamed) less the candidates counted above or tied with it there. states [B, H], targets [B]
-    -> (higher [B], ties [B]) int64."""
+    -> (higher [B], ties [B]) int64. `ssl_ranks`: the ssl head's (higher, ties) of these queries, when
+    already counted (one pass over the catalogue fewer)."""
     features, weight, bias = model.score_layer(states, "ssl")
-    higher, ties = rank_of_targets_linear(features, weight, bias, targets, seen)
+    higher, ties = ssl_ranks if ssl_ranks is not None else rank_of_targets_linear(features, weight, bias, targets, seen)
     mixed, cand = model.top_items(states, "mix", top, seen, beta, top)              # [B, R], reranked order
     live = torch.isfinite(mixed)
     hit = (cand == targets[:, None]) & live
