@@ -4,10 +4,12 @@ processes equals 1 process, and the README's torchrun command runs end to end.""
 import json
 import os
 import shutil
+import socket
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +105,36 @@ def test_torchrun_two_processes_equal_one_process_after_one_step(tmp_path, state
     proc = subprocess.run(cmd, cwd=multi, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_one_step_equal(single, multi)
+
+
+def test_two_nodes_over_loopback_equal_one_process_after_one_step(tmp_path):
+    """`torchrun --nnodes=2 --node_rank=0|1` on one machine, one process a node, a pool.dir both read (as on a
+    cluster's shared filesystem): global rank 0 builds the pool, the other node waits for it."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no gloo backend")
+    extra = ["train.max_steps=1", "model.dropout=0.0", "train.batch_size=64", "device=cpu", "pool.state_len=0"]
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    single.mkdir(), multi.mkdir()
+    run("train_offline.py", tmp=single, extra=extra)
+    with socket.socket() as s:                      # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sets = [w for o in tiny_overrides(multi) + extra for w in ("--set", o)]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                               str(ROOT / "train_offline.py"), *sets], cwd=multi, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    assert ["test:" in out for out, _ in outputs] == [True, False], "one group of two: node 0's rank 0 alone reports"
+    assert_one_step_equal(single, multi)
+
+
+def assert_one_step_equal(single: Path, multi: Path) -> None:
+    """The run in `multi` (several processes) trained the same first step as the one in `single`."""
     one = torch.load(single / "run" / "last.pt", weights_only=True)
     two = torch.load(multi / "run" / "last.pt", weights_only=True)
     assert one["step"] == two["step"] == 1
