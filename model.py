@@ -305,8 +305,8 @@ def compute_losses(model, target_net: SeqRecQ, batch: Steps, train, dist: Dist =
                    log_inclusion: torch.Tensor | None = None, reward_scale: float = 1.0):
     """sum_k w_k CE_k (the K self-supervised steps) + alpha * TD(lambda) (the Q head) on one batch of
     either path (batches.Batch windows or Chunk session stretches), plus the recipe's terms: IQL's
-    value expectile, SNQN's negatives, CQL's penalty (seqrec/nn/losses.py). `t` is the config's `train`
-    section; rewards enter the TD targets times `reward_scale`, so Q is in those units; with alpha 0
+    value expectile, SNQN's negatives, CQL's penalty (seqrec/nn/losses.py). `train` is the config's
+    `train` section; rewards enter the TD targets times `reward_scale`, so Q is in those units; with alpha 0
     the Q head, the target network and the bootstrap are skipped altogether (q_mean is NaN).
 
     Means are over the *global* batch's valid steps (all ranks) and the loss is scaled by the number
@@ -394,8 +394,8 @@ def q_loss_terms(net: SeqRecQ, target_net: SeqRecQ, states: torch.Tensor, target
     if train.q_negatives:                              # SNQN's negatives, CQL's penalty over them
         exposures = batch.shown is not None and train.negatives_from == "exposures"
         shown = batch.shown[:, :C][trained] if exposures else None                                # [n, m]
-        drawn = negative_items(int(trained.sum()), shown.shape[-1] if shown is not None else train.q_negatives, shown,
-                               net.num_items, train.seed, step, dist, trained.device)
+        drawn = negative_items(int(trained.sum()), train.q_negatives, shown, net.num_items, train.seed, step, dist,
+                               trained.device)
         neg_td, cql = negative_losses(net, states[:, :C][trained], batch.items[:, :C][trained], q_taken[trained],
                                       values[:, :C][trained], drawn, train, td_fn)
         stats.update(td_negative=neg_td.sum().item() / count.item(), cql=cql.sum().item() / count.item())

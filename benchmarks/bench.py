@@ -394,11 +394,11 @@ def bench_eval(torch, device, n_items: int, peak: float, queries: int) -> None:
                "whole-session states (pool.state_len 0): each session read once, one head")
 
 
-def bench_eval_catalogue(torch, device, n_items: int, queries=(2048, 8192)) -> None:
+def bench_eval_catalogue(torch, device, n_items: int, queries=(2048, 8192, 16384)) -> None:
     """Evaluation at a large catalogue: a model of `n_items` items (random weights: the cost does not depend
     on them) ranks the validation queries of a small random pool (their targets are ids of the catalogue),
     whole-session states; queries/s of the next-item head alone and of all three heads, and the process's
-    resident memory after each number of `queries`: flat in the number of queries, or it is a leak."""
+    peak resident memory after each number of `queries`: flat in the number of queries, or it is a leak."""
     from model import HEADS, SeqRecQ
     from seqrec.evaluation.offline import rank_queries
     with tempfile.TemporaryDirectory() as tmp:
@@ -412,11 +412,10 @@ def bench_eval_catalogue(torch, device, n_items: int, queries=(2048, 8192)) -> N
                 rank_queries(model, pool, "valid", 0, 1024, False, heads=heads, progress=False, sample=n, seed=0)
                 sync(torch, device)
                 rate = n / (time.perf_counter() - t0)
-                rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
                 which = "one head" if len(heads) == 1 else "ssl, q and mix"
                 report(f"eval_queries_per_s_{len(heads)}_heads@{tag}-{n}", rate, "queries/s",
                        f"{n_items:,} items, hidden {cfg.model.hidden}, {which}, whole sessions")
-                report(f"eval_rss_mb@{tag}-{len(heads)}-heads-{n}", rss, "MB", f"resident after {n} queries")
+                report(f"eval_peak_rss_mb@{tag}-{len(heads)}-heads-{n}", peak_rss_mb(), "MB", f"peak after {n} queries")
 
 
 # ================================================================================================

@@ -108,4 +108,4 @@ def test_evaluation_at_a_large_catalogue_reports_speed_and_memory_per_query_coun
     for heads in (1, 3):
         for n in (64, 128):
             assert figures[f"eval_queries_per_s_{heads}_heads@5k-{n}"] > 0
-            assert figures[f"eval_rss_mb@5k-{heads}-heads-{n}"] > 0
+            assert figures[f"eval_peak_rss_mb@5k-{heads}-heads-{n}"] > 0

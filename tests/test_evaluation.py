@@ -42,15 +42,22 @@ def naive_metrics(model, sessions, purchases, head, state_len, exclude_seen, k=1
     return {name: float(np.mean(values)) for name, values in sums.items()}
 
 
+def pool_and_model(tmp_path, seed: int):
+    """The sessions' pool (2 train, 2 valid, 2 test) and a double-precision model with random heads
+    (untrained heads would tie everywhere)."""
+    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, splits=(2, 2))
+    torch.manual_seed(seed)
+    model = SeqRecQ(pool.num_items, hidden=8, dropout=0.0, ssl_steps=2).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    return pool, model
+
+
 @pytest.mark.parametrize("exclude_seen", [False, True])
 @pytest.mark.parametrize("head", ["ssl", "q", "mix"])
 def test_evaluate_matches_a_loop_over_events(tmp_path, exclude_seen, head):
-    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, splits=(2, 2))
-    torch.manual_seed(0)
-    model = SeqRecQ(pool.num_items, hidden=8, dropout=0.0, ssl_steps=2).double()
-    with torch.no_grad():                                       # untrained heads would tie everywhere
-        for p in model.parameters():
-            p.add_(torch.randn_like(p))
+    pool, model = pool_and_model(tmp_path, seed=0)
     got = evaluate(model, pool, "test", state_len=3, ks=[10], batch_size=4,
                    exclude_seen=exclude_seen, progress=False, heads=(head,), beta=1.5, rerank_top=4)[head]
     expected = naive_metrics(model, SESSIONS[4:], PURCHASES[4:], head, 3, exclude_seen)
@@ -58,16 +65,22 @@ def test_evaluate_matches_a_loop_over_events(tmp_path, exclude_seen, head):
         assert got[name] == pytest.approx(value), name
 
 
+
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_heads_evaluated_together_equal_each_head_alone(tmp_path, exclude_seen):
+    """mix reuses the ssl head's rank counts when both are evaluated: the figures must be mix's own."""
+    pool, model = pool_and_model(tmp_path, seed=1)
+    kw = dict(state_len=3, ks=[10], batch_size=4, exclude_seen=exclude_seen, progress=False, beta=1.5, rerank_top=4)
+    together = evaluate(model, pool, "test", heads=("mix", "q", "ssl"), **kw)
+    assert list(together) == ["mix", "q", "ssl"]
+    for head in ("ssl", "q", "mix"):
+        assert together[head] == evaluate(model, pool, "test", heads=(head,), **kw)[head], head
+
 @pytest.mark.parametrize("exclude_seen", [False, True])
 def test_mix_reranking_more_items_than_the_catalogue_matches_the_loop(tmp_path, exclude_seen):
     """eval.rerank_top beyond the live items (12 items, 40 candidates) once gave NaN scores, which the
     ranking then put first: HR = NDCG = 1."""
-    pool = pool_from_sessions(tmp_path / "pool", SESSIONS, PURCHASES, splits=(2, 2))
-    torch.manual_seed(0)
-    model = SeqRecQ(pool.num_items, hidden=8, dropout=0.0, ssl_steps=2).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p))
+    pool, model = pool_and_model(tmp_path, seed=0)
     got = evaluate(model, pool, "test", state_len=3, ks=[10], batch_size=4, exclude_seen=exclude_seen,
                    progress=False, heads=("mix",), beta=1.5, rerank_top=40)["mix"]
     expected = naive_metrics(model, SESSIONS[4:], PURCHASES[4:], "mix", 3, exclude_seen, top=40)

@@ -29,9 +29,9 @@ def evaluate(model, pool, split: str, state_len: int, ks, batch_size: int, exclu
              value: ValueReference | None = None, beta: float = 1.0, rerank_top: int = 50, sample: int = 0,
              seed: int = 0) -> dict[str, dict[str, float]]:
     """{head: {"click/HR@5": ..., "purchase/NDCG@20": ...}} for every event of `split` (or its first
-    `limit` events, or a seeded `sample` of them: query_events), for each of `heads`; with `value`, also {"value": {"rmse": ...}}: the Q head's
-    Q(s_t, a_t) of every query against its realized return (seqrec/evaluation/value.py). state_len 0: the state
-    is the whole session so far. Every head is streamed over the catalogue (no [b, N+1] matrix), so
+    `limit` events, or a seeded `sample` of them: query_events), for each of `heads`; with `value`,
+    also {"value": {"rmse": ...}}: the Q head's Q(s_t, a_t) of every query against its realized
+    return (seqrec/evaluation/value.py). state_len 0: the state is the whole session so far. Every head is streamed over the catalogue (no [b, N+1] matrix), so
     memory stays flat in the number of queries and items; `mix` is model.rerank with `beta` and
     `rerank_top` (rank_of_targets_mix).
 

@@ -76,11 +76,12 @@ def sampled_items(shape: tuple[int, ...], num_items: int, seed: int, step: int, 
     return torch.randint(1, num_items + 1, shape, generator=g).to(device)
 
 
-def negative_items(n: int, width: int, shown: torch.Tensor | None, num_items: int, seed: int, step: int,
+def negative_items(n: int, uniform: int, shown: torch.Tensor | None, num_items: int, seed: int, step: int,
                    dist: Dist, device) -> torch.Tensor:
-    """The negatives of n trained states [n, m]: `width` uniform draws each, or the logged slate's
-    items `shown` [n, m] (shown and not clicked: true negatives) with draws filling a slate that has
-    fewer. Draws follow the global order of trained states, so ranks split what one process draws."""
+    """The negatives of n trained states: `uniform` draws each [n, uniform], or the logged slate's items
+    `shown` [n, m] (shown and not clicked: true negatives) with draws filling a slate that has fewer
+    [n, m]. Draws follow the global order of trained states, so ranks split what one process draws."""
+    width = uniform if shown is None else shown.shape[-1]
     before, total = dist.offset(n)                            # rows on the ranks before this one
     drawn = sampled_items((total, width), num_items, seed, step, device)[before:before + n]
     return drawn if shown is None else torch.where(shown > 0, shown, drawn)
