@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,18 +26,20 @@ from tqdm import tqdm
 from seqrec.running.atomic import atomic_directory, check_replaceable, check_writable
 from seqrec.running.config import WORLDS, Config, add_config_args, load_config
 from seqrec.running.errors import UserError, run_cli
+from seqrec.data import outofcore
 from seqrec.data.loaders import load_events
+from seqrec.data.scan import read_log
 from seqrec.data.preprocess import (
     REBUILD,
     SPLITS,
     Prepared,
     held_out,
-    prepare,
     read_original_ids,
     split_events,
     vocabulary_digest,
 )
 
+FILE_SOURCES = ("csv", "parquet")     # read by DuckDB itself (seqrec/data/scan.py), never into pandas
 FORMAT_VERSION = 3     # 3: exposures (what was shown beside each event) where the log has them
 
 
@@ -288,9 +291,12 @@ def pool_fingerprint(cfg: Config) -> str:
 def _input_files(data: dict) -> list[Path]:
     if data["source"] in WORLDS or not data["path"]:
         return []
+    path = Path(data["path"])
     if data["source"] == "yoochoose":
-        return [Path(data["path"]) / "yoochoose-clicks.dat", Path(data["path"]) / "yoochoose-buys.dat"]
-    return [Path(data["path"])]
+        return [path / "yoochoose-clicks.dat", path / "yoochoose-buys.dat"]
+    if data["source"] in FILE_SOURCES and path.is_dir():          # a folder of part files: each one's stamp
+        return sorted(p for p in path.rglob("*") if p.suffix in (".csv", ".parquet") and p.is_file())
+    return [path]
 
 
 def _file_stamp(path: Path) -> list:
@@ -302,47 +308,78 @@ def _file_stamp(path: Path) -> list:
 
 
 def build_pool(cfg: Config) -> Pool:
-    """Load, preprocess and write the pool atomically to `pool.dir`."""
+    """Load, preprocess and write the pool atomically to `pool.dir`: DuckDB does the work out of core
+    (seqrec/data/outofcore.py), so the log's length is bounded by the disk, not by memory."""
     t0 = time.perf_counter()
     data = cfg.data.to_dict()
     if data["source"] in WORLDS:
         world = cfg[WORLDS[data["source"]]]
         with tqdm(total=world.num_sessions, desc="simulating sessions", unit="session", leave=False) as bar:
-            events = load_events(data, world.to_dict(), progress=bar)
-    else:
-        print(f"reading the {data['source']} log {data['path'] or '(cached download)'} ...", flush=True)
-        events = load_events(data, None)
-    return pool_from_events(events, cfg, started=t0)
+            return pool_from_events(load_events(data, world.to_dict(), progress=bar), cfg, started=t0)
+    print(f"reading the {data['source']} log {data['path'] or '(cached download)'} ...", flush=True)
+    if data["source"] in FILE_SOURCES:
+        return write_out_of_core(cfg, lambda con: read_log(con, data), t0)
+    return pool_from_events(load_events(data, None), cfg, started=t0)
 
 
 def pool_from_events(events: pd.DataFrame, cfg: Config, started: float | None = None) -> Pool:
     """Preprocess a canonical event table (loaders.CANONICAL columns) and write it as the pool."""
-    t0 = time.perf_counter() if started is None else started
-    prepared = prepare(events, cfg.data.to_dict())
-    meta = describe(prepared, cfg)
-    meta["build_seconds"] = round(time.perf_counter() - t0, 3)
-    write_pool(prepared, meta, Path(cfg.pool.dir))
-    return Pool(Path(cfg.pool.dir))
+    return write_out_of_core(cfg, lambda con: outofcore.load_frame(con, events),
+                             time.perf_counter() if started is None else started)
 
 
-def split_stats(p: Prepared, split_mode: str) -> dict:
-    """Sessions, events (queries for valid/test under leave-one-out) and purchases of each split."""
-    stats = {}
-    for name in SPLITS:
-        events = split_events(p.offsets, p.split_sessions, split_mode, name)
-        sessions = np.unique(np.searchsorted(p.offsets, events, side="right") - 1)
-        stats[name] = {"sessions": len(sessions), "events": len(events), "purchases": int(p.purchase[events].sum())}
-    return stats
+def write_out_of_core(cfg: Config, load, started: float) -> Pool:
+    """`load(con)` makes DuckDB's table `log`; outofcore.build turns it into the pool's files in a
+    temporary folder (its database and spill files in a subfolder, removed before the rename)."""
+    data, folder = cfg.data.to_dict(), Path(cfg.pool.dir)
+    with atomic_directory(folder, is_pool_folder, POOL_FOLDER) as tmp:
+        work = tmp / ".build"
+        work.mkdir()
+        with outofcore.database(work, cfg.pool.build_memory) as con:
+            load(con)
+            layout = outofcore.build(con, data, tmp)
+        shutil.rmtree(work)
+        purchase = np.load(tmp / "purchase.npy", mmap_mode="r")
+        meta = describe(layout, purchase, read_original_ids(tmp / "item_ids.csv"), cfg)
+        meta["build_seconds"] = round(time.perf_counter() - started, 3)
+        del purchase
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return Pool(folder)
 
 
-def describe(p: Prepared, cfg: Config) -> dict:
-    """meta.json: counts over all splits and per split, the config and its hash."""
+def split_stats(offsets: np.ndarray, purchase: np.ndarray, split_sessions: dict, split_mode: str) -> dict:
+    """Sessions, events (queries for valid/test under leave-one-out) and purchases of each split, from
+    the session offsets [S+1] and purchase flags [E] (a memory map is read once, in order)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if split_mode != "loo":
+        stats = {}
+        for name in SPLITS:
+            first, last = split_sessions[name]
+            events = slice(int(offsets[first]), int(offsets[last]))
+            stats[name] = {"sessions": int(np.count_nonzero(np.diff(offsets[first:last + 1]))),
+                           "events": events.stop - events.start,
+                           "purchases": int(np.count_nonzero(purchase[events]))}
+        return stats
+    ends = offsets[1:][held_out(offsets, split_mode) > 0]          # every session is in train, its last events not
+    test, valid = {"sessions": len(ends), "events": len(ends), "purchases": int(np.count_nonzero(purchase[ends - 1]))}, \
+        {"sessions": len(ends), "events": len(ends), "purchases": int(np.count_nonzero(purchase[ends - 2]))}
+    train = {"sessions": int(np.count_nonzero(np.diff(offsets))), "events": int(offsets[-1]) - 2 * len(ends),
+             "purchases": int(np.count_nonzero(purchase)) - test["purchases"] - valid["purchases"]}
+    return {"train": train, "valid": valid, "test": test}
+
+
+def describe(layout: dict, purchase: np.ndarray, item_ids: np.ndarray, cfg: Config) -> dict:
+    """meta.json: counts over all splits and per split, the config and its hash. layout: offsets
+    [S+1], splits_sessions, num_items; purchase [E]; item_ids [N] as text."""
+    offsets, split_mode = layout["offsets"], cfg.data.split_mode
+    purchases = int(np.count_nonzero(purchase))
     return {
-        "format": FORMAT_VERSION, "config_hash": pool_fingerprint(cfg), "split_mode": cfg.data.split_mode,
-        "splits_sessions": p.split_sessions, "splits": split_stats(p, cfg.data.split_mode),
-        "num_sessions": len(p.session_ids), "num_items": p.num_items, "items_digest": vocabulary_digest(p.item_ids),
-        "num_events": len(p.items),
-        "num_purchases": int(p.purchase.sum()), "num_clicks": int((~p.purchase).sum()),
+        "format": FORMAT_VERSION, "config_hash": pool_fingerprint(cfg), "split_mode": split_mode,
+        "splits_sessions": layout["splits_sessions"],
+        "splits": split_stats(offsets, purchase, layout["splits_sessions"], split_mode),
+        "num_sessions": len(offsets) - 1, "num_items": layout["num_items"], "items_digest": vocabulary_digest(item_ids),
+        "num_events": int(offsets[-1]),
+        "num_purchases": purchases, "num_clicks": int(offsets[-1]) - purchases,
         "data": cfg.data.to_dict(),
         "sim": cfg.sim.to_dict() if cfg.data.source == "synthetic" else None,
         **({"recsim": cfg.recsim.to_dict()} if cfg.data.source == "recsim" else {}),
@@ -421,7 +458,7 @@ def append_train_sessions(pool: Pool, items: np.ndarray, rewards: np.ndarray, pu
                                np.float32)
     meta = {**pool.meta, "num_sessions": len(p.session_ids), "num_events": len(p.items),
             "num_purchases": int(p.purchase.sum()), "num_clicks": int((~p.purchase).sum()),
-            "splits_sessions": p.split_sessions, "splits": split_stats(p, pool.split_mode),
+            "splits_sessions": p.split_sessions, "splits": split_stats(p.offsets, p.purchase, p.split_sessions, pool.split_mode),
             "config_hash": f"{pool.meta['config_hash']}+appended",
             "appended_sessions": pool.meta.get("appended_sessions", 0) + added}
     write_pool(p, meta, Path(folder))

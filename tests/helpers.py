@@ -38,7 +38,7 @@ def pool_from_sessions(folder: Path, sessions: list[list[int]], purchases: list[
         prepared.slate_logp = np.full(len(items), -1.0, dtype=np.float32)
     meta = {"num_items": int(items.max()), "num_sessions": S, "num_events": len(items),
             "num_purchases": int(purchase.sum()), "config_hash": "test", "split_mode": split_mode,
-            "splits_sessions": prepared.split_sessions, "splits": split_stats(prepared, split_mode)}
+            "splits_sessions": prepared.split_sessions, "splits": split_stats(offsets, purchase, prepared.split_sessions, split_mode)}
     write_pool(prepared, meta, folder)
     return Pool(folder)
 

@@ -42,7 +42,7 @@ def test_typed_overrides():
     ("train.gamma=high", "needs a number"),
     ("train.lr=nan", "needs a finite number"),
     ("eval.exclude_seen=3", "needs true or false"),
-    ("data.source=parquet", "unknown data.source 'parquet'"),
+    ("data.source=orc", "unknown data.source 'orc'"),
     ("train.bootstrap=soft", "unknown train.bootstrap"),
     ("model.ssl_steps=5", "must not exceed pool.horizon"),
     ("data.split=[0.5,0.5]", "data.split needs three"),

@@ -52,17 +52,18 @@ def test_sigkill_mid_epoch_then_resume_ends_like_an_uninterrupted_run(tmp_path):
 
 
 def _killed_during_write(tmp, *extra, after_files=2):
-    """Run replay_buffer.py and SIGKILL it from inside right after it has saved `after_files` arrays."""
+    """Run replay_buffer.py and SIGKILL it from inside right after it has written `after_files` arrays."""
     sets = [a for o in tiny_overrides(tmp) + list(extra) for a in ("--set", o)]
     code = (
-        "import os, signal, sys, numpy\n"
-        "save, count = numpy.save, [0]\n"
-        "def dying_save(*a, **k):\n"
-        "    save(*a, **k); count[0] += 1\n"
-        f"    if count[0] == {after_files}: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "numpy.save = dying_save\n"
-        f"sys.argv = ['replay_buffer.py'] + {sets!r}\n"
+        "import os, signal, sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from seqrec.data import outofcore\n"
+        "close, count = outofcore._NpyFile.close, [0]\n"
+        "def dying_close(*a, **k):\n"
+        "    close(*a, **k); count[0] += 1\n"
+        f"    if count[0] == {after_files}: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "outofcore._NpyFile.close = dying_close\n"
+        f"sys.argv = ['replay_buffer.py'] + {sets!r}\n"
         "import runpy; runpy.run_path(sys.argv[0] if os.path.exists(sys.argv[0]) else "
         f"{str(ROOT / 'replay_buffer.py')!r}, run_name='__main__')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True)

@@ -129,3 +129,14 @@ def test_prepare_rejects_data_empty_after_filtering():
     data = load_config(overrides=["data.min_session_len=10"]).data.to_dict()
     with pytest.raises(UserError, match="no events left after filtering"):
         prepare(events([("a", 1, 1), ("a", 2, 2)]), data)
+
+
+def test_sessions_left_out_of_the_sample_are_said_to_be_so():
+    """A session the filters keep but data.max_sessions does not draw is filtered as 'sample', one the
+    filters drop as 'short' or 'rare' (the sample once overwrote the filters' mask and called them rare)."""
+    rows = [(f"s{s:02d}", k % 2, s * 10 + k) for s in range(40) for k in range(3)] + [("lone", 9, 1)]
+    p = prep(events(rows), "data.max_sessions=30", "data.min_session_len=2")
+    why = dict(zip(p.filtered_ids, p.filtered_why))
+    assert why.pop("lone") == "short"
+    assert len(why) == 10 and set(why.values()) == {"sample"}
+    assert not set(why) & set(p.session_ids)

@@ -168,7 +168,7 @@ def assert_clean_failure(proc, message, folder=None):
 
 @pytest.mark.parametrize("extra,args,message", [
     (["train.epoch=3"], [], "unknown config key 'train.epoch'"),
-    (["data.source=parquet"], [], "unknown data.source 'parquet'"),
+    (["data.source=orc"], [], "unknown data.source 'orc'"),
     (["data.source=csv", "data.path=nowhere.csv"], [], "not found"),
     (["data.min_session_len=1000"], [], "no events left after filtering"),
     ([], ["--config", "missing.yaml"], "config file missing.yaml not found"),

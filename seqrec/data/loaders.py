@@ -221,7 +221,7 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
     column and not `purchases`, no event is a purchase); drop exact duplicates (data.drop_duplicates),
     saying how many."""
     if len(frame) == 0:
-        raise UserError(f"{where} has no events (a header and no rows); point data.path at a log with events")
+        raise no_events(where)
     frame = drop_duplicates(_drop_missing(frame, [session, item, timestamp], where), data["drop_duplicates"], where)
     if event is not None:
         kinds = frame[event].astype(str).str.strip()
@@ -232,14 +232,11 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
     elif reward is not None:
         rewards = pd.to_numeric(frame[reward], errors="coerce").to_numpy(dtype=np.float64)
         if np.isnan(rewards).any():
-            bad = frame[reward][np.isnan(rewards)].iloc[0]
-            raise UserError(f"{where}: column {reward!r} has a value that is not a number ({bad!r}); "
-                            f"fix it or rename the column so it is not read as rewards")
+            raise not_a_reward(where, reward, frame[reward][np.isnan(rewards)].iloc[0])
         purchase = rewards >= data["reward_purchase"] if purchases else np.zeros(len(rewards), dtype=bool)
         if purchases:
-            print(f"note: {where}: {int(purchase.sum()):,} of {len(purchase):,} events have {reward!r} >= "
-              f"data.reward_purchase ({data['reward_purchase']:g}) and count as purchases, the rest as clicks; "
-                  "set data.reward_purchase to move the line", file=sys.stderr)
+            print(reward_purchases_note(int(purchase.sum()), len(purchase), reward, data["reward_purchase"], where),
+                  file=sys.stderr)
     else:
         purchase = np.zeros(len(frame), dtype=bool)
         rewards = np.full(len(frame), data["reward_click"])
@@ -247,10 +244,7 @@ def _to_canonical(frame: pd.DataFrame, session: str, item: str, timestamp: str, 
         rewards32 = rewards.astype(np.float32)
     if not np.isfinite(rewards32).all():
         first = int(np.flatnonzero(~np.isfinite(rewards32))[0])
-        what = (f"column {reward!r} has a value that is not a finite 32-bit number ({rewards[first]:g})"
-                if reward is not None and event is None else
-                f"data.reward_click / data.reward_purchase ({rewards[first]:g}) is not a finite 32-bit number")
-        raise UserError(f"{where}: {what}; rewards must be finite and below 3.4e38 in size")
+        raise reward_not_finite(where, reward if event is None else None, rewards[first])
     shown = exposure_columns(frame.columns, where)   # what was shown beside each event, where the log has it
     items = typed_ids(frame[item])
     return pd.DataFrame({
@@ -267,8 +261,7 @@ def drop_duplicates(frame: pd.DataFrame, drop: bool, where: str) -> pd.DataFrame
     a warning with the count either way: a log exported twice doubles every event without a word."""
     repeated = frame.duplicated().to_numpy()
     if repeated.any():
-        print(f"warning: {where}: {int(repeated.sum()):,} of {len(frame):,} rows repeat an earlier row exactly; "
-              f"{'dropped' if drop else 'kept'} (data.drop_duplicates: {'true' if drop else 'false'})", file=sys.stderr)
+        print(repeated_rows_warning(int(repeated.sum()), len(frame), drop, where), file=sys.stderr)
         if drop:
             return frame[~repeated]
     return frame
@@ -298,15 +291,13 @@ def exposure_ids(column: pd.Series, items: np.ndarray, where: str) -> np.ndarray
         numbers = pd.to_numeric(column[present], errors="coerce")
         bad = numbers.isna().to_numpy() | (np.mod(numbers.fillna(0.5).to_numpy(), 1) != 0)
         if bad.any():
-            raise UserError(f"{where}: column {column.name!r} holds {column[present][bad].iloc[0]!r}, which is not an "
-                            f"item id (the items are integers); fix the slates or drop the shown_* columns")
+            raise slate_not_item_ids(where, column.name, column[present][bad].iloc[0])
         ids = np.full(len(column), NO_ITEM, dtype=np.int64)
         ids[present] = numbers.to_numpy(np.int64)
     else:
         ids = np.where(present, column.astype(str).str.strip().to_numpy(dtype=object), "")
     if present.any() and not np.isin(ids[present], items).any():
-        raise UserError(f"{where}: column {column.name!r} names no item of the log (e.g. {column[present].iloc[0]!r}); "
-                        "shown_* columns must hold the item ids of the slate each event was clicked in")
+        raise slate_names_no_item(where, column.name, column[present].iloc[0])
     return ids
 
 
@@ -314,8 +305,7 @@ def slate_log_probabilities(column: pd.Series, where: str) -> np.ndarray:
     """slate_logp [E] as float64, or a UserError naming a value that is not a number."""
     values = pd.to_numeric(column, errors="coerce")
     if values.isna().any():
-        raise UserError(f"{where}: column 'slate_logp' holds {column[values.isna()].iloc[0]!r}, which is not a "
-                        "number; it must be each slate's log-probability under the logging policy")
+        raise slate_logp_not_a_number(where, column[values.isna()].iloc[0])
     return values.to_numpy(np.float64)
 
 
@@ -331,11 +321,10 @@ def _drop_missing(frame: pd.DataFrame, columns: list[str], where: str) -> pd.Dat
         if not pd.api.types.is_numeric_dtype(frame[c]):
             missing |= frame[c].astype(str).str.strip().str.lower().isin(MISSING_TEXT).to_numpy()
     if missing.any():
-        print(f"warning: {where}: dropped {int(missing.sum()):,} of {len(frame):,} rows with a missing (empty or NaN) "
-              f"{' / '.join(columns)}", file=sys.stderr)
+        print(missing_rows_warning(int(missing.sum()), len(frame), columns, where), file=sys.stderr)
         frame = frame[~missing]
         if len(frame) == 0:
-            raise UserError(f"{where}: every row lacks a {' / '.join(columns)}; fix the file or data.columns.*")
+            raise every_row_missing(where, columns)
     return frame
 
 
@@ -367,9 +356,66 @@ def parse_timestamps(column: pd.Series, where: str = "log", name: str = "timesta
     times = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
     bad = times.isna().to_numpy()
     if bad.any():
-        raise UserError(f"{where}: column {name!r} has a value that is neither a number nor an ISO-8601 time "
-                        f"({text[bad].iloc[0]!r}); fix the file or point data.columns.timestamp elsewhere")
+        raise not_a_time(where, name, text[bad].iloc[0])
     # Microseconds since the epoch: unlike nanoseconds, they cover years 1 to 9999.
     micros = times.dt.tz_convert(None).astype("datetime64[us]").astype("int64").to_numpy()
     numbers[is_text] = micros / 1e6
     return numbers
+
+
+# ------------------------------------------------------------------------------------------------
+# what a user is told about a log (shared with the out-of-core reader, scan.py)
+# ------------------------------------------------------------------------------------------------
+def no_events(where: str) -> UserError:
+    return UserError(f"{where} has no events (a header and no rows); point data.path at a log with events")
+
+
+def missing_rows_warning(dropped: int, total: int, columns: list[str], where: str) -> str:
+    return (f"warning: {where}: dropped {dropped:,} of {total:,} rows with a missing (empty or NaN) "
+            f"{' / '.join(columns)}")
+
+
+def every_row_missing(where: str, columns: list[str]) -> UserError:
+    return UserError(f"{where}: every row lacks a {' / '.join(columns)}; fix the file or data.columns.*")
+
+
+def repeated_rows_warning(repeated: int, total: int, drop: bool, where: str) -> str:
+    return (f"warning: {where}: {repeated:,} of {total:,} rows repeat an earlier row exactly; "
+            f"{'dropped' if drop else 'kept'} (data.drop_duplicates: {'true' if drop else 'false'})")
+
+
+def not_a_reward(where: str, reward: str, bad) -> UserError:
+    return UserError(f"{where}: column {reward!r} has a value that is not a number ({bad!r}); "
+                     f"fix it or rename the column so it is not read as rewards")
+
+
+def reward_purchases_note(purchases: int, total: int, reward: str, threshold: float, where: str) -> str:
+    return (f"note: {where}: {purchases:,} of {total:,} events have {reward!r} >= data.reward_purchase "
+            f"({threshold:g}) and count as purchases, the rest as clicks; set data.reward_purchase to move the line")
+
+
+def reward_not_finite(where: str, reward: str | None, value: float) -> UserError:
+    """`reward`: the log's reward column, or None when the rewards come from data.reward_*."""
+    what = (f"column {reward!r} has a value that is not a finite 32-bit number ({value:g})" if reward is not None
+            else f"data.reward_click / data.reward_purchase ({value:g}) is not a finite 32-bit number")
+    return UserError(f"{where}: {what}; rewards must be finite and below 3.4e38 in size")
+
+
+def not_a_time(where: str, name: str, bad) -> UserError:
+    return UserError(f"{where}: column {name!r} has a value that is neither a number nor an ISO-8601 time "
+                     f"({bad!r}); fix the file or point data.columns.timestamp elsewhere")
+
+
+def slate_not_item_ids(where: str, column: str, bad) -> UserError:
+    return UserError(f"{where}: column {column!r} holds {bad!r}, which is not an item id (the items are integers); "
+                     f"fix the slates or drop the shown_* columns")
+
+
+def slate_names_no_item(where: str, column: str, example) -> UserError:
+    return UserError(f"{where}: column {column!r} names no item of the log (e.g. {example!r}); "
+                     "shown_* columns must hold the item ids of the slate each event was clicked in")
+
+
+def slate_logp_not_a_number(where: str, bad) -> UserError:
+    return UserError(f"{where}: column 'slate_logp' holds {bad!r}, which is not a number; it must be each "
+                     "slate's log-probability under the logging policy")

@@ -51,13 +51,13 @@ def prepare(events: pd.DataFrame, data: dict) -> Prepared:
     times = events["timestamp"].to_numpy(np.float64)
     keep = filtered = filter_mask(sessions, items, data["min_item_count"], data["min_session_len"])
     if data["max_sessions"] > 0:
-        keep &= sample_mask(sessions, keep, data["max_sessions"], data["seed"])
+        keep = filtered & sample_mask(sessions, filtered, data["max_sessions"], data["seed"])
         keep = filter_mask(sessions, items, data["min_item_count"], data["min_session_len"], keep)
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise UserError(f"no events left after filtering (data.min_item_count={data['min_item_count']}, "
                         f"data.min_session_len={data['min_session_len']}); lower them or use more data")
-    filtered_ids, filtered_why = why_filtered(sessions, filtered.copy(), keep, session_ids, data["min_session_len"])
+    filtered_ids, filtered_why = why_filtered(sessions, filtered, keep, session_ids, data["min_session_len"])
     sessions, session_ids = _compact(sessions[rows], session_ids)
     items, item_ids = _compact(items[rows], item_ids)
     split = split_sessions(sessions, times[rows], data["split"], data["split_mode"], data["seed"])
@@ -156,18 +156,27 @@ def sample_mask(sessions: np.ndarray, keep: np.ndarray, max_sessions: int, seed:
 
 def split_sessions(session_codes: np.ndarray, timestamps: np.ndarray, shares: list[float], mode: str,
                    seed: int) -> np.ndarray:
-    """Split index (0 train, 1 valid, 2 test) of each session code. [S] int8
+    """Split index (0 train, 1 valid, 2 test) of each session code, from the events' session codes
+    and times [E]. [S] int8 (see `split_of_sessions`)."""
+    num_sessions = int(session_codes.max()) + 1
+    last_time = np.full(num_sessions, -np.inf)
+    if mode == "temporal":
+        np.maximum.at(last_time, session_codes, timestamps)
+    return split_of_sessions(last_time, shares, mode, seed)
+
+
+def split_of_sessions(last_time: np.ndarray, shares: list[float], mode: str, seed: int) -> np.ndarray:
+    """Split index (0 train, 1 valid, 2 test) of each session, from each one's last event time [S]
+    (sessions in code order). [S] int8
 
     `random`: a seeded permutation of the sessions. `temporal`: sessions ordered by their last event
     time, the earliest in train and the latest in test. `loo`: every session is in train; its last
     events are held out by `split_events` instead.
     """
-    num_sessions = int(session_codes.max()) + 1
+    num_sessions = len(last_time)
     if mode == "loo":
         return np.zeros(num_sessions, dtype=np.int8)
     if mode == "temporal":
-        last_time = np.full(num_sessions, -np.inf)
-        np.maximum.at(last_time, session_codes, timestamps)
         order = np.lexsort((np.arange(num_sessions), last_time))
     else:
         order = np.random.default_rng([seed, 11]).permutation(num_sessions)

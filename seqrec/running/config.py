@@ -24,7 +24,7 @@ WORLDS = {"synthetic": "sim", "recsim": "recsim"}
 
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
-    "data.source": ("synthetic", "recsim", "csv", "retailrocket", "yoochoose", "movielens", "recbole"),
+    "data.source": ("synthetic", "recsim", "csv", "parquet", "retailrocket", "yoochoose", "movielens", "recbole"),
     "data.movielens": ("100k", "1m"),
     "model.encoder": ("gru", "sasrec"),
     "model.q_head": ("shared", "linear", "dueling"),
