@@ -3,9 +3,9 @@
     python -m benchmarks.pool_build                                  # 10M, 100M, 300M; int and text ids; CSV and Parquet
     python -m benchmarks.pool_build --events 10M --out /tmp/pool.csv  # one size (about a minute)
 
-Each log is generated once into --data-dir (git-ignored; a 300M-event CSV of text ids is ~15 GB) in
-bounded memory by DuckDB: sessions of 2-40 events (hash-drawn), interleaved in time; items half uniform,
-half Zipf(1.2)-like over 1M ids; integer ids, or 16-hex-digit hashes as text (`--ids text`). CSV is one
+Each log is generated once into --data-dir (git-ignored; a 300M-event CSV of text ids is ~15 GB), chunk
+by chunk in bounded memory: sessions of 2-40 events, interleaved in time; items half uniform, half
+Zipf(1.2) over 1M ids; integer ids, or 16-hex-digit hashes as text (`--ids text`). CSV is one
 file, Parquet a folder of part files. Each build is `python replay_buffer.py` in a child process with
 the project's defaults (filters, random split), timed from its start to its exit; its peak RSS is the
 child's own (wait4). Rows already in --out are kept and not run again, so a killed run resumes.
@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from seqrec.running.atomic import atomic_write
 from seqrec.running.errors import run_cli
@@ -40,32 +43,38 @@ def parse_count(text: str) -> int:
     return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
-def log_query(first: int, last: int, text_ids: bool, num_items: int = 1_000_000) -> str:
-    """SQL of the events of sessions first..last-1, ordered by time. Deterministic (hashes, no RNG)."""
-    unit = "((hash(k, j, 2) % 4503599627370496) / 4503599627370496.0)"        # uniform in [0, 1), 52 bits
-    item = (f"CASE WHEN hash(k, j, 3) % 2 = 0 THEN hash(k, j, 4) % {num_items} "     # half uniform, half
-            f"ELSE least(floor(pow(1.0 - {unit}, -5.0)), 1e15)::UBIGINT % {num_items} END")  # P(X > x) = x^-0.2
-    session, item_id = ("to_hex(hash(k, 5))", f"to_hex(hash({item}, 6))") if text_ids else ("k", item)
-    return (f"SELECT {session} AS session_id, {item_id} AS item_id, 1600000000 + k * 7 + j * 60 AS timestamp "
-            f"FROM (SELECT k, 2 + hash(k, 0) % 39 AS len FROM range({first}, {last}) t(k)) s, "
-            f"LATERAL (SELECT unnest(range(s.len::BIGINT)) AS j) ORDER BY timestamp, k, j")
+def log_chunk(first: int, last: int, seed: int = 0, num_items: int = 1_000_000) -> pd.DataFrame:
+    """The events of sessions first..last-1 as integers (k: session, item, timestamp), ordered by time;
+    a pure function of (first, seed)."""
+    rng = np.random.default_rng([seed, first])
+    lengths = rng.integers(2, 41, last - first)
+    k = np.repeat(np.arange(first, last), lengths)
+    j = np.arange(len(k)) - np.repeat(np.cumsum(lengths) - lengths, lengths)      # position inside the session
+    zipf = rng.zipf(1.2, len(k)) % num_items
+    item = np.where(rng.random(len(k)) < 0.5, rng.integers(0, num_items, len(k)), zipf)
+    timestamp = 1_600_000_000 + k * 7 + j * 60                   # sessions overlap: the log interleaves them
+    order = np.argsort(timestamp, kind="stable")
+    return pd.DataFrame({"k": k[order], "item": item[order], "timestamp": timestamp[order]})
 
 
 def generate(path: Path, num_events: int, text_ids: bool, fmt: str) -> None:
     """The log of about `num_events` events at `path` (CSV: one file; Parquet: a folder of parts),
-    written beside it first and renamed, chunk of sessions by chunk, in bounded memory."""
+    written beside it first and renamed, chunk of sessions by chunk, in bounded memory. Text ids are
+    16-hex-digit hashes of the integers."""
     sessions = max(num_events // MEAN_SESSION, 1)
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
     con = duckdb.connect()
-    con.execute("SET memory_limit = '2GB'; SET preserve_insertion_order = true")
+    columns = ("to_hex(hash(k)) AS session_id, to_hex(hash(item)) AS item_id" if text_ids
+               else "k AS session_id, item AS item_id")
     chunks = range(0, sessions, SESSIONS_PER_CHUNK)
     if fmt == "parquet":
         tmp.mkdir(parents=True)
     else:
         tmp.write_text("session_id,item_id,timestamp\n")
-    for n, first in enumerate(chunks):
-        query = log_query(first, min(first + SESSIONS_PER_CHUNK, sessions), text_ids)
+    for n, first in enumerate(tqdm(chunks, desc=f"generating {path.name}", unit="chunk")):
+        con.register("chunk", log_chunk(first, min(first + SESSIONS_PER_CHUNK, sessions)))
+        query = f"SELECT {columns}, timestamp FROM chunk"
         if fmt == "parquet":
             con.execute(f"COPY ({query}) TO '{tmp / f'part-{n:05d}.parquet'}' (FORMAT parquet)")
         else:
@@ -74,8 +83,7 @@ def generate(path: Path, num_events: int, text_ids: bool, fmt: str) -> None:
             with open(tmp, "ab") as out, open(part, "rb") as f:
                 shutil.copyfileobj(f, out, 1 << 24)
             part.unlink()
-        print(f"  generating {path.name}: chunk {n + 1}/{len(chunks)}", end="\r", flush=True)
-    print()
+        con.unregister("chunk")
     os.replace(tmp, path)
 
 

@@ -75,6 +75,9 @@ CSV_LOGS = {
                "1,10,1,10,11,12,-1.5\n1,11,2,11,10,,-2.0\n2,12,1,99,12,10,-1.0\n", []),
     "text slates": ("session_id,item_id,timestamp,shown_0,shown_1,slate_logp\nu,a,1,a,zz,-1\nu,b,2,b,a,-1\n", []),
     "quoted text ids": ('session_id,item_id,timestamp\n"s,1","a ""b""",1\n"s,1",c,2\n', []),
+    "padded ids and events": ('session_id,item_id,timestamp,event\n a ,x ,1, purchase\n"\ta",x,2,click\n'
+                              'a, NaN ,3,click\n a, 7,4 ,click\nb,7,5,click\n', []),
+    "padded integer ids": ("session_id,item_id,timestamp\n 1,2,1\n1 , 3,2\n", []),
     "same times keep the file's order": ("session_id,item_id,timestamp\n2,5,1\n1,7,1\n1,6,1\n2,4,1\n", []),
 }
 

@@ -8,7 +8,8 @@ is the readable specification, tested against this one on every source's fixture
 Tables, as the build goes (one database, `build.duckdb`, in a temporary folder):
     log       ord, session, item, timestamp, reward, purchase [, shown_*, slate_logp]: the canonical events
     ev        ord, s, i, t, reward, purchase: session and item codes (ranks of the original ids)
-    filtered  ev after the item and session-length filters, iterated; kept: after the sample too
+    filtered  (a view) ev after the item and session-length filters, iterated: its sessions filtered_s,
+              its items filtered_i; kept, kept_s, kept_i: after the sample too
     sessions  s, pos: the kept sessions in pool order (split after split, by code inside a split)
     items     i, id: the kept items and their pool ids 1..N (in original-id order)
 """
@@ -21,10 +22,12 @@ from typing import Iterator
 import duckdb
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from seqrec.data.preprocess import FILTERED, SPLITS, split_of_sessions
 from seqrec.running.errors import UserError
 
+INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT"}
 CHUNK_VECTORS = 256           # rows per streamed chunk: 256 DuckDB vectors of 2,048 = 524,288 events
 
 
@@ -60,76 +63,102 @@ def load_frame(con: duckdb.DuckDBPyConnection, events: pd.DataFrame) -> None:
 # ================================================================================================
 def build(con: duckdb.DuckDBPyConnection, data: dict, folder: Path) -> dict:
     """Filter, sample, split and lay out table `log` into the pool's files in `folder` (the data config
-    section as a dict). Returns the `Layout` numbers meta.json needs."""
-    encode(con)
-    filter_events(con, "ev", "filtered", data["min_item_count"], data["min_session_len"])
-    if not count(con, "filtered"):
-        raise UserError(f"no events left after filtering (data.min_item_count={data['min_item_count']}, "
-                        f"data.min_session_len={data['min_session_len']}); lower them or use more data")
-    sample(con, data)
-    write_filtered(con, data["min_session_len"], folder / "filtered_sessions.csv")
-    layout = lay_out(con, data)
-    write_ids(con, "SELECT c.item AS original_id FROM items JOIN i_codes c USING (i) ORDER BY id",
-              folder / "item_ids.csv")
-    write_ids(con, "SELECT c.session AS original_id FROM sessions JOIN s_codes c USING (s) ORDER BY pos",
-              folder / "session_ids.csv")
-    write_events(con, layout, folder)
+    section as a dict). Returns the layout meta.json needs (`lay_out`)."""
+    with tqdm(total=5, desc="pool: coding ids", unit="step", leave=False) as steps:
+        names = encode(con)
+        steps.set_description("pool: filtering")
+        steps.update()
+        filter_events(con, "filtered", data["min_item_count"], data["min_session_len"])
+        if not count(con, "filtered_s"):
+            raise UserError(f"no events left after filtering (data.min_item_count={data['min_item_count']}, "
+                            f"data.min_session_len={data['min_session_len']}); lower them or use more data")
+        sample(con, data)
+        write_filtered(con, data["min_session_len"], names["s"], folder / "filtered_sessions.csv")
+        steps.set_description("pool: splitting")
+        steps.update()
+        layout = lay_out(con, data)
+        steps.set_description("pool: writing ids")
+        steps.update()
+        (join_i, item), (join_s, session) = names["i"], names["s"]
+        write_ids(con, f"SELECT {item} AS original_id FROM items{join_i} ORDER BY id", folder / "item_ids.csv")
+        write_ids(con, f"SELECT {session} AS original_id FROM sessions{join_s} ORDER BY pos",
+                  folder / "session_ids.csv")
+        steps.set_description("pool: ordering events")
+        steps.update()
+        write_events(con, layout, names["i"], folder)
+        steps.update()
     return layout
 
 
-def encode(con: duckdb.DuckDBPyConnection) -> None:
-    """Codes of sessions and items: the rank of each original id among all the log's (0-based, sorted
-    as NumPy sorts: numbers by value, text by code point)."""
-    for codes, column in (("s_codes", "session"), ("i_codes", "item")):
-        con.execute(f"CREATE TABLE {codes} AS SELECT {column}, (row_number() OVER (ORDER BY {column}) - 1)::INTEGER "
-                    f"AS {column[0]} FROM (SELECT DISTINCT {column} FROM log)")
+def encode(con: duckdb.DuckDBPyConnection) -> dict:
+    """`ev`: the events by session and item code, the rank of each original id among all the log's
+    (sorted as NumPy sorts: numbers by value, text by code point). Integer ids are their own codes (same
+    order), so `ev` is a view of `log`; text ids are coded once (tables s_codes, i_codes) into table `ev`.
+    Returns, for "s" and "i", the SQL that joins a table with that code column to its original id and
+    the SQL of that id."""
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE log)").fetchall())
+    if types["session"] in INTEGERS and types["item"] in INTEGERS:
+        con.execute("CREATE VIEW ev AS SELECT ord, session AS s, item AS i, timestamp AS t, reward, purchase FROM log")
+        return {"s": ("", "s"), "i": ("", "i")}
+    for codes, column in (("s_codes", "session"), ("i_codes", "item")):   # sorted in, so rowid is the rank
+        con.execute(f"CREATE TABLE {codes}_sorted AS SELECT DISTINCT {column} FROM log ORDER BY {column}")
+        con.execute(f"CREATE TABLE {codes} AS SELECT {column}, rowid::INTEGER AS {column[0]} FROM {codes}_sorted")
     con.execute("CREATE TABLE ev AS SELECT ord, s, i, timestamp AS t, reward, purchase "
                 "FROM log JOIN s_codes USING (session) JOIN i_codes USING (item)")
+    return {"s": (" JOIN s_codes c USING (s)", "c.session"), "i": (" JOIN i_codes c USING (i)", "c.item")}
 
 
-def filter_events(con: duckdb.DuckDBPyConnection, source: str, target: str, min_item_count: int,
-                  min_session_len: int) -> None:
-    """Table `target`: the events of `source` without items seen fewer than `min_item_count` times and
-    sessions shorter than `min_session_len`, repeatedly, until neither rule removes anything
-    (preprocess.filter_mask)."""
-    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM {source}")
+def filter_events(con: duckdb.DuckDBPyConnection, name: str, min_item_count: int, min_session_len: int,
+                  sessions: str | None = None, items: str | None = None) -> None:
+    """View `name`: the events of `ev` (of the sessions in table `sessions` and the items in `items`, if
+    given) without items seen fewer than `min_item_count` times and sessions shorter than
+    `min_session_len`, repeatedly, until neither rule removes anything (preprocess.filter_mask).
+
+    The events are never copied: each round counts over `ev` with the sets kept so far, tables
+    `{name}_s` (sessions) and `{name}_i` (items); the view is `ev` restricted to both."""
+    def within(s_table, i_table):
+        parts = ([f"s IN (SELECT s FROM {s_table})"] if s_table else []) + ([f"i IN (SELECT i FROM {i_table})"] if i_table else [])
+        return f"WHERE {' AND '.join(parts)}" if parts else ""
+
     while True:
-        con.execute(f"CREATE OR REPLACE TABLE _items_ok AS SELECT * FROM {target} "
-                    f"WHERE i IN (SELECT i FROM {target} GROUP BY i HAVING count(*) >= {int(min_item_count)})")
-        con.execute(f"CREATE OR REPLACE TABLE _short AS SELECT s FROM _items_ok GROUP BY s "
-                    f"HAVING count(*) < {int(min_session_len)}")
-        if not count(con, "_short"):
-            con.execute(f"DROP TABLE {target}; ALTER TABLE _items_ok RENAME TO {target}; DROP TABLE _short")
+        con.execute(f"CREATE OR REPLACE TABLE {name}_i AS SELECT i FROM ev {within(sessions, items)} "
+                    f"GROUP BY i HAVING count(*) >= {int(min_item_count)}")
+        con.execute(f"CREATE OR REPLACE TABLE {name}_n AS SELECT s, count(*) AS n, max(t) AS last "
+                    f"FROM ev {within(sessions, name + '_i')} GROUP BY s")
+        con.execute(f"CREATE OR REPLACE TABLE {name}_s AS SELECT s FROM {name}_n WHERE n >= {int(min_session_len)}")
+        items = name + "_i"
+        if count(con, f"{name}_s") == count(con, f"{name}_n"):        # no session was short: a fixed point
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM ev {within(name + '_s', items)}")
             return
-        con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM _items_ok WHERE s NOT IN (SELECT s FROM _short)")
+        sessions = name + "_s"
 
 
 def sample(con: duckdb.DuckDBPyConnection, data: dict) -> None:
-    """Table `kept`: a seeded sample of data.max_sessions of the filtered sessions (all with 0 or fewer
-    sessions), filtered again (preprocess.sample_mask)."""
-    present = con.execute("SELECT DISTINCT s FROM filtered ORDER BY s").fetchnumpy()["s"]
+    """View `kept` (tables kept_s, kept_i): a seeded sample of data.max_sessions of the filtered sessions
+    (all with 0 or fewer sessions), filtered again (preprocess.sample_mask)."""
+    present = con.execute("SELECT s FROM filtered_s ORDER BY s").fetchnumpy()["s"]
     if data["max_sessions"] <= 0 or len(present) <= data["max_sessions"]:
-        con.execute("CREATE VIEW kept AS SELECT * FROM filtered")
+        for suffix in ("", "_s", "_i", "_n"):
+            con.execute(f"CREATE VIEW kept{suffix} AS SELECT * FROM filtered{suffix}")
         return
     chosen = np.random.default_rng([data["seed"], 7]).choice(present, size=data["max_sessions"], replace=False)
-    con.register("chosen", pd.DataFrame({"s": chosen}))
-    con.execute("CREATE TABLE drawn AS SELECT * FROM filtered WHERE s IN (SELECT s FROM chosen)")
-    con.unregister("chosen")
-    filter_events(con, "drawn", "kept", data["min_item_count"], data["min_session_len"])
+    con.register("chosen_frame", pd.DataFrame({"s": chosen}))
+    con.execute("CREATE TABLE chosen AS SELECT * FROM chosen_frame")
+    con.unregister("chosen_frame")
+    filter_events(con, "kept", data["min_item_count"], data["min_session_len"], sessions="chosen", items="filtered_i")
 
 
 def lay_out(con: duckdb.DuckDBPyConnection, data: dict) -> dict:
     """Tables `sessions` (pool order) and `items` (pool ids); returns the layout: session offsets
-    [S+1], split ranges, event count."""
-    per = con.execute("SELECT s, max(t) AS last, count(*) AS n FROM kept GROUP BY s ORDER BY s").fetchnumpy()
+    [S+1], split ranges, item count."""
+    per = con.execute("SELECT s, last, n FROM kept_n ORDER BY s").fetchnumpy()     # the filter's last count
     split = split_of_sessions(np.asarray(per["last"], dtype=np.float64), data["split"], data["split_mode"],
                               data["seed"])
     order = np.argsort(split, kind="stable")                  # split after split, by code inside a split
     con.register("placed", pd.DataFrame({"s": np.asarray(per["s"])[order], "pos": np.arange(len(order))}))
     con.execute("CREATE TABLE sessions AS SELECT * FROM placed")
     con.unregister("placed")
-    con.execute("CREATE TABLE items AS SELECT i, row_number() OVER (ORDER BY i)::INTEGER AS id "
-                "FROM (SELECT DISTINCT i FROM kept)")
+    con.execute("CREATE TABLE items AS SELECT i, row_number() OVER (ORDER BY i)::INTEGER AS id FROM kept_i")
     bounds = np.searchsorted(split[order], np.arange(len(SPLITS) + 1), side="left")
     lengths = np.asarray(per["n"], dtype=np.int64)[order]
     return {"offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
@@ -137,16 +166,17 @@ def lay_out(con: duckdb.DuckDBPyConnection, data: dict) -> dict:
             "num_items": count(con, "items")}
 
 
-def write_filtered(con: duckdb.DuckDBPyConnection, min_session_len: int, path: Path) -> None:
+def write_filtered(con: duckdb.DuckDBPyConnection, min_session_len: int, names: tuple[str, str], path: Path) -> None:
     """filtered_sessions.csv: the log's sessions none of whose events is kept, in code order, with the
     FILTERED key of why (preprocess.why_filtered)."""
     assert set(FILTERED) == {"short", "sample", "rare"}
+    join, original = names
     write_ids(con, f"""
-        SELECT c.session AS original_id,
+        SELECT {original} AS original_id,
                CASE WHEN raw.n < {int(min_session_len)} THEN 'short'
-                    WHEN raw.s IN (SELECT s FROM filtered) THEN 'sample' ELSE 'rare' END AS filter
-        FROM (SELECT s, count(*) AS n FROM ev GROUP BY s) raw JOIN s_codes c USING (s)
-        WHERE raw.s NOT IN (SELECT s FROM kept) ORDER BY raw.s""", path)
+                    WHEN s IN (SELECT s FROM filtered_s) THEN 'sample' ELSE 'rare' END AS filter
+        FROM (SELECT s, count(*) AS n FROM ev GROUP BY s) raw{join}
+        WHERE s NOT IN (SELECT s FROM kept_s) ORDER BY s""", path)
 
 
 def write_ids(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
@@ -158,17 +188,17 @@ def write_ids(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
             chunk.to_csv(f, index=False, header=False)
 
 
-def write_events(con: duckdb.DuckDBPyConnection, layout: dict, folder: Path) -> None:
+def write_events(con: duckdb.DuckDBPyConnection, layout: dict, names: tuple[str, str], folder: Path) -> None:
     """items, rewards, purchase (and the exposures, where the log has them) streamed in pool order;
     offsets.npy from the layout."""
     E = int(layout["offsets"][-1])
     shown = [c for c in columns(con, "log") if c.startswith("shown_")]
     if shown:
-        con.execute("CREATE TABLE pool_ids AS SELECT c.item, it.id FROM items it JOIN i_codes c USING (i)")
+        con.execute(f"CREATE TABLE pool_ids AS SELECT {names[1]} AS item, id FROM items{names[0]}")
     joins = "".join(f" LEFT JOIN pool_ids x{k} ON x{k}.item = l.{c}" for k, c in enumerate(shown))
     exposures = "".join(f", coalesce(x{k}.id, 0) AS {c}" for k, c in enumerate(shown))
     query = (f"SELECT it.id AS item, k.reward, k.purchase{exposures}{', l.slate_logp' if shown else ''} "
-             f"FROM kept k JOIN sessions USING (s) JOIN items it USING (i) "
+             f"FROM ev k JOIN sessions USING (s) JOIN items it USING (i) "
              f"{'JOIN log l USING (ord)' if shown else ''}{joins} ORDER BY sessions.pos, k.t, k.ord")
     names = ["items", "rewards", "purchase"] + (["shown_offsets", "slate_logp"] if shown else [])
     dtypes = [np.int32, np.float32, np.bool_] + ([np.int64, np.float32] if shown else [])
@@ -178,7 +208,8 @@ def write_events(con: duckdb.DuckDBPyConnection, layout: dict, folder: Path) -> 
         total = 0
         if shown:
             out["shown_offsets"].write(np.zeros(1, dtype=np.int64))
-        for chunk in chunks(con, query):
+        for chunk in tqdm(chunks(con, query), total=-(-E // (CHUNK_VECTORS * 2048)), desc="pool: writing events",
+                          unit="chunk", leave=False):
             out["items"].write(chunk["item"].to_numpy())
             out["rewards"].write(chunk["reward"].to_numpy())
             out["purchase"].write(chunk["purchase"].to_numpy())
