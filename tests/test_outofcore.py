@@ -202,3 +202,23 @@ def test_a_missing_file_or_an_empty_folder_is_a_clear_error(tmp_path):
         with pytest.raises(UserError, match=message):
             build_pool(load_config(overrides=["data.source=parquet", f"data.path={path}",
                                               f"pool.dir={tmp_path / 'pool'}"]))
+
+
+def test_a_corrupt_parquet_file_is_one_clear_error(tmp_path):
+    f = write(tmp_path / "log.parquet", "this is not parquet\n")
+    with pytest.raises(UserError, match=r"log.parquet could not be read as Parquet \(.*\); check the file's format"):
+        build_pool(load_config(overrides=["data.source=parquet", f"data.path={f}", f"pool.dir={tmp_path / 'pool'}"]))
+    assert not (tmp_path / "pool").exists()
+
+
+def test_a_new_part_file_makes_the_pool_stale(tmp_path):
+    from replay_buffer import stale_reason
+    f = tmp_path / "log.csv"
+    random_log(600, seed=0, text_ids=False).to_csv(f, index=False)
+    to_parquet(f, tmp_path / "parts", parts=2)
+    cfg = load_config(overrides=["data.source=parquet", f"data.path={tmp_path / 'parts'}", f"pool.dir={tmp_path / 'pool'}"])
+    build_pool(cfg)
+    assert stale_reason(cfg) is None
+    to_parquet(f, tmp_path / "more.parquet")
+    (tmp_path / "more.parquet").rename(tmp_path / "parts" / "part-9.parquet")
+    assert stale_reason(cfg) == "data config or input files changed"

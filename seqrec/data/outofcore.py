@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from seqrec.data.preprocess import FILTERED, SPLITS, split_of_sessions
+from seqrec.data.preprocess import SPLITS, split_of_sessions
 from seqrec.running.errors import UserError
 
 INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT"}
@@ -168,8 +168,7 @@ def lay_out(con: duckdb.DuckDBPyConnection, data: dict) -> dict:
 
 def write_filtered(con: duckdb.DuckDBPyConnection, min_session_len: int, names: tuple[str, str], path: Path) -> None:
     """filtered_sessions.csv: the log's sessions none of whose events is kept, in code order, with the
-    FILTERED key of why (preprocess.why_filtered)."""
-    assert set(FILTERED) == {"short", "sample", "rare"}
+    preprocess.FILTERED key of why (preprocess.why_filtered)."""
     join, original = names
     write_ids(con, f"""
         SELECT {original} AS original_id,
@@ -190,7 +189,7 @@ def write_ids(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
 
 def write_events(con: duckdb.DuckDBPyConnection, layout: dict, names: tuple[str, str], folder: Path) -> None:
     """items, rewards, purchase (and the exposures, where the log has them) streamed in pool order;
-    offsets.npy from the layout."""
+    offsets.npy from the layout. `names`: encode's join and SQL of an item code's original id."""
     E = int(layout["offsets"][-1])
     shown = [c for c in columns(con, "log") if c.startswith("shown_")]
     if shown:
@@ -200,10 +199,10 @@ def write_events(con: duckdb.DuckDBPyConnection, layout: dict, names: tuple[str,
     query = (f"SELECT it.id AS item, k.reward, k.purchase{exposures}{', l.slate_logp' if shown else ''} "
              f"FROM ev k JOIN sessions USING (s) JOIN items it USING (i) "
              f"{'JOIN log l USING (ord)' if shown else ''}{joins} ORDER BY sessions.pos, k.t, k.ord")
-    names = ["items", "rewards", "purchase"] + (["shown_offsets", "slate_logp"] if shown else [])
+    files = ["items", "rewards", "purchase"] + (["shown_offsets", "slate_logp"] if shown else [])
     dtypes = [np.int32, np.float32, np.bool_] + ([np.int64, np.float32] if shown else [])
     sizes = [E, E, E] + ([E + 1, E] if shown else [])
-    with NpyWriters(folder, names, dtypes, sizes) as out:
+    with NpyWriters(folder, files, dtypes, sizes) as out:
         shown_items = open(folder / "shown_items.part", "wb") if shown else None
         total = 0
         if shown:
