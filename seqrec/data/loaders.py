@@ -61,19 +61,23 @@ def _synthetic(sim: dict, data: dict, progress) -> pd.DataFrame:
 
 def load_csv(path: Path, data: dict) -> pd.DataFrame:
     """A generic log: session, item and timestamp columns, optionally an event or a numeric reward."""
-    cols = data["columns"]
+    required, event, reward, slates = columns_to_read(_read_header(path), data["columns"], str(path))
+    frame = _read_csv(path, usecols=required + [c for c in (event, reward) if c] + slates)
+    return _to_canonical(frame, *required, event, reward, data, str(path))
+
+
+def columns_to_read(header: list[str], cols: dict, where: str) -> tuple[list[str], str | None, str | None, list[str]]:
+    """(session, item and time columns; the event column or None; the reward column, read only without
+    an event column, or None; the exposure columns) of a log with these `header` names (CSV and Parquet alike)."""
     required = [cols["session_id"], cols["item_id"], cols["timestamp"]]
-    header = _read_header(path)
     missing = [c for c in required if c not in header]
     if missing:
         names = {cols["session_id"]: "session_id", cols["item_id"]: "item_id", cols["timestamp"]: "timestamp"}
-        raise UserError(f"{path} has no column {missing[0]!r} (columns: {', '.join(map(repr, header)) or 'none'}); "
+        raise UserError(f"{where} has no column {missing[0]!r} (columns: {', '.join(map(repr, header)) or 'none'}); "
                         f"rename it or set data.columns.{names[missing[0]]}")
     event = cols["event"] if cols["event"] in header else None
     reward = cols["reward"] if event is None and cols["reward"] in header else None
-    slates = exposure_columns(header, str(path))
-    frame = _read_csv(path, usecols=required + [c for c in (event, reward) if c] + slates)
-    return _to_canonical(frame, *required, event, reward, data, str(path))
+    return required, event, reward, exposure_columns(header, where)
 
 
 def load_retailrocket(path: Path, data: dict) -> pd.DataFrame:

@@ -17,8 +17,8 @@ import duckdb
 from seqrec.data.loaders import (
     NO_ITEM,
     PLAIN_INTEGER,
+    columns_to_read,
     every_row_missing,
-    exposure_columns,
     missing_rows_warning,
     no_events,
     not_a_reward,
@@ -69,17 +69,7 @@ def read_log(con: duckdb.DuckDBPyConnection, data: dict) -> None:
     kind = file_format(path, data["source"])
     files = log_files(path, kind)
     where = str(path)
-    cols = data["columns"]
-    header = read_header(con, files, kind, where)
-    required = [cols["session_id"], cols["item_id"], cols["timestamp"]]
-    missing = [c for c in required if c not in header]
-    if missing:
-        names = {cols["session_id"]: "session_id", cols["item_id"]: "item_id", cols["timestamp"]: "timestamp"}
-        raise UserError(f"{where} has no column {missing[0]!r} (columns: {', '.join(map(repr, header)) or 'none'}); "
-                        f"rename it or set data.columns.{names[missing[0]]}")
-    event = cols["event"] if cols["event"] in header else None
-    reward = cols["reward"] if event is None and cols["reward"] in header else None
-    slates = exposure_columns(header, where)
+    required, event, reward, slates = columns_to_read(read_header(con, files, kind, where), data["columns"], where)
     read = required + [c for c in (event, reward) if c] + slates
     read_raw(con, files, kind, read, text=[c for c in (event, reward) if c] + slates, where=where)
     if count(con, "raw") == 0:
