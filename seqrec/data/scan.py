@@ -161,17 +161,26 @@ def present(con: duckdb.DuckDBPyConnection, columns: list[str], where: str) -> s
 
 def unrepeated(con: duckdb.DuckDBPyConnection, columns: list[str], keep: str, drop: bool, where: str) -> str:
     """`keep` and, with `drop`, not a repeat of an earlier row in every column read (the first of each
-    stays); says how many repeats there are either way (loaders.drop_duplicates)."""
+    stays); says how many repeats there are either way (loaders.drop_duplicates).
+
+    Rows are grouped by a 64-bit hash of the columns first (a DISTINCT over the columns themselves
+    cannot spill to disk at 300M rows of text ids): only rows whose hash repeats are compared exactly."""
     names = ", ".join(ident(c) for c in columns)
-    total = int(con.execute(f"SELECT count(*) FROM raw WHERE {keep}").fetchone()[0])
-    distinct = int(con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {names} FROM raw WHERE {keep})").fetchone()[0])
-    if distinct == total:
+    con.execute(f"CREATE TABLE repeated_hashes AS SELECT h FROM (SELECT hash({names}) AS h FROM raw WHERE {keep}) "
+                f"GROUP BY h HAVING count(*) > 1")
+    if not count(con, "repeated_hashes"):
         return keep
-    print(repeated_rows_warning(total - distinct, total, drop, where), file=sys.stderr)
+    con.execute(f"CREATE TABLE candidates AS SELECT rowid AS row, {names} FROM raw "
+                f"WHERE {keep} AND hash({names}) IN (SELECT h FROM repeated_hashes)")
+    con.execute(f"CREATE TABLE first_rows AS SELECT min(row) AS row FROM candidates GROUP BY {names}")
+    repeats = count(con, "candidates") - count(con, "first_rows")
+    if not repeats:                                  # equal hashes of different rows
+        return keep
+    total = int(con.execute(f"SELECT count(*) FROM raw WHERE {keep}").fetchone()[0])
+    print(repeated_rows_warning(repeats, total, drop, where), file=sys.stderr)
     if not drop:
         return keep
-    con.execute(f"CREATE TABLE first_rows AS SELECT min(rowid) AS row FROM raw WHERE {keep} GROUP BY {names}")
-    return f"{keep} AND rowid IN (SELECT row FROM first_rows)"
+    return f"{keep} AND (rowid NOT IN (SELECT row FROM candidates) OR rowid IN (SELECT row FROM first_rows))"
 
 
 def rewards(con: duckdb.DuckDBPyConnection, event: str | None, reward: str | None, keep: str, padded: set,
