@@ -60,7 +60,8 @@ def _synthetic(sim: dict, data: dict, progress) -> pd.DataFrame:
 
 
 def load_csv(path: Path, data: dict) -> pd.DataFrame:
-    """A generic log: session, item and timestamp columns, optionally an event or a numeric reward."""
+    """A generic log: session, item and timestamp columns, optionally an event or a numeric reward. Pools
+    read CSV through DuckDB (scan.py); this pandas reading is the reference it is tested against."""
     required, event, reward, slates = columns_to_read(_read_header(path), data["columns"], str(path))
     frame = _read_csv(path, usecols=required + [c for c in (event, reward) if c] + slates)
     return _to_canonical(frame, *required, event, reward, data, str(path))

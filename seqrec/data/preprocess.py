@@ -3,6 +3,11 @@
 Steps, each a small pure function: ids to codes; iteratively drop rare items and short sessions;
 optionally sample sessions; split sessions into train/validation/test; remap item ids to 1..N (0 is
 padding) keeping the map; order by session and time and lay sessions out split after split.
+
+`prepare` is the specification, in memory: pools are built by `outofcore.py` (the same steps in
+DuckDB, out of core), which tests/test_outofcore.py checks writes exactly what `prepare` and
+`replay_buffer.write_pool` write. The split (`split_of_sessions`) and the held-out events
+(`held_out`, `split_events`) are shared by both and by the pool's readers.
 """
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ class Prepared:
 
 
 def prepare(events: pd.DataFrame, data: dict) -> Prepared:
-    """The whole preprocessing chain for the `data` config section (a dict).
+    """The whole preprocessing chain for the `data` config section (a dict), in memory: the reference
+    the out-of-core build is tested against.
 
     Works on int32 codes and boolean masks (no per-event Python, no pandas group-by), so 10M events
     take seconds and a few hundred MB beside the input table.
