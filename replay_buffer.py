@@ -28,7 +28,7 @@ from seqrec.running.config import WORLDS, Config, add_config_args, load_config
 from seqrec.running.errors import UserError, run_cli
 from seqrec.data import outofcore
 from seqrec.data.loaders import load_events
-from seqrec.data.scan import read_log
+from seqrec.data.scan import file_format, log_files, read_log
 from seqrec.data.preprocess import (
     REBUILD,
     SPLITS,
@@ -295,7 +295,7 @@ def _input_files(data: dict) -> list[Path]:
     if data["source"] == "yoochoose":
         return [path / "yoochoose-clicks.dat", path / "yoochoose-buys.dat"]
     if data["source"] in FILE_SOURCES and path.is_dir():          # a folder of part files: each one's stamp
-        return sorted(p for p in path.rglob("*") if p.suffix in (".csv", ".parquet") and p.is_file())
+        return log_files(path, file_format(path, data["source"]))
     return [path]
 
 
