@@ -20,6 +20,7 @@ What happens, and where each part lives:
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from model import HEADS, SeqRecQ, compute_losses
 from replay_buffer import Pool, ensure_pool, stale_reason, summary
 from seqrec.worlds import online
 from seqrec.running import runs
-from seqrec.running.allocator import keep_freed_memory
+from seqrec.running.allocator import keep_freed_memory, release_freed_memory
 from seqrec.running.atomic import check_writable
 from seqrec.running.config import WORLDS, Config, add_config_args, load_config
 from seqrec.running.distributed import SINGLE, Dist
@@ -254,12 +255,17 @@ def main() -> None:
             pool = Pool(Path(cfg.pool.dir))
         if args.mode == "train":
             train(cfg, pool, run_dir, args.resume, device, dist)
+            # the training's networks and Adam's moments sit in reference cycles (torch's optimizer is one)
+            # until a collection: 2.4 GB at 1M items, freed before testing (seqrec/running/allocator.py)
+            gc.collect()
+            release_freed_memory()
         if not dist.main:
             dist.barrier()                            # wait for rank 0's test, then leave the group together
             return
         # eval and recommend use the checkpoint read above; training tests the best.pt it just wrote
-        ckpt = saved if args.mode != "train" else runs.load_checkpoint(Path(args.checkpoint) if args.checkpoint
-                                                                         else run_dir / "best.pt")
+        ckpt = runs.inference_part(saved if args.mode != "train" else
+                                   runs.load_checkpoint(Path(args.checkpoint) if args.checkpoint else run_dir / "best.pt"))
+        saved = None                                  # the optimizer and target net it held are not needed now
         if args.mode in ("train", "eval"):
             test(cfg, pool, ckpt, run_dir if args.mode == "train" else None, device)
         if args.mode in ("train", "recommend"):

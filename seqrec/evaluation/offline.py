@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seqrec.running.allocator import release_freed_memory
 from seqrec.running.distributed import model_device
 from seqrec.running.errors import UserError
 from seqrec.evaluation.metrics import KINDS, NaNScores, summarize
@@ -82,6 +83,7 @@ def rank_queries(model, pool, split: str, state_len: int, batch_size: int, exclu
             ranks[head][1].append(ties.cpu())
         if with_q:
             q_taken.append(model.q_of(h, target).cpu())
+        release_freed_memory()              # batches of unlike sizes would otherwise pile up freed pages
         bar.update(len(batch))
     bar.close()
     model.train(was_training)

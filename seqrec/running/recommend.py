@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from seqrec.running.allocator import release_freed_memory
 from seqrec.running.atomic import atomic_write
 from seqrec.running.config import load_config
 from seqrec.running.distributed import model_device
@@ -180,6 +181,7 @@ def recommend_all(model, pool, out: Path, split: str, state_len: int, k: int, he
                     writer.writerows(zip([session_ids[s]] * int(live.sum()), range(1, k + 1),
                                          item_ids[row_items[live] - 1], (f"{v:.6g}" for v in row_scores[live])))
                     written += int(live.sum())
+                release_freed_memory()          # memory stays what a batch uses (seqrec/running/allocator.py)
                 bar.update(len(batch))
             for session in filtered:
                 writer.writerows((session, rank, item, "") for rank, item in enumerate(popular, 1))

@@ -40,6 +40,15 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); retrain or pick another") from None
 
 
+TRAINING_STATE = ("target", "optimizer", "twin_optimizer", "carry", "rng", "sums")
+
+
+def inference_part(ckpt: dict) -> dict:
+    """The checkpoint without what only resuming needs (the target network, the optimizers' moments:
+    three times the network at a big catalogue), for testing and recommending."""
+    return {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+
+
 def check_resumable(ckpt: dict, cfg: Config, pool) -> None:
     """--resume continues the same network (check_network_unchanged: keys added since the checkpoint
     count at their defaults) on the same items (check_same_items), or a UserError."""
