@@ -23,7 +23,8 @@ from seqrec.running.config import load_config
 from seqrec.running.distributed import SINGLE, Dist
 from seqrec.nn.encoders import SASRecStateEncoder, leading_padding
 from seqrec.running.errors import UserError
-from seqrec.nn.losses import advantages, bootstrap_values, negative_items, negative_losses, value_expectile_loss
+from seqrec.nn.losses import (advantages, bootstrap_values, negative_items, negative_losses, sampled_items,
+                              value_expectile_loss)
 from seqrec.evaluation.metrics import NaNScores
 from seqrec.nn.streamed import argmax_linear, top_k_linear
 from ssl_heads import MultiStepHeads, multi_step_loss, with_slate_choice
@@ -137,7 +138,8 @@ class SeqRecQ(nn.Module):
         return model.eval()
 
     def forward(self, items: torch.Tensor, history: torch.Tensor | None, carry, ssl_from: torch.Tensor,
-                candidates: torch.Tensor | None = None, log_inclusion: torch.Tensor | None = None, with_q: bool = True):
+                candidates: torch.Tensor | None = None, log_inclusion: torch.Tensor | None = None, with_q: bool = True,
+                drawn: torch.Tensor | None = None):
         """Everything the training loss differentiates, in one call (what DistributedDataParallel wraps),
         for either path (batches.Steps): the logged items [B, W] read after `history` [B, L] (a window)
         or after the encoder's `carry` (a session chunk).
@@ -145,13 +147,14 @@ class SeqRecQ(nn.Module):
         -> (states [B, W+1, H]: the state before each item and after the last; the per-sample
         cross-entropy [n, K] of the n states where `ssl_from` [B, C'] is True (row-major), each against
         its next K items (over all items, or over `candidates` [C], logQ-corrected by `log_inclusion`
-        [N+1]); Q(s_j, a_j) of the logged items [B, W] (None without `with_q`); the encoder's carry
+        [N+1]; or with `drawn` [D], step 0 over all items and the later steps against those draws);
+        Q(s_j, a_j) of the logged items [B, W] (None without `with_q`); the encoder's carry
         after the first C' items (None for a window)).
         """
         C = ssl_from.shape[1]
         states, next_carry = self.read(items, history, carry, C)
         targets = items[:, ahead(C, self.ssl.steps, items.device)][ssl_from]                 # [n, K]
-        ce = self.ssl.cross_entropy(states[:, :C][ssl_from], targets, candidates, log_inclusion)
+        ce = self.ssl.cross_entropy(states[:, :C][ssl_from], targets, candidates, log_inclusion, drawn)
         return states, ce, self.q_of(states[:, :-1], items) if with_q else None, next_carry
 
     def read(self, items: torch.Tensor, history: torch.Tensor | None, carry, keep: int):
@@ -317,8 +320,11 @@ def compute_losses(model, target_net: SeqRecQ, batch: Steps, train, dist: Dist =
     with_td = train.alpha > 0
     online_carry, target_carry = batch.carry or (None, None)
     cand = candidate_items(batch.items, train.negatives, net.num_items, train.seed, step) if train.negatives else None
+    # train.ssl_negatives: the next item over all items, the later steps against shared uniform draws
+    drawn = sampled_items((train.ssl_negatives,), net.num_items, train.seed, step, batch.items.device,
+                          stream=2) if train.ssl_negatives else None
     states, ssl_ce, q_all, online_carry = model(batch.items, batch.history, online_carry, batch.ssl_from, cand,
-                                                log_inclusion, with_q=with_td)    # [B, W+1, H], [n, K], [B, W]
+                                                log_inclusion, with_q=with_td, drawn=drawn)   # [B, W+1, H], [n, K], [B, W]
     ce = self_supervised_loss(net, ssl_ce, states, q_all, batch, train, dist, step, with_td)
     if not with_td:
         carry = None if batch.carry is None else (online_carry, target_carry)

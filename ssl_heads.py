@@ -30,23 +30,39 @@ class MultiStepHeads(nn.Module):
         return F.linear(per_step, self.items.weight[candidates], self.items.bias[candidates])
 
     def cross_entropy(self, state: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor | None = None,
-                      log_inclusion: torch.Tensor | None = None) -> torch.Tensor:
+                      log_inclusion: torch.Tensor | None = None, drawn: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample cross-entropy of the K steps: state [B, H], targets [B, K] (item ids) -> [B, K].
 
         Over all items it is streamed (linear_cross_entropy): the [B, K, N+1] logits are never written
         out. Over `candidates` [C] (sampled softmax; every target must be among them) each candidate's
         logit loses its log inclusion probability `log_inclusion` [N+1] (on the heads' device) when given
-        (logQ correction).
+        (logQ correction). With `drawn` [D] (train.ssl_negatives) step 0 stays over all items and each
+        later step's target is scored against those D uniform draws alone (sampled_cross_entropy).
         """
-        if candidates is None:
-            per_step = self.features(state)
-            flat = linear_cross_entropy(per_step.flatten(0, 1), self.items.weight, self.items.bias, targets.flatten())
-            return flat.view_as(targets)
-        logits = self(state, candidates)                                              # [B, K, C]
-        if log_inclusion is not None:
-            logits = logits - log_inclusion[candidates]
-        positions = torch.searchsorted(candidates, targets)                            # target ids -> columns
-        return F.cross_entropy(logits.flatten(0, 1), positions.flatten(), reduction="none").view_as(targets)
+        per_step = self.features(state)                                               # [B, K, H]
+        if candidates is not None:
+            logits = F.linear(per_step, self.items.weight[candidates], self.items.bias[candidates])   # [B, K, C]
+            if log_inclusion is not None:
+                logits = logits - log_inclusion[candidates]
+            positions = torch.searchsorted(candidates, targets)                            # target ids -> columns
+            return F.cross_entropy(logits.flatten(0, 1), positions.flatten(), reduction="none").view_as(targets)
+        full = self.steps if drawn is None else 1
+        exact = linear_cross_entropy(per_step[:, :full].flatten(0, 1), self.items.weight, self.items.bias,
+                                     targets[:, :full].flatten()).view(len(state), full)
+        if full == self.steps:
+            return exact
+        return torch.cat([exact, self.sampled_cross_entropy(per_step[:, full:], targets[:, full:], drawn)], 1)
+
+    def sampled_cross_entropy(self, features: torch.Tensor, targets: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+        """-log softmax of each target's logit among itself and the `drawn` [D] items (a draw that is the
+        target is left out): features [B, K', H] (the item layer's inputs), targets [B, K'] -> [B, K'].
+        The draws are uniform, so every item's log proposal probability is the same and the logQ
+        correction cancels; the cost is D + 1 products a row instead of N + 1."""
+        weight, bias = self.items.weight, self.items.bias
+        positive = (features * weight[targets]).sum(-1) + bias[targets]                        # [B, K']
+        negative = F.linear(features, weight[drawn], bias[drawn])                              # [B, K', D]
+        negative = negative.masked_fill(drawn == targets[..., None], float("-inf"))
+        return torch.logsumexp(torch.cat([positive[..., None], negative], -1), -1) - positive
 
     def features(self, state: torch.Tensor) -> torch.Tensor:
         """state [B, H] -> the inputs [B, K, H] of the shared item layer, one per step."""

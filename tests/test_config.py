@@ -100,6 +100,12 @@ def test_cql_needs_negatives():
         load_config(overrides=["train.q_negatives=0", "train.cql_weight=0.1"])
 
 
+def test_sampling_every_step_and_only_the_auxiliary_steps_are_exclusive():
+    with pytest.raises(UserError, match="train.negatives .4. already samples every self-supervised step"):
+        load_config(overrides=["train.negatives=4", "train.ssl_negatives=8"])
+    assert load_config(overrides=["train.ssl_negatives=8"]).train.ssl_negatives == 8
+
+
 @pytest.mark.parametrize("other", ["train.q_negatives=0", "train.alpha=0.0"])
 def test_advantage_weighting_needs_negatives_and_a_q_head(other):
     with pytest.raises(UserError, match="train.advantage_weighting compares Q"):

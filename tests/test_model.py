@@ -301,6 +301,34 @@ def test_sampled_loss_is_the_softmax_over_the_candidates(corrected):
     assert stats["ce"] == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
+def test_auxiliary_steps_against_uniform_draws():
+    """train.ssl_negatives: step 0's CE over all items, each later step's -log softmax of its target among
+    itself and the step's shared uniform draws, a draw equal to the target left out; checked by a loop."""
+    cfg = load_config(overrides=["pool.horizon=3", "model.ssl_steps=3", "train.ssl_negatives=6", "train.alpha=0.0"])
+    torch.manual_seed(0)
+    model = SeqRecQ(num_items=12, hidden=6, dropout=0.0, ssl_steps=3)
+    with torch.no_grad():
+        model.ssl.transforms.add_(torch.randn(3, 6, 6))                 # the steps differ
+    batch = Batch(history=torch.tensor([[0, 5, 6], [7, 8, 9]]), items=torch.tensor([[11, 12, 4], [3, 10, 0]]),
+                  rewards=torch.full((2, 3), 0.2), dones=torch.tensor([[False, False, False], [False, True, False]]),
+                  valid=torch.tensor([[True, True, True], [True, True, False]]))
+    drawn = sampled_items((6,), 12, cfg.train.seed, 3, "cpu", stream=2).tolist()
+    assert set(drawn) & set(batch.items[:, 1:].flatten().tolist())     # some draw is a target: the mask is tested
+    _, stats, _ = compute_losses(model, model, batch, cfg.train, step=3)
+    logits = model.ssl(model.window_states(batch.history, batch.items)[:, 0])               # [B, K, N+1]
+    expected = 0.0
+    for k in range(3):
+        terms = []
+        for b in range(2):
+            if not batch.valid[b, k]:
+                continue
+            target = batch.items[b, k].item()
+            among = list(range(13)) if k == 0 else [target] + [d for d in drawn if d != target]
+            terms.append(-torch.log_softmax(logits[b, k, among], 0)[among.index(target)])
+        expected += cfg.train.ssl_weights[k] * sum(terms) / len(terms)
+    assert stats["ce"] == pytest.approx(float(expected.detach()), rel=1e-5)
+
+
 def test_candidate_inclusion_probabilities_match_sampling():
     """P(item in a step's candidates), by formula, against drawing batches at the training frequencies."""
     counts = torch.tensor([0, 50, 20, 10, 5, 5, 3, 3, 2, 1, 1]).numpy()     # index 0: padding

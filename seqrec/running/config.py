@@ -69,7 +69,7 @@ RENAMED = {"train.value": "train.bootstrap"}
 # Keys added since runs were saved, with the value that reproduces what a run made before them did:
 # a saved config that lacks one gets this value, not today's default.
 ADDED = {"model.q_head": "linear", "train.q_negatives": 0, "train.reward_negative": 0.0, "train.cql_weight": 0.0,
-         "eval.value_events": 0}
+         "eval.value_events": 0, "train.ssl_negatives": 0}
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), base: dict | None = None) -> Config:
@@ -250,7 +250,7 @@ RANGES = {
         "online.round_sessions", "online.round_epochs", "recommend.k", "sim.num_sessions", "sim.num_items",
         "sim.num_categories", "sim.dim", "sim.slate_size", "sim.max_session_len", "eval.rerank_top")},
     **{key: AT_LEAST_0 for key in (
-        "pool.state_len", "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.threads",
+        "pool.state_len", "train.weight_decay", "train.grad_clip", "train.alpha", "train.negatives", "train.ssl_negatives", "train.threads",
         "train.q_negatives", "train.cql_weight", "train.negative_weight", "eval.value_rollouts", "eval.value_events",
         "train.checkpoint_every", "train.max_steps", "train.patience", "data.max_sessions", "online.rounds", "train.advantage_warmup",
         "eval.beta",
@@ -292,6 +292,10 @@ def _validate(tree: dict) -> None:
                         f"set both or neither (train.bootstrap {train['bootstrap']}, model.v_head {model['v_head']})")
     if train["expectile"] >= 1:
         raise UserError(f"train.expectile must be below 1 (1 is the maximum, which IQL avoids), got {train['expectile']}")
+    if train["negatives"] and train["ssl_negatives"]:
+        raise UserError(f"train.negatives ({train['negatives']}) already samples every self-supervised step; "
+                        f"set train.ssl_negatives ({train['ssl_negatives']}) to 0, or train.negatives to 0 to sample "
+                        "only the steps after the next item")
     if train["cql_weight"] > 0 and train["q_negatives"] == 0:
         raise UserError("train.cql_weight needs sampled items to compare the taken one with; set train.q_negatives, e.g. 10")
     if train["advantage_weighting"] and (train["q_negatives"] == 0 or train["alpha"] == 0):
