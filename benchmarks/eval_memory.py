@@ -2,7 +2,7 @@
 glibc's malloc holds (in use, free), as `train_offline.py` trains and then validates.
 
     python -m benchmarks.eval_memory                      # 10M events over 1M item ids, 60 steps (~15 minutes)
-    python -m benchmarks.eval_memory --no-release         # evaluation keeping freed pages, as before issue 36
+    python -m benchmarks.eval_memory --as-before          # as before issue 36's fix, for the comparison
 
 The log is benchmarks.pool_build's 10M-event integer log (generated into data/big/ if missing); the
 run is train_offline.py's training (train.negatives=1024, train.max_steps, a 500-query validation
@@ -70,7 +70,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="training steps before the validation")
     p.add_argument("--every", type=int, default=10, help="sample memory every this many evaluation batches")
     p.add_argument("--queries", type=int, default=0, help="validate the first this many queries (0: all)")
-    p.add_argument("--no-release", action="store_true", help="evaluation keeps the pages it frees (as before)")
+    p.add_argument("--as-before", action="store_true", help="as before issue 36's fix: no collection after "
+                   "training, best.pt loaded whole (optimizer and target net), freed pages kept")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "bench-eval-memory.csv")
     args = p.parse_args()
     events = parse_count(args.events)
@@ -78,8 +79,8 @@ def main() -> None:
     if not log.exists():
         log.parent.mkdir(parents=True, exist_ok=True)
         generate(log, events, False, "csv")
-    mode = "kept" if args.no_release else "released"
-    if args.no_release:
+    mode = "before" if args.as_before else "now"
+    if args.as_before:
         offline.release_freed_memory = lambda: False
     keep_freed_memory()                                         # as train_offline.py does
     torch.set_num_threads(2)
@@ -90,11 +91,13 @@ def main() -> None:
             f"pool.dir={ROOT / 'data' / f'pool-eval-memory-{args.events}'}", f"train.run_dir={run_dir}/run"])
         pool = ensure_pool(cfg)
         train_offline.train(cfg, pool, Path(cfg.train.run_dir), False)
-        gc.collect()                                            # as train_offline.main does
-        release_freed_memory()
+        if not args.as_before:
+            gc.collect()                                        # as train_offline.main does
+            release_freed_memory()
         rows = [{"mode": mode, "queries": 0, "queries_per_s": "", **memory()}]
         print(rows[0], flush=True)
-        ckpt = runs.inference_part(runs.load_checkpoint(Path(cfg.train.run_dir) / "best.pt"))
+        ckpt = runs.load_checkpoint(Path(cfg.train.run_dir) / "best.pt")
+        ckpt = ckpt if args.as_before else runs.inference_part(ckpt)
         model, e = train_offline.SeqRecQ.from_checkpoint(ckpt, pool.num_items), cfg.eval
         offline.session_query_states = watched(offline.session_query_states, args.every, rows, mode)
         offline.evaluate(model, pool, "valid", 0, e.ks, e.batch_size, e.exclude_seen, heads=train_offline.HEADS,
