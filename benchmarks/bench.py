@@ -466,7 +466,7 @@ def main() -> None:
     if args.eval_catalogue:
         bench_eval_catalogue(torch, device, args.eval_catalogue)
     elif args.cost:
-        bench_full_vs_gru4rec(torch, device, steps=200)
+        bench_full_vs_gru4rec(torch, device, steps=60)
     else:
         run_all(torch, device, args.quick)
 

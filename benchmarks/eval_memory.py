@@ -5,8 +5,8 @@ glibc's malloc holds (in use, free), as `train_offline.py` trains and then valid
     python -m benchmarks.eval_memory --as-before          # as before issue 36's fix, for the comparison
 
 The log is benchmarks.pool_build's 10M-event integer log (generated into data/big/ if missing); the
-run is train_offline.py's training (train.negatives=1024, train.max_steps, a 500-query validation
-sample) and then its final validation over every validation query, with resident memory sampled
+run is train_offline.py's training (train.negatives=1024, train.max_steps) and then its final
+validation over every validation query (or the first `--queries`), with resident memory sampled
 every `--every` batches. Rows go to results/bench-eval-memory.csv (one per sample and mode).
 """
 from __future__ import annotations
@@ -22,14 +22,15 @@ from pathlib import Path
 import torch
 
 import seqrec.evaluation.offline as offline
-import train_offline
 from benchmarks.pool_build import generate, parse_count
+from model import HEADS, SeqRecQ, compute_losses
 from replay_buffer import ensure_pool
 from seqrec.running import runs
 from seqrec.running.allocator import keep_freed_memory, release_freed_memory
 from seqrec.running.atomic import atomic_write
 from seqrec.running.config import load_config
 from seqrec.running.errors import run_cli
+from seqrec.running.learner import Learner, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,20 +88,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(ROOT / "config.yaml", [
             "data.source=csv", f"data.path={log}", "data.split=[0.98, 0.01, 0.01]", "train.negatives=1024",
-            f"train.max_steps={args.steps}", "eval.max_valid_queries=500", "eval.select_metric=click/NDCG@10",
-            f"pool.dir={ROOT / 'data' / f'pool-eval-memory-{args.events}'}", f"train.run_dir={run_dir}/run"])
+            f"train.max_steps={args.steps}", f"pool.dir={ROOT / 'data' / f'pool-eval-memory-{args.events}'}"])
         pool = ensure_pool(cfg)
-        train_offline.train(cfg, pool, Path(cfg.train.run_dir), False)
+        # train_offline.py's training and test, in this process (an entry script is not imported)
+        learner = Learner.create(SeqRecQ.from_config(cfg.model.to_dict(), pool.num_items), cfg)
+        train_epoch(learner, pool, cfg, compute_losses)                       # stops at train.max_steps
+        best = Path(run_dir) / "best.pt"
+        runs.save_checkpoint(best, learner.state(cfg, pool, {"value": 0.0, "epoch": 0}))
+        del learner
         if not args.as_before:
             gc.collect()                                        # as train_offline.main does
             release_freed_memory()
         rows = [{"mode": mode, "queries": 0, "queries_per_s": "", **memory()}]
         print(rows[0], flush=True)
-        ckpt = runs.load_checkpoint(Path(cfg.train.run_dir) / "best.pt")
+        ckpt = runs.load_checkpoint(best)
         ckpt = ckpt if args.as_before else runs.inference_part(ckpt)
-        model, e = train_offline.SeqRecQ.from_checkpoint(ckpt, pool.num_items), cfg.eval
+        model, e = SeqRecQ.from_checkpoint(ckpt, pool.num_items), cfg.eval
         offline.session_query_states = watched(offline.session_query_states, args.every, rows, mode)
-        offline.evaluate(model, pool, "valid", 0, e.ks, e.batch_size, e.exclude_seen, heads=train_offline.HEADS,
+        offline.evaluate(model, pool, "valid", 0, e.ks, e.batch_size, e.exclude_seen, heads=HEADS,
                          beta=e.beta, rerank_top=e.rerank_top, limit=args.queries or None)
     kept = []
     if args.out.exists():                                       # the other mode's rows stay
