@@ -39,13 +39,13 @@ class MultiStepHeads(nn.Module):
         (logQ correction). With `drawn` [D] (train.ssl_negatives) step 0 stays over all items and each
         later step's target is scored against those D uniform draws alone (sampled_cross_entropy).
         """
-        per_step = self.features(state)                                               # [B, K, H]
         if candidates is not None:
-            logits = F.linear(per_step, self.items.weight[candidates], self.items.bias[candidates])   # [B, K, C]
+            logits = self(state, candidates)                                          # [B, K, C]
             if log_inclusion is not None:
                 logits = logits - log_inclusion[candidates]
             positions = torch.searchsorted(candidates, targets)                            # target ids -> columns
             return F.cross_entropy(logits.flatten(0, 1), positions.flatten(), reduction="none").view_as(targets)
+        per_step = self.features(state)                                               # [B, K, H]
         full = self.steps if drawn is None else 1
         exact = linear_cross_entropy(per_step[:, :full].flatten(0, 1), self.items.weight, self.items.bias,
                                      targets[:, :full].flatten()).view(len(state), full)

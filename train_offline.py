@@ -255,8 +255,8 @@ def main() -> None:
             pool = Pool(Path(cfg.pool.dir))
         if args.mode == "train":
             train(cfg, pool, run_dir, args.resume, device, dist)
-            # the training's networks and Adam's moments sit in reference cycles (torch's optimizer is one)
-            # until a collection: 2.4 GB at 1M items, freed before testing (seqrec/running/allocator.py)
+            # the training's networks and Adam's moments outlive train() in reference cycles until a
+            # collection: 2.4 GB at 1M items, freed before testing (seqrec/running/allocator.py)
             gc.collect()
             release_freed_memory()
         if not dist.main:

@@ -26,7 +26,7 @@ from benchmarks.pool_build import generate, parse_count
 from model import HEADS, SeqRecQ, compute_losses
 from replay_buffer import ensure_pool
 from seqrec.running import runs
-from seqrec.running.allocator import keep_freed_memory, release_freed_memory
+from seqrec.running.allocator import glibc, keep_freed_memory, release_freed_memory
 from seqrec.running.atomic import atomic_write
 from seqrec.running.config import load_config
 from seqrec.running.errors import run_cli
@@ -42,7 +42,7 @@ class MallInfo2(ctypes.Structure):
 
 def memory() -> dict:
     """Resident memory and glibc's malloc: bytes in use and bytes it holds free, in GB."""
-    libc = ctypes.CDLL("libc.so.6")
+    libc = glibc()
     libc.mallinfo2.restype = MallInfo2
     info = libc.mallinfo2()
     resident = int(Path("/proc/self/statm").read_text().split()[1]) * 4096

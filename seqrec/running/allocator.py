@@ -16,13 +16,17 @@ back after every batch (release_freed_memory), which costs nothing next to a bat
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 
 M_TRIM_THRESHOLD = -1   # glibc's mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
 
 
-def _libc():
+@functools.cache
+def glibc() -> ctypes.CDLL | None:
+    """The C library's handle, opened once (release_freed_memory runs after every evaluation batch);
+    None off Linux."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -33,7 +37,7 @@ def _libc():
 
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory for reuse. True if it took effect."""
-    libc = _libc()
+    libc = glibc()
     try:
         return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
     except AttributeError:              # not glibc (musl, ...): keep the default allocator
@@ -43,7 +47,7 @@ def keep_freed_memory() -> bool:
 def release_freed_memory() -> bool:
     """Hand the pages malloc holds free back to the OS (glibc's malloc_trim: every arena, holes included),
     so a long loop's resident memory is what it uses. True if glibc did release some."""
-    libc = _libc()
+    libc = glibc()
     try:
         return libc is not None and bool(libc.malloc_trim(0))
     except AttributeError:
