@@ -315,14 +315,15 @@ def per_user_rows(run: Run) -> list[dict]:
             for e, v in zip(frame["event"], frame[protocol])]
 
 
-def paired_tables(runs: list[Run], summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def paired_tables(runs: list[Run], summary: pd.DataFrame, baselines: tuple[str, ...] = BASELINES
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """results/differences.csv (and its per-seed rows): on every leave-one-out data set, each trained
-    model against the best baseline (BASELINES, by mean validation NDCG@10), paired over test users."""
+    model against the best baseline (of `baselines`, by mean validation NDCG@10), paired over test users."""
     pooled, seeds = [], []
     for ds in {id(run.dataset): run.dataset for run in runs if run.dataset.protocol == "loo"}.values():
         mine = [run for run in runs if run.dataset is ds]
         valid = summary[(summary["dataset"] == ds.name) & (summary["protocol"] == "loo")
-                        & (summary["metric"] == f"valid/{PAIRED_METRIC}") & summary["model"].isin(BASELINES)]
+                        & (summary["metric"] == f"valid/{PAIRED_METRIC}") & summary["model"].isin(baselines)]
         if valid.empty:
             continue
         baseline = valid.loc[valid["mean"].idxmax(), "model"]
@@ -449,6 +450,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
     p.add_argument("--out", default=None, help="output folder (default results/, or results/quick/)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "compare"), help="where the runs' folders go")
+    p.add_argument("--baseline", metavar="MODEL", help="pair every model against this one of --models "
+                   "(differences.csv) instead of the best of the published baselines by validation")
     p.add_argument("--merge-into", metavar="CSV", help="also merge the summary into this summary.csv: every row of a model "
                    "run here on the same dataset and protocol is replaced, the others kept")
     p.add_argument("--baselines-only", action="store_true",
@@ -505,6 +508,8 @@ def main() -> None:
     unknown = [m for m in models if m not in variants]
     if unknown:
         raise SystemExit(f"error: unknown model {unknown[0]}; choose from {', '.join(variants)}")
+    if args.baseline and args.baseline not in models:
+        raise SystemExit(f"error: --baseline {args.baseline} is not among the models run; add it to --models")
     seeds = list(range(1 if args.quick else args.seeds))
     if args.ope and args.ope_seed not in seeds:
         raise SystemExit(f"error: --ope-seed {args.ope_seed} is not among the seeds run (0 .. {len(seeds) - 1}); raise --seeds")
@@ -552,7 +557,7 @@ def main() -> None:
     text = write_report(out, summary, runs, "python -m benchmarks.compare " + " ".join(sys.argv[1:]))
     if args.merge_into:
         merge_summary(Path(args.merge_into), summary)
-    diffs, per_seed = paired_tables(runs, summary)
+    diffs, per_seed = paired_tables(runs, summary, (args.baseline,) if args.baseline else BASELINES)
     if len(diffs):
         atomic_write(out / "differences.csv", lambda tmp: diffs.to_csv(tmp, index=False, float_format="%.6g"))
         atomic_write(out / "differences-per-seed.csv", lambda tmp: per_seed.to_csv(tmp, index=False, float_format="%.6g"))

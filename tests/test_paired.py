@@ -86,3 +86,28 @@ def test_online_differences_pair_a_dueling_model_with_both_one_step_recipes_and_
     assert ("q-T3-lam0.5", "q-T1-duel", "return") not in pairs
     assert {("q-T1", "static-list", "return"), ("q-T1-duel", "gru4rec", "return")} <= pairs
     assert not {p for p in pairs if p[1] == "random" or p[0] in ("gru4rec", "static-list")}
+
+
+def test_paired_tables_pair_against_the_named_baseline_or_the_best_published_one(tmp_path):
+    """compare.paired_tables reads each run's per_user.csv; by default the baseline is the published
+    one best on validation, with --baseline the one named (here a model no published recipe names)."""
+    from benchmarks.compare import Dataset, Run, paired_tables
+    ds = Dataset("d", "loo", None)
+    per_user = {"sasrec": [0.2, 0.4], "gru4rec": [0.1, 0.1], "anchor": [0.3, 0.3], "mine": [0.5, 0.5]}
+    runs = []
+    for model, values in per_user.items():
+        run_dir = tmp_path / model / "seed0"
+        run_dir.mkdir(parents=True)
+        pd.DataFrame({"event": [7, 8], "loo": values, "loo-unmasked": values}).to_csv(run_dir / "per_user.csv", index=False)
+        runs.append(Run(ds, model, 0, [], run_dir))
+    valid = {"sasrec": 0.3, "gru4rec": 0.2, "anchor": 0.9, "mine": 0.1}
+    summary = pd.DataFrame([{"dataset": "d", "protocol": "loo", "metric": "valid/NDCG@10", "model": m, "mean": v}
+                            for m, v in valid.items()])
+    by_default, _ = paired_tables(runs, summary)
+    assert set(by_default["baseline"]) == {"sasrec"}
+    mine = by_default[(by_default["model"] == "mine") & (by_default["protocol"] == "loo")]
+    assert mine["diff"].item() == pytest.approx(0.5 - 0.3)
+    named, _ = paired_tables(runs, summary, ("anchor",))
+    assert set(named["baseline"]) == {"anchor"} and "anchor" not in set(named["model"])
+    mine = named[(named["model"] == "mine") & (named["protocol"] == "loo")]
+    assert mine["diff"].item() == pytest.approx(0.5 - 0.3) and mine["ci_low"].item() == pytest.approx(0.2)
