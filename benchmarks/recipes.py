@@ -38,7 +38,6 @@ MODELS: dict[str, list[str]] = {
     # difference against it is the idea's and not its own hyperparameters'. `whole-sasrec` is full-sasrec's recipe.
     "ssl-multistep-sasrec": multi_step(3, 3, alpha=0.0) + ["model.encoder=sasrec"],            # K 3, no TD
     "td-lambda-ssl1-sasrec": multi_step(3, 1, alpha=1.0, lam=0.8) + ["model.encoder=sasrec"],  # T 3, K 1
-    "whole-sasrec": multi_step(3, 3, alpha=1.0, lam=0.8) + ["model.encoder=sasrec"],           # T 3, K 3, lambda 0.8
     # The RecBole anchor's way to train them (../shared/REFERENCES.md: 10-item histories, as SQN's windows):
     # each event's state from its 10 items before, gradients through all 10 (whole sessions stop them at
     # every train.chunk_len events, and SASRec's positions there run modulo its max_len)
@@ -65,6 +64,7 @@ MODELS.update({
     # the same model deployed through its value reranking of the next-item head's top items (eval.rerank_top)
     "q-T20-K3-lam1-duel-mix": multi_step(20, 3, alpha=1.0, lam=1.0) + Q_RECIPE + ["model.q_head=dueling", "eval.head=mix"],
 })
+MODELS["whole-sasrec"] = MODELS["full-sasrec"]    # T 3, K 3, lambda 0.8: a name --tuned gives no point of its own
 # SASRec trained as the RecBole anchor was (results/sasrec-anchor/b512: 10-item windows, batches of 512, its point
 # lr 3e-3, dropout 0.5, weight decay 1e-4; run with train.epochs=40, train.patience=10), and the method's parts on
 # it the same way (issue 37 on MovieLens-100K); full-sasrec-w10-b512 keeps full-sasrec's own tuned point instead.
@@ -72,8 +72,8 @@ ANCHOR = ["pool.state_len=10", "train.batch_size=512"]
 ANCHOR_POINT = ["train.lr=0.003", "model.dropout=0.5", "train.weight_decay=0.0001"]
 MODELS.update({f"{model}-w10-b512": MODELS[model] + ANCHOR + ANCHOR_POINT
                for model in ("sasrec", "ssl-multistep-sasrec", "td-lambda-ssl1-sasrec", "whole-sasrec")})
-MODELS["full-sasrec-w10-b512"] = (multi_step(3, 3, alpha=3.0, lam=0.8) + ["model.encoder=sasrec"] + ANCHOR
-                                  + ["train.lr=0.001", "model.dropout=0.5"])     # results/tuning/movielens-loo.csv
+# full-sasrec's point chosen in results/tuning/movielens-loo.csv, appended as compare.py --tuned appends it
+MODELS["full-sasrec-w10-b512"] = MODELS["full-sasrec"] + ANCHOR + ["train.lr=0.001", "model.dropout=0.5", "train.alpha=3.0"]
 # The published methods a model of ours is compared against (results/differences.csv: against the best
 # of them by validation); popularity is reported beside them but not paired.
 BASELINES = ("gru4rec", "sasrec", "gru4rec-w10", "sasrec-w10", "gru-sqn", "snqn", "sa2c")
